@@ -1,0 +1,1 @@
+"""Per-step solvers of the implicit inversion equation (see steps.py)."""

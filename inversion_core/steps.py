@@ -1,0 +1,48 @@
+"""The one step every method in this package inverts, written once, in ComfyUI's sigma space.
+
+Sigma space (k-diffusion / ComfyUI): for EPS and V_PREDICTION models a noisy latent is x = x0 + σ·ε; for CONST (flow)
+models x = (1 − σ)·x0 + σ·ε. In both, a denoiser D(x, σ) returns the clean estimate x̂0, and the deterministic DDIM
+(η = 0) sampling step from level σ to σ' is the Euler step
+
+    d(x, σ) = (x − D(x, σ)) / σ                       (the ODE direction, k-diffusion's ``to_d``)
+    S(x; σ → σ') = x + (σ' − σ) · d(x, σ)              (DDIM for EPS/V, Euler for flow)
+
+Sampling runs σ downwards. Inversion of the step σ_hi → σ_lo means finding z with S(z; σ_hi → σ_lo) = x_lo, i.e. the
+fixed point of
+
+    f(z) = x_lo + (σ_hi − σ_lo) · d(z, σ_hi)                                         (implicit inversion equation)
+
+with residual r(z) = f(z) − z = x_lo − S(z). Plain DDIM inversion is one application of f from z = x_lo.
+
+Endpoints: σ_lo = 0 needs no special case (f(z) = x0 + z − D(z, σ_hi), whose fixed point satisfies D(z, σ_hi) = x0,
+i.e. the last sampling step returns x0 exactly). σ_hi is never 0, so the division is safe; a flow model's top level
+σ = 1 is an ordinary level here (only the host's ``inverse_noise_scaling`` divides by 1 − σ, and our samplers do not
+call it).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def to_d(x: Tensor, sigma: float, denoised: Tensor) -> Tensor:
+    """ODE direction d(x, σ) = (x − D(x, σ)) / σ."""
+    return (x - denoised) / sigma
+
+
+def euler_step(x: Tensor, sigma: float, sigma_next: float, denoised: Tensor) -> Tensor:
+    """S(x; σ → σ') = x + (σ' − σ)·d(x, σ): the deterministic DDIM / Euler step in sigma space."""
+    return x + (sigma_next - sigma) * to_d(x, sigma, denoised)
+
+
+def fixed_point_map(z: Tensor, denoised: Tensor, x_lo: Tensor, sigma_lo: float, sigma_hi: float) -> Tensor:
+    """f(z) = x_lo + (σ_hi − σ_lo)·d(z, σ_hi), given denoised = D(z, σ_hi).
+
+    A fixed point z* = f(z*) is an exact inverse: S(z*; σ_hi → σ_lo) = x_lo.
+    """
+    return x_lo + (sigma_hi - sigma_lo) * to_d(z, sigma_hi, denoised)
+
+
+def residual_rms(residual: Tensor) -> Tensor:
+    """Per-item root-mean-square of a residual batch [B, ...] → [B] (float32)."""
+    return residual.float().flatten(1).pow(2).mean(1).sqrt()

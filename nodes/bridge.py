@@ -1,0 +1,190 @@
+"""Bridge between ComfyUI objects and the pure-torch core.
+
+Every method runs as a host *Sampler* inside the host's own CFGGuider, so the guider does what it does for any
+sampler — loads the model, applies LoRA / ControlNet / model patches and model_sampling overrides, prepares the
+conditioning, applies CFG — and our sampler only sees a denoiser D(x, σ). The same Sampler objects can be handed to
+users for SamplerCustomAdvanced chains.
+
+The guider converts latents with the model's latent format (``process_latent_in`` / ``process_latent_out``); our
+samplers work in the model's sigma space in between and never call the host's ``noise_scaling`` /
+``inverse_noise_scaling`` (the latter divides by 1 − σ for flow models, infinite at σ = 1).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.samplers
+import comfy.utils
+
+from ..inversion_core import (LATENT_KEY, Denoiser, InversionRecord, MissingInversionRecord, as_sampling_schedule,
+                              invert, read_latent_entry, replay)
+from ..inversion_core.invert import StepHook, StepSolver
+
+MODEL_KINDS = ("CONST", "EDM", "V_PREDICTION", "EPS")  # most specific first (V_PREDICTION subclasses EPS)
+
+
+def model_kind(model_sampling) -> str:
+    """EPS / V_PREDICTION / EDM / CONST for the host's model_sampling object (its class is built dynamically)."""
+    ms = model_sampling
+    for name in MODEL_KINDS:
+        cls = getattr(comfy.model_sampling, name, None)
+        if cls is not None and isinstance(ms, cls):
+            return name
+    return type(ms).__name__
+
+
+def _denoiser(model_wrap, extra_args: dict) -> Denoiser:
+    def raw(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        s = torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)
+        return model_wrap(x, s, **extra_args)
+
+    return Denoiser(raw, check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+
+
+class InversionSampler(comfy.samplers.Sampler):
+    """A host SAMPLER that *inverts*: given a schedule (ascending, e.g. from FlipSigmas, or descending) it walks the
+    latent from the lowest level up to the highest and returns the noise there. ``record`` holds the last run."""
+
+    def __init__(self, solver: StepSolver, method: str, params: dict[str, Any], hooks: Sequence[StepHook] = ()):
+        self.solver, self.method, self.params, self.hooks = solver, method, dict(params), tuple(hooks)
+        self.record: Optional[InversionRecord] = None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        schedule = as_sampling_schedule(sigmas, "sigmas")
+        x0 = latent_image if latent_image is not None else noise
+        den = _denoiser(model_wrap, extra_args)
+
+        def progress(step: int, total: int, x: torch.Tensor) -> None:
+            if callback is not None:
+                callback(step - 1, x, x, total)
+
+        kind = model_kind(model_wrap.inner_model.model_sampling)
+        self.record = invert(den, x0, schedule, self.solver, method=self.method, params=self.params,
+                             hooks=self.hooks, callback=progress, model_kind=kind)
+        return self.record.states[-1].to(device=x0.device)
+
+
+class ReplaySampler(comfy.samplers.Sampler):
+    """A host SAMPLER that regenerates from inverted noise: the deterministic step every inversion inverts, down
+    the given (descending) schedule, no noise added."""
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        schedule = as_sampling_schedule(sigmas, "sigmas")
+        x_top = latent_image if latent_image is not None else noise
+        den = _denoiser(model_wrap, extra_args)
+
+        def progress(step: int, total: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+            if callback is not None:
+                callback(step - 1, denoised, x, total)
+
+        return replay(den, x_top, schedule, callback=progress).to(device=x_top.device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# input checks shared by the nodes (errors name the input)
+
+def check_latent(model, latent: Any, name: str = "latent") -> torch.Tensor:
+    if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
+        raise ValueError(f"{name}: expected a LATENT (a dict with 'samples'), got {type(latent).__name__}")
+    samples = latent["samples"]
+    if samples.ndim != 4:
+        raise ValueError(f"{name}: expected image latents [batch, channels, height, width], got shape "
+                         f"{tuple(samples.shape)}")
+    want = getattr(getattr(model.model, "latent_format", None), "latent_channels", None)
+    if want is not None and samples.shape[1] != want:
+        raise ValueError(f"{name}: has {samples.shape[1]} channels but this model works on {want}-channel "
+                         "latents; encode the image with this model's VAE")
+    if not torch.isfinite(samples).all():
+        raise ValueError(f"{name}: contains NaN or inf")
+    return samples
+
+
+def check_conditioning(cond: Any, batch: int, name: str) -> None:
+    if not isinstance(cond, list) or not cond:
+        raise ValueError(f"{name}: expected a CONDITIONING (connect a text encode node)")
+    for c in cond:
+        b = c[0].shape[0]
+        if b not in (1, batch):
+            raise ValueError(f"{name}: conditioning batch is {b} but the latent batch is {batch}; "
+                             "use one prompt for all images or one per image")
+
+
+def schedule_from_inputs(model, steps: int, scheduler: str, sigmas: Optional[torch.Tensor]) -> torch.Tensor:
+    """The descending sampling schedule: the optional SIGMAS input wins over steps + scheduler."""
+    if sigmas is not None:
+        return as_sampling_schedule(sigmas, "sigmas")
+    if int(steps) < 1:
+        raise ValueError(f"steps: must be at least 1, got {steps}")
+    if scheduler not in comfy.samplers.SCHEDULER_NAMES:
+        raise ValueError(f"scheduler: unknown scheduler {scheduler!r}; one of {comfy.samplers.SCHEDULER_NAMES}")
+    ms = model.get_model_object("model_sampling")
+    return as_sampling_schedule(comfy.samplers.calculate_sigmas(ms, scheduler, int(steps)).cpu(), "scheduler")
+
+
+def _progress_callback(model, steps: int) -> Callable:
+    import latent_preview  # the host's module (a vanilla top-level name in every ComfyUI)
+
+    return latent_preview.prepare_callback(model, steps)
+
+
+def _guide(model, positive, negative, cfg: float, samples: torch.Tensor, sampler, sigmas: torch.Tensor,
+           seed: int = 0) -> torch.Tensor:
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(float(cfg))
+    callback = _progress_callback(model, len(sigmas) - 1)
+    return guider.sample(torch.zeros_like(samples), samples, sampler, sigmas, denoise_mask=None,
+                         callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+
+
+def run_inversion(model, positive, negative, cfg: float, latent: dict, schedule: torch.Tensor,
+                  sampler: InversionSampler) -> dict:
+    """Invert ``latent`` on the descending ``schedule``; return a new inverted LATENT (the input is not modified)."""
+    samples = check_latent(model, latent)
+    check_conditioning(positive, samples.shape[0], "positive")
+    check_conditioning(negative, samples.shape[0], "negative")
+    if cfg < 0 or cfg != cfg:
+        raise ValueError(f"cfg: must be >= 0, got {cfg}")
+    top = _guide(model, positive, negative, cfg, samples, sampler, schedule.flip(0))
+    entry = sampler.record.to_latent_entry()
+    entry["params"]["cfg"] = float(cfg)
+    out = {k: v for k, v in latent.items() if k not in ("samples", LATENT_KEY)}
+    out["samples"] = top.to(samples.dtype).cpu()
+    out[LATENT_KEY] = entry
+    return out
+
+
+def read_inverted(latent: Any, name: str = "latent") -> tuple[torch.Tensor, dict]:
+    if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
+        raise ValueError(f"{name}: expected a LATENT (a dict with 'samples'), got {type(latent).__name__}")
+    try:
+        entry = read_latent_entry(latent, latent["samples"].shape)
+    except MissingInversionRecord:
+        raise ValueError(
+            f"{name}: this LATENT carries no inversion schedule. Connect the LATENT output of an inversion node "
+            "(DDIM / EasyInv / GNRI / PreciseInv Invert) directly; nodes that rebuild latents drop it.") from None
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+    return latent["samples"], entry
+
+
+def run_replay(model, positive, negative, cfg: float, latent: dict) -> dict:
+    samples, entry = read_inverted(latent, "inverted_latent")
+    check_latent(model, latent, "inverted_latent")
+    check_conditioning(positive, samples.shape[0], "positive")
+    check_conditioning(negative, samples.shape[0], "negative")
+    kind = model_kind(model.get_model_object("model_sampling"))
+    if entry.get("model_kind") and entry["model_kind"] != kind:
+        raise ValueError(f"model: this latent was inverted with a {entry['model_kind']} model but this is a "
+                         f"{kind} model; replay with the model it was inverted with")
+    schedule = entry["sigmas"]
+    out_samples = _guide(model, positive, negative, cfg, samples, ReplaySampler(), schedule)
+    out = {k: v for k, v in latent.items() if k not in ("samples", LATENT_KEY)}
+    out["samples"] = out_samples.to(samples.dtype).cpu()
+    return out

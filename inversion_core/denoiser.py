@@ -2,11 +2,12 @@
 
 The host (ComfyUI) supplies the raw function — its guider already applies CFG, LoRA, ControlNet and model patches —
 and this wrapper adds what must not be re-implemented in each method: evaluation counts, fp32 results whatever the
-model dtype, a NaN/inf check that names the sigma, and an interrupt check before every evaluation.
+model dtype, a NaN/inf check that names the sigma, an interrupt check before every evaluation, and evaluation of
+only the still-active items of a batch (an item that converged stops paying).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -23,24 +24,40 @@ class NonFiniteModelOutput(FloatingPointError):
 class Denoiser:
     """Wraps ``raw(x, sigma) -> denoised``.
 
-    ``forward_evals`` counts model evaluations per batch item summed over items that were actually evaluated (an item
-    that converged early and is left out of the batch does not pay); ``calls`` counts calls of the model.
+    ``forward_evals`` / ``backward_evals`` count model passes in units of one full batch (evaluating 1 of 4 items
+    costs 0.25); solvers that backpropagate through the model add to ``backward_evals`` themselves.
+    ``subset_ok`` says whether ``raw`` may be called on a subset of the batch items: the host bridge clears it when
+    the conditioning differs per item, because the host would pair a sub-batch with the wrong prompts.
     """
 
     raw: RawDenoiser
     check_interrupt: Optional[Callable[[], None]] = None
+    subset_ok: bool = True
+    batch_size: int = 1
     calls: int = 0
     forward_evals: float = 0.0
     backward_evals: float = 0.0
-    batch_size: int = field(default=1)
 
-    def __call__(self, x: Tensor, sigma: float) -> Tensor:
+    def __call__(self, x: Tensor, sigma: float, active: Optional[Tensor] = None) -> Tensor:
+        """D(x, σ) as float32. With a boolean ``active`` mask over the batch, only those rows are meaningful in the
+        result (the others are returned as zeros when the model could skip them)."""
         if self.check_interrupt is not None:
             self.check_interrupt()
-        out = self.raw(x, float(sigma))
+        if active is not None and self.subset_ok and not bool(active.all()):
+            idx = active.nonzero().flatten()
+            part = self._eval(x[idx], sigma)
+            out = torch.zeros(x.shape, dtype=part.dtype, device=part.device)
+            return out.index_copy(0, idx, part)
+        return self._eval(x, sigma)
+
+    def _eval(self, x: Tensor, sigma: float) -> Tensor:
+        out = self.raw(x, float(sigma)).float()
         self.calls += 1
         self.forward_evals += x.shape[0] / max(self.batch_size, 1)
-        out = out.float()
         if not torch.isfinite(out).all():
             raise NonFiniteModelOutput(f"the model returned NaN/inf at sigma={float(sigma):.6g}")
         return out
+
+    def count_backward(self, items: int) -> None:
+        """Record one backward pass through the model for ``items`` batch items."""
+        self.backward_evals += items / max(self.batch_size, 1)

@@ -37,12 +37,25 @@ def model_kind(model_sampling) -> str:
     return type(ms).__name__
 
 
+def _uniform_conditioning(model_wrap) -> bool:
+    """True when every prepared cond has batch 1, so a sub-batch of items can be evaluated on its own."""
+    conds = getattr(model_wrap, "conds", None) or {}
+    for cond_list in conds.values():
+        for c in cond_list:
+            for v in (c.get("model_conds") or {}).values():
+                t = getattr(v, "cond", None)
+                if isinstance(t, torch.Tensor) and t.ndim > 0 and t.shape[0] != 1:
+                    return False
+    return True
+
+
 def _denoiser(model_wrap, extra_args: dict) -> Denoiser:
     def raw(x: torch.Tensor, sigma: float) -> torch.Tensor:
         s = torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)
         return model_wrap(x, s, **extra_args)
 
-    return Denoiser(raw, check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+    return Denoiser(raw, check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
+                    subset_ok=_uniform_conditioning(model_wrap))
 
 
 class InversionSampler(comfy.samplers.Sampler):

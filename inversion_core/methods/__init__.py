@@ -1,0 +1,1 @@
+"""Method-level pieces that compose with any step solver (EasyInv's blend)."""

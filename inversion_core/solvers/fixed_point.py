@@ -1,0 +1,144 @@
+"""The pack's exact-inversion solver: fixed-point iteration with Anderson mixing and a free warm start.
+
+Per step it solves z = f(z), f(z) = x̄_i + (σ_{i+1} − σ_i)·d(z, σ_{i+1})  (steps.fixed_point_map), so that the replay
+step from z lands on x̄_i.
+
+* Warm start (no model cost): extrapolate the previous increment to the new step size,
+      z⁰ = x_i + h_i · (x_i − x_{i−1}) / h_{i−1},   h_i = σ_{i+1} − σ_i.
+  The first step has no history and starts at x_i, whose first iterate f(x_i) is exactly DDIM inversion.
+* Anderson mixing (type II, memory m): with residuals r_k = f(z_k) − z_k and differences ΔR, ΔF of the last m
+  residuals / map values, γ_k = argmin ‖r_k − ΔR γ‖₂ per batch item, and z_{k+1} = f(z_k) − ΔF γ_k.
+  m = 0 is the plain fixed-point iteration z_{k+1} = f(z_k).
+* Safeguards: an item whose residual grew falls back to the plain step from its best iterate and forgets its
+  history; the result is always f(z*) at the best iterate z* seen (lowest measured residual), never a worse one.
+* Stopping: per item, on RMS residual ≤ tol (that item is no longer evaluated) or when the step's budget of model
+  evaluations is spent. The reported residual is ‖f(z*) − z*‖_RMS, measured at z*; the returned f(z*) is one more
+  contraction closer.
+
+An optional ``correction(z, ctx, sigma_hi)`` is added to f (GNRI's guidance term uses it), so other methods share this
+solver instead of copying it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from ..denoiser import Denoiser
+from ..invert import StepContext
+from ..record import StepStats
+from ..steps import fixed_point_map, residual_rms
+
+Correction = Callable[[Tensor, StepContext, float], Tensor]
+
+
+@dataclass(frozen=True)
+class FixedPointOptions:
+    tol: float = 1e-4          # RMS residual (model latent units) at which an item stops
+    max_evals: int = 3         # model evaluations per step
+    memory: int = 3            # Anderson memory m; 0 = plain fixed point
+    warm_start: bool = True    # extrapolate the previous increment (free)
+    ridge: float = 1e-10       # relative Tikhonov term for the small least-squares problem
+
+    def validate(self) -> "FixedPointOptions":
+        if not self.tol > 0:
+            raise ValueError(f"tolerance: must be > 0, got {self.tol}")
+        if int(self.max_evals) < 1:
+            raise ValueError(f"budget: must be at least 1 model evaluation per step, got {self.max_evals}")
+        if int(self.memory) < 0:
+            raise ValueError(f"memory: must be >= 0 (0 = plain fixed point), got {self.memory}")
+        return self
+
+
+PRESETS = {
+    "fast": FixedPointOptions(tol=1e-4, max_evals=2, memory=3),
+    "balanced": FixedPointOptions(tol=1e-4, max_evals=3, memory=3),
+    "exact": FixedPointOptions(tol=1e-6, max_evals=40, memory=5),
+}
+
+
+def warm_start_guess(ctx: StepContext) -> Optional[Tensor]:
+    """z⁰ = x_i + h_i (x_i − x_{i−1}) / h_{i−1}; None on the first step."""
+    if ctx.index == 0 or len(ctx.states) < 2:
+        return None
+    lv = ctx.levels
+    h_prev, h = lv[-2] - lv[-3], lv[-1] - lv[-2]
+    x_i, x_prev = ctx.states[-1], ctx.states[-2]
+    return x_i + (h / h_prev) * (x_i - x_prev)
+
+
+def _anderson(z_hist: list[Tensor], g_hist: list[Tensor], valid: Tensor, ridge: float) -> Tensor:
+    """z_{k+1} = g_k − ΔG γ with γ = argmin ‖r_k − ΔR γ‖, solved per item; columns an item may not use are masked."""
+    r = [g - z for z, g in zip(z_hist, g_hist)]
+    b = r[-1].flatten(1)                                               # [B, N]
+    dR = torch.stack([(r[j + 1] - r[j]).flatten(1) for j in range(len(r) - 1)], -1)   # [B, N, m]
+    dG = torch.stack([(g_hist[j + 1] - g_hist[j]).flatten(1) for j in range(len(r) - 1)], -1)
+    mask = valid[:, -dR.shape[-1]:].to(dR.dtype).unsqueeze(1)          # [B, 1, m]
+    dR, dG = dR * mask, dG * mask
+    # the m×m system is tiny: solve it in float64, where a vanishing history (a converged item) stays regular
+    dR64 = dR.double()
+    gram = dR64.transpose(1, 2) @ dR64                                 # [B, m, m]
+    scale = gram.diagonal(dim1=1, dim2=2).sum(-1)                      # trace, per item
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    m2 = mask.double().transpose(1, 2) * mask.double()
+    gram = gram + (ridge * scale + 1e-200)[:, None, None] * eye + (1 - m2) * eye
+    gamma, info = torch.linalg.solve_ex(gram, dR64.transpose(1, 2) @ b.double().unsqueeze(-1))
+    gamma = torch.where((info == 0)[:, None, None], gamma, torch.zeros_like(gamma)).to(dG.dtype)   # [B, m, 1]
+    return (g_hist[-1].flatten(1) - (dG @ gamma).squeeze(-1)).view_as(g_hist[-1])
+
+
+def make_fixed_point_step(options: FixedPointOptions = FixedPointOptions(), correction: Optional[Correction] = None):
+    """A StepSolver (see invert.py) running the safeguarded Anderson iteration with ``options``."""
+    opt = options.validate()
+
+    def solve(den: Denoiser, target: Tensor, guess: Tensor, sigma_lo: float, sigma_hi: float,
+              ctx: StepContext) -> tuple[Tensor, StepStats]:
+        batch = target.shape[0]
+        warm = warm_start_guess(ctx) if opt.warm_start else None
+        z = (warm if warm is not None else guess).to(target.device, torch.float32)
+        active = torch.ones(batch, dtype=torch.bool, device=target.device)
+        best_rn = torch.full((batch,), float("inf"), device=target.device)
+        best_g = torch.zeros_like(target)
+        best_z = torch.zeros_like(target)
+        prev_rn = best_rn.clone()
+        z_hist: list[Tensor] = []
+        g_hist: list[Tensor] = []
+        valid = torch.zeros(batch, 0, dtype=torch.bool, device=target.device)  # usable history columns per item
+        evals = 0
+        for k in range(int(opt.max_evals)):
+            denoised = den(z, sigma_hi, active)
+            evals += 1
+            g = fixed_point_map(z, denoised, target, sigma_lo, sigma_hi)
+            if correction is not None:
+                g = g + correction(z, ctx, sigma_hi)
+            rn = residual_rms(g - z)
+            rn = torch.where(active, rn, best_rn)
+            improved = active & (rn < best_rn)
+            sel = improved.view(-1, *([1] * (target.ndim - 1)))
+            best_rn = torch.where(improved, rn, best_rn)
+            best_g = torch.where(sel, g, best_g)
+            best_z = torch.where(sel, z, best_z)
+            active = active & (best_rn > opt.tol)
+            if not active.any() or k == int(opt.max_evals) - 1:
+                break
+            grew = active & (rn > prev_rn)
+            prev_rn = torch.where(active, rn, prev_rn)
+            z_hist.append(z)
+            g_hist.append(g)
+            valid = torch.cat([valid, (~grew).unsqueeze(1)], 1)
+            valid[grew] = False                      # an item that regressed forgets its history
+            keep = opt.memory + 1
+            z_hist, g_hist, valid = z_hist[-keep:], g_hist[-keep:], valid[:, -keep:]
+            if opt.memory > 0 and len(z_hist) >= 2:
+                z_next = _anderson(z_hist, g_hist, valid[:, 1:] & valid[:, :-1], opt.ridge)
+            else:
+                z_next = g
+            fallback = grew.view(-1, *([1] * (target.ndim - 1)))
+            z = torch.where(fallback, best_g, z_next)
+        st = StepStats(sigma_lo=sigma_lo, sigma_hi=sigma_hi, iterations=evals,
+                       residual=best_rn.tolist(), converged=bool((best_rn <= opt.tol).all()))
+        return best_g, st
+
+    return solve

@@ -1,0 +1,87 @@
+"""The shared exact-inversion solver (fixed point + Anderson + warm start) on analytic denoisers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inversion_core import Denoiser, ddim_step, invert, replay
+from inversion_core.solvers.fixed_point import FixedPointOptions, make_fixed_point_step
+
+from analytic import eps_denoiser, nonlinear_denoiser, psnr
+from test_core import image, karras
+
+
+def round_trip_psnr(solver, steps=10, raw=nonlinear_denoiser, batch=2):
+    x0, sig = image(batch), karras(steps)
+    rec = invert(Denoiser(raw), x0, sig, solver, method="t")
+    back = replay(Denoiser(raw), rec.states[-1], sig)
+    return psnr(back, x0), rec
+
+
+def test_exact_preset_reaches_float_precision():
+    p, rec = round_trip_psnr(make_fixed_point_step(FixedPointOptions(tol=1e-6, max_evals=40, memory=5)))
+    assert p > 100, p
+    assert not rec.unconverged_steps
+    assert max(max(s.residual) for s in rec.steps) <= 1e-6
+
+
+def test_anderson_beats_plain_fixed_point_per_evaluation():
+    """Same budget of evaluations: mixing must leave a smaller residual than plain iteration, step by step."""
+    for budget in (3, 5):
+        _, anderson = round_trip_psnr(make_fixed_point_step(FixedPointOptions(tol=1e-12, max_evals=budget,
+                                                                              memory=3, warm_start=False)))
+        _, plain = round_trip_psnr(make_fixed_point_step(FixedPointOptions(tol=1e-12, max_evals=budget,
+                                                                           memory=0, warm_start=False)))
+        a = torch.tensor([max(s.residual) for s in anderson.steps])
+        b = torch.tensor([max(s.residual) for s in plain.steps])
+        assert (a <= b * 1.0001).all() and a.sum() < 0.5 * b.sum(), (budget, a, b)
+
+
+def test_more_evaluations_give_better_round_trips_than_ddim():
+    ddim, _ = round_trip_psnr(ddim_step)
+    fast, _ = round_trip_psnr(make_fixed_point_step(FixedPointOptions(max_evals=2)))
+    balanced, _ = round_trip_psnr(make_fixed_point_step(FixedPointOptions(max_evals=3)))
+    assert ddim + 10 < fast < balanced, (ddim, fast, balanced)
+
+
+def test_one_evaluation_without_warm_start_is_ddim():
+    x0, sig = image(), karras(8)
+    a = invert(Denoiser(nonlinear_denoiser), x0, sig, ddim_step, method="d").states[-1]
+    solver = make_fixed_point_step(FixedPointOptions(max_evals=1, warm_start=False))
+    b = invert(Denoiser(nonlinear_denoiser), x0, sig, solver, method="f").states[-1]
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_items_that_converge_stop_paying():
+    """Item 0 is already an exact fixed point after a few iterations; item 1 is harder: only item 1 keeps paying."""
+    x0 = torch.cat([torch.zeros(1, 4, 8, 8), image(1) * 3])
+    den = Denoiser(nonlinear_denoiser)
+    solver = make_fixed_point_step(FixedPointOptions(tol=1e-5, max_evals=30, memory=3))
+    rec = invert(den, x0, karras(6), solver, method="f")
+    full = sum(s.iterations for s in rec.steps)
+    assert rec.forward_evals < full - 1, (rec.forward_evals, full)      # fractional: item 0 dropped out
+
+
+def test_never_returns_worse_than_the_best_iterate():
+    """On a map that is not a contraction, mixing may overshoot: the step still returns its best iterate."""
+    from inversion_core.invert import StepContext
+
+    def rough(x, sigma):
+        return eps_denoiser(x, sigma) + 0.9 * torch.sin(4 * x) * sigma / (1 + sigma)
+
+    x0 = image()
+    ctx = StepContext(index=0, total=1, x0=x0, states=[x0], levels=[0.0, 3.0])
+    residuals = []
+    for budget in (1, 2, 4, 8, 16):
+        solver = make_fixed_point_step(FixedPointOptions(tol=1e-12, max_evals=budget, memory=3))
+        z, st = solver(Denoiser(rough), x0, x0, 0.0, 3.0, ctx)
+        assert torch.isfinite(z).all()
+        residuals.append(max(st.residual))
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(residuals, residuals[1:])), residuals
+
+
+@pytest.mark.parametrize("kwargs, name", [({"tol": 0}, "tolerance"), ({"tol": -1}, "tolerance"),
+                                          ({"max_evals": 0}, "budget"), ({"memory": -1}, "memory")])
+def test_bad_options_name_the_input(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        make_fixed_point_step(FixedPointOptions(**kwargs))

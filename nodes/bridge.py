@@ -37,6 +37,12 @@ def model_kind(model_sampling) -> str:
     return type(ms).__name__
 
 
+def model_family(model) -> str:
+    """A coarse family name for presets: "SDXL" for SDXL-format latents, else the latent format's class name."""
+    fmt = type(getattr(model.model, "latent_format", None)).__name__
+    return "SDXL" if fmt.startswith("SDXL") else fmt
+
+
 def _uniform_conditioning(model_wrap) -> bool:
     """True when every prepared cond has batch 1, so a sub-batch of items can be evaluated on its own."""
     conds = getattr(model_wrap, "conds", None) or {}

@@ -2,33 +2,101 @@
 from __future__ import annotations
 
 from ..inversion_core import ddim_step
-from .bridge import InversionSampler, run_inversion, schedule_from_inputs
+from ..inversion_core.methods import easyinv
+from ..inversion_core.solvers.fixed_point import PRESETS as SOLVER_PRESETS
+from ..inversion_core.solvers.fixed_point import FixedPointOptions, make_fixed_point_step
+from .bridge import InversionSampler, model_family, run_inversion, schedule_from_inputs
 from .common import CATEGORY, INVERSION_OUTPUT_NAMES, INVERSION_OUTPUT_TOOLTIPS, INVERSION_OUTPUTS, inversion_inputs
 
 
-def _invert(model, positive, negative, latent, steps, scheduler, cfg, sigmas, sampler):
-    schedule = schedule_from_inputs(model, steps, scheduler, sigmas)
-    out = run_inversion(model, positive, negative, cfg, latent, schedule, sampler)
-    return out, schedule.clone()
+class _InvertNode:
+    """Shared declaration: the inputs every inversion node has, plus ``EXTRA`` of its own; two outputs."""
 
-
-class DDIMInvert:
-    DESCRIPTION = ("Plain deterministic DDIM inversion: one model evaluation per step, the baseline every other "
-                   "method is measured against.")
     CATEGORY = CATEGORY
     RETURN_TYPES = INVERSION_OUTPUTS
     RETURN_NAMES = INVERSION_OUTPUT_NAMES
     OUTPUT_TOOLTIPS = INVERSION_OUTPUT_TOOLTIPS
     FUNCTION = "invert"
+    EXTRA: dict = {}
 
     @classmethod
     def INPUT_TYPES(cls):
-        return inversion_inputs()
+        inputs = inversion_inputs()
+        inputs["required"].update(cls.EXTRA)
+        return inputs
 
-    def invert(self, model, positive, negative, latent, steps, scheduler, cfg, sigmas=None):
-        sampler = InversionSampler(ddim_step, "ddim", {})
-        return _invert(model, positive, negative, latent, steps, scheduler, cfg, sigmas, sampler)
+    def sampler(self, model, **params) -> InversionSampler:
+        raise NotImplementedError
+
+    def invert(self, model, positive, negative, latent, steps, scheduler, cfg, sigmas=None, **params):
+        schedule = schedule_from_inputs(model, steps, scheduler, sigmas)
+        out = run_inversion(model, positive, negative, cfg, latent, schedule, self.sampler(model, **params))
+        return out, schedule.clone()
 
 
-NODE_CLASS_MAPPINGS = {"DDIMInvert": DDIMInvert}
-NODE_DISPLAY_NAME_MAPPINGS = {"DDIMInvert": "DDIM Invert"}
+class DDIMInvert(_InvertNode):
+    DESCRIPTION = ("Plain deterministic DDIM inversion: one model evaluation per step, the baseline every other "
+                   "method is measured against.")
+
+    def sampler(self, model, **params):
+        return InversionSampler(ddim_step, "ddim", {})
+
+
+EASYINV_PRESETS = ["auto", *easyinv.PRESETS, "custom"]
+
+
+class EasyInvInvert(_InvertNode):
+    DESCRIPTION = ("EasyInv (ICML 2025): DDIM inversion that blends the current latent with the previous one inside "
+                   "a window of steps. Same cost as DDIM.")
+    EXTRA = {
+        "preset": (EASYINV_PRESETS, {"default": "auto", "tooltip": (
+            "auto: the reference implementation's setting for the model family (SDXL: eta 0.8, window 0.85-0.95; "
+            "others: eta 0.5, window 0.05-0.25). custom: use the eta and window inputs below.")}),
+        "eta": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
+                          "tooltip": "Blend weight of the current latent (1 = plain DDIM). Used with preset custom."}),
+        "window_start": ("FLOAT", {"default": 0.05, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+            "Blend on steps i with start*T < i < end*T (0-based, open interval). Used with preset custom.")}),
+        "window_end": ("FLOAT", {"default": 0.25, "min": 0.0, "max": 1.0, "step": 0.01,
+                                 "tooltip": "End of the blend window as a fraction of the steps. Used with custom."}),
+        "variant": (list(easyinv.VARIANTS), {"default": "paper", "tooltip": (
+            "paper: the model sees the unblended latent and the step starts from the blended one. output: the step "
+            "outputs are blended (the reference repository's short example).")}),
+    }
+
+    def sampler(self, model, preset, eta, window_start, window_end, variant):
+        if preset == "auto":
+            preset = "SDXL" if model_family(model) == "SDXL" else "SD1.x / SD2.x"
+        if preset != "custom":
+            eta, (window_start, window_end) = easyinv.PRESETS[preset]["eta"], easyinv.PRESETS[preset]["window"]
+        hook = easyinv.EasyInvBlend(eta=eta, window=(window_start, window_end), variant=variant)
+        params = {"eta": hook.eta, "window": list(hook.window), "variant": variant, "preset": preset}
+        return InversionSampler(ddim_step, "easyinv", params, hooks=[hook])
+
+
+EXACT_PRESETS = [*SOLVER_PRESETS, "custom"]
+
+
+class ExactInvert(_InvertNode):
+    DESCRIPTION = ("Exact inversion: per step, fixed-point iteration with Anderson mixing and a free warm start solves "
+                   "for the latent the sampler's step maps back onto the previous one.")
+    EXTRA = {
+        "preset": (EXACT_PRESETS, {"default": "balanced", "tooltip": (
+            "fast: 2 model evaluations per step; balanced: 3; exact: iterate to the tolerance (up to 40). "
+            "custom: use the inputs below.")}),
+        "tolerance": ("FLOAT", {"default": 1e-4, "min": 0.0, "max": 1.0, "step": 1e-6, "round": False,
+                                "tooltip": "RMS residual (latent units) at which a step stops. Used with custom."}),
+        "budget": ("INT", {"default": 3, "min": 0, "max": 200,
+                           "tooltip": "Maximum model evaluations per step. Used with custom."}),
+        "memory": ("INT", {"default": 3, "min": 0, "max": 20,
+                           "tooltip": "Anderson memory (0 = plain fixed point). Used with custom."}),
+    }
+
+    def sampler(self, model, preset, tolerance, budget, memory):
+        opts = SOLVER_PRESETS[preset] if preset != "custom" else FixedPointOptions(tolerance, budget, memory)
+        params = {"preset": preset, "tolerance": opts.tol, "budget": opts.max_evals, "memory": opts.memory}
+        return InversionSampler(make_fixed_point_step(opts), "exact", params)
+
+
+NODE_CLASS_MAPPINGS = {"DDIMInvert": DDIMInvert, "EasyInvInvert": EasyInvInvert, "ExactInvert": ExactInvert}
+NODE_DISPLAY_NAME_MAPPINGS = {"DDIMInvert": "DDIM Invert", "EasyInvInvert": "EasyInv Invert",
+                              "ExactInvert": "Exact Invert"}

@@ -1,0 +1,202 @@
+"""The pack's nodes inside the real ComfyUI engine: whole workflows through the host's executor (issue: foundation)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import host
+from host import WorkflowError, WorkflowInterrupted, WorkflowValidationError, run_workflow, tiny_inputs
+
+KINDS = ["eps", "v_prediction", "flow"]
+
+
+def invert_and_replay(kind="eps", method="DDIMInvert", steps=8, batch=1, extra=None, cfg=1.0, scheduler=None):
+    prompt = tiny_inputs(kind, batch=batch)
+    prompt["invert"] = {"class_type": method, "inputs": {
+        "model": ["model", 0], "positive": ["positive", 0], "negative": ["negative", 0], "latent": ["latent", 0],
+        "steps": steps, "scheduler": scheduler or ("simple" if kind == "flow" else "ddim_uniform"), "cfg": cfg,
+        **(extra or {})}}
+    prompt["replay"] = {"class_type": "InvertedLatentSampler", "inputs": {
+        "model": ["model", 0], "positive": ["positive", 0], "negative": ["negative", 0], "cfg": cfg,
+        "inverted_latent": ["invert", 0]}}
+    return prompt
+
+
+def rms(a, b):
+    return (a - b).pow(2).mean().sqrt().item()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ddim_invert_then_replay_reconstructs_and_exact_does_better(kind):
+    out = run_workflow(invert_and_replay(kind))
+    x0 = out["latent"][0]["samples"]
+    inv, sigmas = out["invert"]
+    rec = out["replay"][0]["samples"]
+    assert rec.shape == x0.shape and torch.isfinite(rec).all()
+    ddim_err = rms(rec, x0)         # a random tiny network is a poor denoiser: DDIM's error is large here
+    entry = inv["inversion"]
+    assert entry["method"] == "ddim" and entry["stats"]["forward_evals"] == 8
+    assert torch.equal(entry["sigmas"], sigmas) and sigmas[0] > sigmas[-1] == 0
+    assert len(entry["states"]) == 9 and entry["model_kind"] in ("EPS", "V_PREDICTION", "CONST")
+    # samples is the top of the stored trajectory (this latent format has scale 1)
+    assert torch.allclose(inv["samples"], entry["states"][-1], atol=1e-6)
+
+    exact = run_workflow(invert_and_replay(kind, "ExactInvert", extra={
+        "preset": "exact", "tolerance": 1e-4, "budget": 3, "memory": 3}))
+    exact_err = rms(exact["replay"][0]["samples"], x0)
+    assert exact_err < ddim_err / 10 and exact_err < 0.01 * x0.std().item(), (exact_err, ddim_err)
+
+
+def test_batch_of_two_inverts_each_item():
+    out = run_workflow(invert_and_replay(batch=2))
+    x0 = out["latent"][0]["samples"]
+    rec = out["replay"][0]["samples"]
+    single = run_workflow(invert_and_replay(batch=1))["replay"][0]["samples"]
+    assert rec.shape[0] == 2 and rms(rec[1:], x0[1:]) < 3 * x0.std().item()
+    # item 0 of the batch is the same computation as a batch of one
+    assert torch.allclose(rec[:1], single, atol=1e-4)
+
+
+def test_same_inputs_same_outputs_and_inputs_untouched():
+    a = run_workflow(invert_and_replay())
+    b = run_workflow(invert_and_replay())
+    assert torch.equal(a["invert"][0]["samples"], b["invert"][0]["samples"])
+    assert torch.equal(a["replay"][0]["samples"], b["replay"][0]["samples"])
+    fresh = host.tiny_latent(seed=3)["samples"]        # what the latent node produced, recomputed
+    assert torch.equal(a["latent"][0]["samples"], fresh)
+    assert set(a["latent"][0]) == {"samples"}          # the input LATENT gained no keys
+
+
+def test_progress_is_reported_per_step():
+    out = run_workflow(invert_and_replay(steps=5))
+    inv = out.progress_for("invert")
+    assert inv == [(i, 5) for i in range(1, 6)]
+    assert out.progress_for("replay") == inv
+
+
+def test_interrupt_stops_inversion_within_a_step():
+    with pytest.raises(WorkflowInterrupted):
+        run_workflow(invert_and_replay(steps=50), on_event=host.interrupt_on_progress(2, node="invert"))
+    out = run_workflow(invert_and_replay(steps=4))          # the engine is usable again
+    assert "replay" in out
+
+
+def test_cfg_changes_the_inversion():
+    a = run_workflow(invert_and_replay(cfg=1.0))["invert"][0]["samples"]
+    b = run_workflow(invert_and_replay(cfg=3.0))["invert"][0]["samples"]
+    assert rms(a, b) > 1e-3
+
+
+def test_custom_sigmas_input_is_used():
+    prompt = invert_and_replay()
+    prompt["sched"] = {"class_type": "BasicScheduler", "inputs": {
+        "model": ["model", 0], "scheduler": "karras", "steps": 5, "denoise": 1.0}}
+    prompt["invert"]["inputs"]["sigmas"] = ["sched", 0]
+    out = run_workflow(prompt)
+    assert torch.allclose(out["invert"][1], out["sched"][0].float())
+    assert len(out["invert"][0]["inversion"]["states"]) == 6
+
+
+def test_flipped_sigmas_are_accepted():
+    prompt = invert_and_replay()
+    prompt["sched"] = {"class_type": "BasicScheduler", "inputs": {
+        "model": ["model", 0], "scheduler": "normal", "steps": 5, "denoise": 1.0}}
+    prompt["flip"] = {"class_type": "FlipSigmas", "inputs": {"sigmas": ["sched", 0]}}
+    prompt["invert"]["inputs"]["sigmas"] = ["flip", 0]
+    out = run_workflow(prompt)
+    assert torch.allclose(out["invert"][1], out["sched"][0].float())
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def expect_error(prompt, *fragments, validation_ok=False):
+    with pytest.raises(WorkflowError) as err:
+        run_workflow(prompt)
+    text = str(err.value)
+    for f in fragments:
+        assert f in text, text
+    return err.value
+
+
+def test_latent_channels_not_matching_the_model():
+    prompt = invert_and_replay()
+    prompt["latent"]["inputs"]["channels"] = 3
+    expect_error(prompt, "latent", "3 channels", "4-channel")
+
+
+def test_steps_below_one():
+    prompt = invert_and_replay(steps=0)
+    expect_error(prompt, "steps")
+    node = host.node_class("DDIMInvert")()
+    with pytest.raises(ValueError, match="steps"):
+        node.invert(host.tiny_model(), host.tiny_conditioning(), host.tiny_conditioning(), host.tiny_latent(),
+                    0, "normal", 1.0)
+
+
+@pytest.mark.parametrize("bad, msg", [([3.0, 1.0, 2.0, 0.0], "monotonic"), ([1.0], "at least 2")])
+def test_bad_sigmas_input(bad, msg):
+    node = host.node_class("DDIMInvert")()
+    with pytest.raises(ValueError, match=msg):
+        node.invert(host.tiny_model(), host.tiny_conditioning(), host.tiny_conditioning(), host.tiny_latent(),
+                    4, "normal", 1.0, sigmas=torch.tensor(bad))
+
+
+def test_sampler_without_inversion_record_says_what_to_connect():
+    prompt = invert_and_replay()
+    prompt["replay"]["inputs"]["inverted_latent"] = ["latent", 0]
+    expect_error(prompt, "inverted_latent", "Connect the LATENT output of an inversion node")
+
+
+def test_conditioning_batch_mismatch():
+    prompt = invert_and_replay(batch=3)
+    prompt["positive"]["inputs"]["batch"] = 2
+    expect_error(prompt, "positive", "batch is 2", "latent batch is 3")
+
+
+def test_nan_from_the_model_names_step_and_sigma():
+    model = host.tiny_model().clone()
+    model.set_model_unet_function_wrapper(lambda apply, args: apply(args["input"], args["timestep"], **args["c"])
+                                          * float("nan"))
+    node = host.node_class("DDIMInvert")()
+    with pytest.raises(Exception, match=r"step 1/4 .*sigma.*NaN"):
+        node.invert(model, host.tiny_conditioning(), host.tiny_conditioning(), host.tiny_latent(), 4, "normal", 1.0)
+
+
+@pytest.mark.parametrize("node, inputs, fragment", [
+    ("LatentUpscaleBy", {"upscale_method": "nearest-exact", "scale_by": 2.0}, "changed the latent"),
+    ("RepeatLatentBatch", {"amount": 2}, "changed the latent"),
+    ("LatentFromBatch", {"batch_index": 0, "length": 1}, None),
+])
+def test_host_latent_nodes_accept_the_inverted_latent(node, inputs, fragment):
+    prompt = invert_and_replay()
+    key = "samples"
+    prompt["op"] = {"class_type": node, "inputs": {key: ["invert", 0], **inputs}}
+    prompt["replay"]["inputs"]["inverted_latent"] = ["op", 0]
+    if fragment is None:
+        out = run_workflow(prompt)
+        assert torch.isfinite(out["replay"][0]["samples"]).all()
+    else:
+        err = expect_error(prompt)
+        assert fragment in str(err) or "carries no inversion schedule" in str(err), str(err)
+        assert "Traceback" not in str(err).split("\n")[0]
+
+
+def test_easyinv_and_exact_bad_parameters_name_the_input():
+    prompt = invert_and_replay(method="EasyInvInvert", extra={
+        "preset": "custom", "eta": 0.5, "window_start": 0.3, "window_end": 0.2, "variant": "paper"})
+    expect_error(prompt, "window")
+    prompt = invert_and_replay(method="ExactInvert", extra={
+        "preset": "custom", "tolerance": 0.0, "budget": 3, "memory": 3})
+    expect_error(prompt, "tolerance")
+
+
+def test_easyinv_auto_preset_runs_with_ddim_cost():
+    out = run_workflow(invert_and_replay(method="EasyInvInvert", steps=20, extra={
+        "preset": "auto", "eta": 0.5, "window_start": 0.05, "window_end": 0.25, "variant": "paper"}))
+    entry = out["invert"][0]["inversion"]
+    assert entry["params"]["eta"] == 0.5 and entry["params"]["window"] == [0.05, 0.25]
+    assert entry["stats"]["forward_evals"] == 20
+    ddim = run_workflow(invert_and_replay(steps=20))
+    assert rms(out["invert"][0]["samples"], ddim["invert"][0]["samples"]) > 1e-4    # the blend acted
+    assert torch.isfinite(out["replay"][0]["samples"]).all()

@@ -22,6 +22,7 @@ import comfy.utils
 
 from ..inversion_core import (LATENT_KEY, Denoiser, InversionRecord, MissingInversionRecord, as_sampling_schedule,
                               invert, read_latent_entry, replay)
+from ..inversion_core.replay import source_offsets, step_weights
 from ..inversion_core.invert import StepHook, StepSolver
 
 MODEL_KINDS = ("CONST", "EDM", "V_PREDICTION", "EPS")  # most specific first (V_PREDICTION subclasses EPS)
@@ -38,8 +39,10 @@ def model_kind(model_sampling) -> str:
 
 
 def model_family(model) -> str:
-    """A coarse family name for presets: "SDXL" for SDXL-format latents, else the latent format's class name."""
-    fmt = type(getattr(model.model, "latent_format", None)).__name__
+    """A coarse family name for presets: "SDXL" for SDXL-format latents, else the latent format's class name.
+    ``model`` is a ModelPatcher or the host's BaseModel."""
+    base = getattr(model, "model", model)
+    fmt = type(getattr(base, "latent_format", None)).__name__
     return "SDXL" if fmt.startswith("SDXL") else fmt
 
 
@@ -68,8 +71,10 @@ class InversionSampler(comfy.samplers.Sampler):
     """A host SAMPLER that *inverts*: given a schedule (ascending, e.g. from FlipSigmas, or descending) it walks the
     latent from the lowest level up to the highest and returns the noise there. ``record`` holds the last run."""
 
-    def __init__(self, solver: StepSolver, method: str, params: dict[str, Any], hooks: Sequence[StepHook] = ()):
+    def __init__(self, solver: StepSolver, method: str, params: dict[str, Any], hooks: Sequence[StepHook] = (),
+                 resolve_family: Optional[Callable[[str], None]] = None):
         self.solver, self.method, self.params, self.hooks = solver, method, dict(params), tuple(hooks)
+        self.resolve_family = resolve_family     # settings that depend on the model family, known only here
         self.record: Optional[InversionRecord] = None
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
@@ -77,6 +82,8 @@ class InversionSampler(comfy.samplers.Sampler):
         schedule = as_sampling_schedule(sigmas, "sigmas")
         x0 = latent_image if latent_image is not None else noise
         den = _denoiser(model_wrap, extra_args)
+        if self.resolve_family is not None:
+            self.resolve_family(model_family(model_wrap.inner_model))
 
         def progress(step: int, total: int, x: torch.Tensor) -> None:
             if callback is not None:
@@ -90,19 +97,49 @@ class InversionSampler(comfy.samplers.Sampler):
 
 class ReplaySampler(comfy.samplers.Sampler):
     """A host SAMPLER that regenerates from inverted noise: the deterministic step every inversion inverts, down
-    the given (descending) schedule, no noise added."""
+    the given (descending) schedule, no noise added. Optional source-correction offsets and a mask that pins the
+    region outside it to the stored trajectory (see inversion_core/replay.py)."""
+
+    def __init__(self, offsets=None, weights=None, mask: Optional[torch.Tensor] = None, states_down=None):
+        self.offsets, self.weights, self.mask, self.states_down = offsets, weights, mask, states_down
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
         schedule = as_sampling_schedule(sigmas, "sigmas")
         x_top = latent_image if latent_image is not None else noise
+        if denoise_mask is not None and self.mask is None:
+            raise ValueError("latent noise_mask: a masked edit needs the stored inversion trajectory; use the "
+                             "Inverted Latent Sampler's mask input instead of SamplerCustomAdvanced")
         den = _denoiser(model_wrap, extra_args)
 
         def progress(step: int, total: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
             if callback is not None:
                 callback(step - 1, denoised, x, total)
 
-        return replay(den, x_top, schedule, callback=progress).to(device=x_top.device)
+        out = replay(den, x_top, schedule, callback=progress, offsets=self.offsets, weights=self.weights,
+                     mask=self.mask, states_down=self.states_down)
+        return out.to(device=x_top.device)
+
+
+class _OffsetSampler(comfy.samplers.Sampler):
+    """Runs only the source branch over the stored trajectory to compute the DirectInversion offsets."""
+
+    def __init__(self, states_down, weights):
+        self.states_down, self.weights, self.offsets = states_down, weights, None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        schedule = as_sampling_schedule(sigmas, "sigmas")
+        den = _denoiser(model_wrap, extra_args)
+        device = latent_image.device
+        states = [s.to(device) for s in self.states_down]
+
+        def progress(step: int, total: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+            if callback is not None:
+                callback(step - 1, denoised, x, total)
+
+        self.offsets = source_offsets(den, states, schedule, self.weights, callback=progress)
+        return latent_image
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -134,16 +171,22 @@ def check_conditioning(cond: Any, batch: int, name: str) -> None:
                              "use one prompt for all images or one per image")
 
 
-def schedule_from_inputs(model, steps: int, scheduler: str, sigmas: Optional[torch.Tensor]) -> torch.Tensor:
-    """The descending sampling schedule: the optional SIGMAS input wins over steps + scheduler."""
+def schedule_from_inputs(model, steps: int, scheduler: str, sigmas: Optional[torch.Tensor],
+                         denoise: float = 1.0) -> torch.Tensor:
+    """The descending sampling schedule: the optional SIGMAS input wins over steps + scheduler (+ denoise, which
+    keeps the lowest ``steps`` levels of a ``steps / denoise`` schedule, exactly as the host's BasicScheduler)."""
     if sigmas is not None:
         return as_sampling_schedule(sigmas, "sigmas")
     if int(steps) < 1:
         raise ValueError(f"steps: must be at least 1, got {steps}")
+    if not 0.0 < float(denoise) <= 1.0:
+        raise ValueError(f"denoise: must be in (0, 1], got {denoise}")
     if scheduler not in comfy.samplers.SCHEDULER_NAMES:
         raise ValueError(f"scheduler: unknown scheduler {scheduler!r}; one of {comfy.samplers.SCHEDULER_NAMES}")
     ms = model.get_model_object("model_sampling")
-    return as_sampling_schedule(comfy.samplers.calculate_sigmas(ms, scheduler, int(steps)).cpu(), "scheduler")
+    total = int(steps) if denoise >= 1.0 else int(int(steps) / float(denoise))
+    full = comfy.samplers.calculate_sigmas(ms, scheduler, total).cpu()
+    return as_sampling_schedule(full[-(int(steps) + 1):], "scheduler")
 
 
 def _progress_callback(model, steps: int) -> Callable:
@@ -193,7 +236,30 @@ def read_inverted(latent: Any, name: str = "latent") -> tuple[torch.Tensor, dict
     return latent["samples"], entry
 
 
-def run_replay(model, positive, negative, cfg: float, latent: dict) -> dict:
+def _mask_for(mask: Optional[torch.Tensor], samples: torch.Tensor, name: str) -> Optional[torch.Tensor]:
+    """A MASK ([H, W], [B, H, W] or [B, 1, H, W], 1 = edit) resized to the latent (bilinear, as the host's samplers
+    resize noise masks) → [B or 1, 1, h, w]."""
+    if mask is None:
+        return None
+    m = mask.float()
+    if m.ndim == 2:
+        m = m[None, None]
+    elif m.ndim == 3:
+        m = m[:, None]
+    if m.ndim != 4 or m.shape[1] != 1:
+        raise ValueError(f"{name}: expected a MASK [height, width] or [batch, height, width], got {tuple(mask.shape)}")
+    if m.shape[0] not in (1, samples.shape[0]):
+        raise ValueError(f"{name}: mask batch is {m.shape[0]} but the latent batch is {samples.shape[0]}")
+    if not torch.isfinite(m).all():
+        raise ValueError(f"{name}: contains NaN or inf")
+    if tuple(m.shape[-2:]) != tuple(samples.shape[-2:]):
+        m = torch.nn.functional.interpolate(m, size=samples.shape[-2:], mode="bilinear", align_corners=False)
+    return m.clamp(0.0, 1.0)
+
+
+def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_positive=None,
+               correction_strength: float = 0.0, correction_start_step: int = 0, correction_end_step: int = -1,
+               mask: Optional[torch.Tensor] = None) -> dict:
     samples, entry = read_inverted(latent, "inverted_latent")
     check_latent(model, latent, "inverted_latent")
     check_conditioning(positive, samples.shape[0], "positive")
@@ -203,7 +269,24 @@ def run_replay(model, positive, negative, cfg: float, latent: dict) -> dict:
         raise ValueError(f"model: this latent was inverted with a {entry['model_kind']} model but this is a "
                          f"{kind} model; replay with the model it was inverted with")
     schedule = entry["sigmas"]
-    out_samples = _guide(model, positive, negative, cfg, samples, ReplaySampler(), schedule)
-    out = {k: v for k, v in latent.items() if k not in ("samples", LATENT_KEY)}
+    total = len(schedule) - 1
+    weights = step_weights(total, float(correction_strength), int(correction_start_step), int(correction_end_step))
+    states_down = list(reversed(entry.get("states") or []))
+    needs_states = any(weights) or mask is not None or "noise_mask" in latent
+    if needs_states and len(states_down) != total + 1:
+        raise ValueError("inverted_latent: source correction and masked edits need the stored trajectory, which this "
+                         "latent lacks; connect an inversion node's output directly")
+    offsets = None
+    if any(weights):
+        source = positive if source_positive is None else source_positive
+        check_conditioning(source, samples.shape[0], "source_positive")
+        offset_sampler = _OffsetSampler(states_down, weights)
+        _guide(model, source, negative, cfg, samples, offset_sampler, schedule)
+        offsets = offset_sampler.offsets
+    m = _mask_for(mask if mask is not None else latent.get("noise_mask"), samples,
+                  "mask" if mask is not None else "inverted_latent noise_mask")
+    sampler = ReplaySampler(offsets, weights, m, states_down if m is not None else None)
+    out_samples = _guide(model, positive, negative, cfg, samples, sampler, schedule)
+    out = {k: v for k, v in latent.items() if k not in ("samples", LATENT_KEY, "noise_mask")}
     out["samples"] = out_samples.to(samples.dtype).cpu()
     return out

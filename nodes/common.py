@@ -26,6 +26,9 @@ def inversion_inputs(default_steps: int = 50) -> dict:
             "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                               "tooltip": "Classifier-free guidance during inversion. 1.0 (no guidance) inverts "
                                          "most exactly; higher values make reconstruction drift."}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": (
+                "Partial inversion, as in BasicScheduler: invert only the lowest `denoise` part of a "
+                "steps/denoise schedule; replay starts from there, so edits keep more of the image.")}),
         },
         "optional": {
             "sigmas": ("SIGMAS", {"tooltip": "Optional custom schedule (descending, or ascending from FlipSigmas); "

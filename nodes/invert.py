@@ -5,7 +5,7 @@ from ..inversion_core import ddim_step
 from ..inversion_core.methods import easyinv
 from ..inversion_core.solvers.fixed_point import PRESETS as SOLVER_PRESETS
 from ..inversion_core.solvers.fixed_point import FixedPointOptions, make_fixed_point_step
-from .bridge import InversionSampler, model_family, run_inversion, schedule_from_inputs
+from .bridge import InversionSampler, ReplaySampler, model_family, run_inversion, schedule_from_inputs
 from .common import CATEGORY, INVERSION_OUTPUT_NAMES, INVERSION_OUTPUT_TOOLTIPS, INVERSION_OUTPUTS, inversion_inputs
 
 
@@ -28,8 +28,8 @@ class _InvertNode:
     def sampler(self, model, **params) -> InversionSampler:
         raise NotImplementedError
 
-    def invert(self, model, positive, negative, latent, steps, scheduler, cfg, sigmas=None, **params):
-        schedule = schedule_from_inputs(model, steps, scheduler, sigmas)
+    def invert(self, model, positive, negative, latent, steps, scheduler, cfg, denoise=1.0, sigmas=None, **params):
+        schedule = schedule_from_inputs(model, steps, scheduler, sigmas, denoise)
         out = run_inversion(model, positive, negative, cfg, latent, schedule, self.sampler(model, **params))
         return out, schedule.clone()
 
@@ -64,8 +64,13 @@ class EasyInvInvert(_InvertNode):
     }
 
     def sampler(self, model, preset, eta, window_start, window_end, variant):
-        if preset == "auto":
+        if preset == "auto" and model is not None:
             preset = "SDXL" if model_family(model) == "SDXL" else "SD1.x / SD2.x"
+        elif preset == "auto":   # SAMPLER twin: no model yet; the sampler resolves the family when it runs
+            hook = easyinv.EasyInvBlend(variant=variant)
+            return InversionSampler(ddim_step, "easyinv", {"preset": "auto", "variant": variant}, hooks=[hook],
+                                    resolve_family=lambda fam: hook.use_preset("SDXL" if fam == "SDXL"
+                                                                               else "SD1.x / SD2.x"))
         if preset != "custom":
             eta, (window_start, window_end) = easyinv.PRESETS[preset]["eta"], easyinv.PRESETS[preset]["window"]
         hook = easyinv.EasyInvBlend(eta=eta, window=(window_start, window_end), variant=variant)
@@ -97,6 +102,51 @@ class ExactInvert(_InvertNode):
         return InversionSampler(make_fixed_point_step(opts), "exact", params)
 
 
+def sampler_node(invert_node: type[_InvertNode], method: str) -> type:
+    """The SAMPLER twin of an inversion node, for SamplerCustomAdvanced chains (with FlipSigmas' ascending sigmas)."""
+
+    class _SamplerNode:
+        DESCRIPTION = (f"{method} inversion as a SAMPLER: give SamplerCustomAdvanced ascending sigmas (FlipSigmas) "
+                       "and DisableNoise; it returns the inverted noise. Replay with Inverted Replay SAMPLER on the "
+                       "original (descending) sigmas.")
+        CATEGORY = CATEGORY
+        RETURN_TYPES = ("SAMPLER",)
+        FUNCTION = "get_sampler"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": dict(invert_node.EXTRA)}
+
+        def get_sampler(self, **params):
+            return (invert_node().sampler(None, **params),)
+
+    _SamplerNode.__name__ = _SamplerNode.__qualname__ = f"{invert_node.__name__}Sampler"
+    return _SamplerNode
+
+
+class InvertedReplaySampler:
+    DESCRIPTION = ("The replay step of the Inverted Latent Sampler as a SAMPLER for SamplerCustomAdvanced: "
+                   "deterministic, no noise added. Use the same (descending) sigmas the latent was inverted on.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("SAMPLER",)
+    FUNCTION = "get_sampler"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def get_sampler(self):
+        return (ReplaySampler(),)
+
+
+_SAMPLERS = {f"{cls.__name__}Sampler": (sampler_node(cls, name), f"{name} Inversion SAMPLER")
+             for cls, name in ((DDIMInvert, "DDIM"), (EasyInvInvert, "EasyInv"), (ExactInvert, "Exact"))}
+
 NODE_CLASS_MAPPINGS = {"DDIMInvert": DDIMInvert, "EasyInvInvert": EasyInvInvert, "ExactInvert": ExactInvert}
 NODE_DISPLAY_NAME_MAPPINGS = {"DDIMInvert": "DDIM Invert", "EasyInvInvert": "EasyInv Invert",
                               "ExactInvert": "Exact Invert"}
+NODE_CLASS_MAPPINGS["InvertedReplaySampler"] = InvertedReplaySampler
+NODE_DISPLAY_NAME_MAPPINGS["InvertedReplaySampler"] = "Inverted Replay SAMPLER"
+for _key, (_cls, _title) in _SAMPLERS.items():
+    NODE_CLASS_MAPPINGS[_key] = _cls
+    NODE_DISPLAY_NAME_MAPPINGS[_key] = _title

@@ -17,10 +17,12 @@ def invert_and_replay(kind="eps", method="DDIMInvert", steps=8, batch=1, extra=N
     prompt["invert"] = {"class_type": method, "inputs": {
         "model": ["model", 0], "positive": ["positive", 0], "negative": ["negative", 0], "latent": ["latent", 0],
         "steps": steps, "scheduler": scheduler or ("simple" if kind == "flow" else "ddim_uniform"), "cfg": cfg,
+        "denoise": 1.0,
         **(extra or {})}}
     prompt["replay"] = {"class_type": "InvertedLatentSampler", "inputs": {
         "model": ["model", 0], "positive": ["positive", 0], "negative": ["negative", 0], "cfg": cfg,
-        "inverted_latent": ["invert", 0]}}
+        "inverted_latent": ["invert", 0], "correction_strength": 0.0, "correction_start_step": 0,
+        "correction_end_step": -1}}
     return prompt
 
 

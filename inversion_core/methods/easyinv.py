@@ -55,6 +55,10 @@ class EasyInvBlend:
             raise ValueError(f"variant: one of {VARIANTS}, got {self.variant!r}")
         self.window = (a, b)
 
+    def use_preset(self, name: str) -> None:
+        """Switch to one of PRESETS (the reference implementation's per-family settings)."""
+        self.eta, self.window = PRESETS[name]["eta"], tuple(PRESETS[name]["window"])
+
     def before_step(self, ctx: StepContext, x_i: Tensor) -> Tensor:
         if ctx.index == 0:
             self._prev_target = None

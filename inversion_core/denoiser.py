@@ -7,6 +7,7 @@ only the still-active items of a batch (an item that converged stops paying).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -37,6 +38,7 @@ class Denoiser:
     calls: int = 0
     forward_evals: float = 0.0
     backward_evals: float = 0.0
+    model_seconds: float = 0.0          # wall time spent inside ``raw`` (the rest of a run is the pack's overhead)
 
     def __call__(self, x: Tensor, sigma: float, active: Optional[Tensor] = None) -> Tensor:
         """D(x, σ) as float32. With a boolean ``active`` mask over the batch, only those rows are meaningful in the
@@ -51,7 +53,9 @@ class Denoiser:
         return self._eval(x, sigma)
 
     def _eval(self, x: Tensor, sigma: float) -> Tensor:
+        start = time.perf_counter()
         out = self.raw(x, float(sigma)).float()
+        self.model_seconds += time.perf_counter() - start
         self.calls += 1
         self.forward_evals += x.shape[0] / max(self.batch_size, 1)
         if not torch.isfinite(out).all():

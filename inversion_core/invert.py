@@ -95,4 +95,4 @@ def invert(den: Denoiser, x0: Tensor, sampling_sigmas: Tensor, solver: StepSolve
             callback(i + 1, total, x)
     return InversionRecord(method=method, params=dict(params or {}), sigmas=sampling_sigmas.clone(),
                            states=states, steps=steps, model_kind=model_kind,
-                           seconds=time.perf_counter() - start)
+                           seconds=time.perf_counter() - start, model_seconds=den.model_seconds)

@@ -43,6 +43,7 @@ class InversionRecord:
     steps: list[StepStats] = field(default_factory=list)
     model_kind: str = ""                # "EPS" / "V_PREDICTION" / "CONST" …
     seconds: float = 0.0
+    model_seconds: float = 0.0          # of which inside the model (forward calls)
 
     @property
     def forward_evals(self) -> float:
@@ -63,6 +64,7 @@ class InversionRecord:
             "forward_evals": self.forward_evals,
             "backward_evals": self.backward_evals,
             "seconds": self.seconds,
+            "model_seconds": self.model_seconds,
             "residual": [s.residual for s in self.steps],
             "iterations": [s.iterations for s in self.steps],
             "unconverged_steps": self.unconverged_steps,

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Benchmark every inversion method on the reference model (see scripts/benchmark.py --help).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh >/dev/null
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} exec .venv/bin/python scripts/benchmark.py "$@"

@@ -1,0 +1,267 @@
+"""GNRI: the core step solver on analytic denoisers, and the node through the real host executor."""
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+
+import pytest
+import torch
+
+from inversion_core import Denoiser, StepFailed, ddim_step, invert, replay
+from inversion_core.solvers.gnri import GNRISolver, gmres, marginal_mean
+
+from analytic import S, eps_denoiser, flow_denoiser, nonlinear_denoiser
+
+import host
+
+
+def karras(n: int, lo: float = 0.03, hi: float = 14.6, rho: float = 7.0) -> torch.Tensor:
+    ramp = torch.linspace(0, 1, n)
+    s = (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+    return torch.cat([s, torch.zeros(1)])
+
+
+def flow_schedule(n: int) -> torch.Tensor:
+    return torch.linspace(1.0, 0.0, n + 1)
+
+
+def image(batch: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 4, 8, 8, generator=torch.Generator().manual_seed(seed)) * S
+
+
+def strong_denoiser(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """More non-linear than analytic.nonlinear_denoiser, so that Newton needs several iterations."""
+    return x * (S * S / (S * S + sigma * sigma)) + 0.3 * torch.tanh(2 * x) * sigma / (1 + sigma)
+
+
+def round_trip(raw, x0, sigmas, solver):
+    rec = invert(Denoiser(raw), x0, sigmas, solver, method="gnri")
+    return rec, replay(Denoiser(raw), rec.states[-1], sigmas)
+
+
+# ------------------------------------------------------------------------------------------------ paper variant
+@pytest.mark.parametrize("lam", [0.0, 0.1])
+def test_paper_newton_converges_quadratically_to_1e_5(lam):
+    solver = GNRISolver(lam=lam, tol=1e-6, max_iter=10)
+    rec = invert(Denoiser(strong_denoiser), image(), karras(6), solver, method="gnri")
+    assert all(st.converged for st in rec.steps) and max(max(st.residual) for st in rec.steps) <= 1e-6
+    assert all(st.iterations <= 5 for st in rec.steps), [st.iterations for st in rec.steps]
+    for step in solver.trace:
+        for seq in step["residuals"]:
+            # the first residual below 1e-5 within 4 Newton steps
+            assert next(k for k, e in enumerate(seq) if e < 1e-5) <= 4, seq
+            # quadratic once in the basin: e_{k+1} <= C·e_k² (C = 20 per latent unit; above the float32 floor)
+            for a, b in zip(seq, seq[1:]):
+                if a < 0.1 and b > 1e-5:
+                    assert b <= 20 * a * a, (seq, a, b)
+    assert solver.trace[0]["jvp"] == "forward"
+    assert all("jvp: forward" in st.note for st in rec.steps if st.iterations)
+
+
+@pytest.mark.parametrize("raw, schedule, kind", [(eps_denoiser, karras, "eps"), (flow_denoiser, flow_schedule, "flow"),
+                                                 (nonlinear_denoiser, karras, "eps")], ids=["eps", "flow", "nonlinear"])
+def test_paper_round_trip_is_exact_where_ddim_is_not(raw, schedule, kind):
+    x0, sig = image(), schedule(8)
+    _, back = round_trip(raw, x0, sig, GNRISolver(lam=0.1, tol=1e-6, marginal=kind))
+    rec_ddim = invert(Denoiser(raw), x0, sig, ddim_step, method="ddim")
+    ddim_err = (replay(Denoiser(raw), rec_ddim.states[-1], sig) - x0).abs().max().item()
+    err = (back - x0).abs().max().item()
+    assert err < 2e-5 and err < ddim_err / 100, (err, ddim_err)
+
+
+def test_linear_denoiser_needs_one_newton_step_and_one_jvp():
+    solver = GNRISolver(lam=0.0, tol=1e-5)
+    den = Denoiser(eps_denoiser)
+    rec = invert(den, image(), karras(5), solver, method="gnri")
+    assert [st.iterations for st in rec.steps] == [1] * 5
+    assert all(k == [1] for step in solver.trace for k in step["krylov"])
+    # per step: residual at the start, one JVP (forward mode, counted as a forward pass), the new point's residual
+    assert [st.forward_evals for st in rec.steps] == [3.0] * 5 and rec.backward_evals == 0
+
+
+@pytest.mark.parametrize("mode", ["double backward", "finite difference"])
+def test_jvp_modes_agree(mode):
+    x0, sig = image(), karras(5)
+    ref = invert(Denoiser(strong_denoiser), x0, sig, GNRISolver(lam=0.1, tol=1e-6), method="g").states[-1]
+    solver = GNRISolver(lam=0.1, tol=1e-6, jvp=mode)
+    den = Denoiser(strong_denoiser)
+    rec = invert(den, x0, sig, solver, method="g")
+    assert solver.jvp_mode == mode and all(st.converged for st in rec.steps)
+    assert torch.allclose(rec.states[-1], ref, atol=1e-5)
+    assert (rec.backward_evals > 0) == (mode == "double backward")
+
+
+def test_gmres_solves_a_per_item_diagonal_system():
+    g = torch.Generator().manual_seed(1)
+    diag = 0.5 + torch.rand(3, 4, 5, 5, generator=g)
+    rhs = torch.randn(3, 4, 5, 5, generator=g)
+    x, used = gmres(lambda v, m: diag * v, rhs, torch.ones(3, dtype=torch.bool), torch.full((3,), 1e-6), 100)
+    assert torch.allclose(diag * x, rhs, atol=1e-4) and (used > 1).all()
+
+
+def test_batch_items_stop_independently_and_match_solo_solves():
+    x0 = image(3)
+    x0[1] = 0.0                                    # a zero image is its own exact inverse: residual 0 at the start
+    x0[2] *= 4                                     # a larger image needs more Newton steps
+    batches = []
+
+    def raw(x, sigma):
+        batches.append(x.shape[0])
+        return strong_denoiser(x, sigma)
+
+    solver = GNRISolver(lam=0.1, tol=1e-5)         # (the 4x item's float32 floor at sigma 14.6 is ~3e-6)
+    rec = invert(Denoiser(raw), x0, karras(4), solver, method="gnri")
+    assert min(batches) < 3                        # converged / exact items were left out of later evaluations
+    assert all(st.converged for st in rec.steps)
+    assert all(step["iterations"][1] == 0 for step in solver.trace)
+    assert any(step["iterations"][2] > step["iterations"][0] for step in solver.trace)
+    for i in (0, 2):
+        solo = invert(Denoiser(strong_denoiser), x0[i:i + 1], karras(4), GNRISolver(lam=0.1, tol=1e-5), method="g")
+        assert torch.allclose(solo.states[-1][0], rec.states[-1][i], atol=1e-5)
+    assert torch.equal(rec.states[-1][1], torch.zeros_like(x0[1]))
+
+
+def test_nothing_requiring_grad_survives_a_step():
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1)     # a denoiser with parameters, as a network has
+
+    def raw(x, sigma):
+        return eps_denoiser(x, sigma) + 0.05 * torch.tanh(conv(x)) * sigma / (1 + sigma)
+
+    leaks = []
+
+    def callback(step, total, x):
+        gc.collect()
+        leaks.append(sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn is not None))
+
+    rec = invert(Denoiser(raw), image(), karras(4), GNRISolver(lam=0.1, tol=1e-5), method="g", callback=callback)
+    assert leaks == [0] * 4 and not rec.states[-1].requires_grad and conv.weight.grad is None
+
+
+# ------------------------------------------------------------------------------------------------ reference code
+def test_reference_code_variant_is_the_official_sign_step():
+    x0, sig = image(), karras(3)
+    lam = 0.1
+    solver = GNRISolver(lam=lam, variant="reference code")
+    den = Denoiser(eps_denoiser)
+    rec = invert(den, x0, sig, solver, method="gnri")
+    assert den.calls == 6 and rec.backward_evals == 0 and [st.iterations for st in rec.steps] == [2, 2, 2]
+    # written out independently: 2 iterations, keep f(z_k) of the lowest mean residual e_k
+    s = sig.flip(0).tolist()
+    x = x0.clone()
+    for lo, hi in zip(s[:-1], s[1:]):
+        z, best, best_score = x.clone(), None, None
+        for _ in range(2):
+            fz = x + (hi - lo) * (z - eps_denoiser(z, hi)) / hi
+            e = (fz - z).abs() + lam * 0.5 * ((fz - x0) / hi) ** 2
+            score = e.flatten(1).mean(1)
+            if best is None:
+                best, best_score = fz.clone(), score.clone()
+            else:
+                take = score < best_score
+                best[take], best_score[take] = fz[take], score[take]
+            z = z - score.view(-1, 1, 1, 1) * torch.sign(z - fz)
+        x = best
+    assert torch.allclose(rec.states[-1], x, atol=1e-5)
+
+
+def test_guidance_uses_the_flow_marginal_mean():
+    x0, sig = image(), flow_schedule(3)
+
+    def one_step(marginal):   # a single guided Newton step: the guidance has not vanished yet
+        solver = GNRISolver(lam=1.0, max_iter=1, marginal=marginal)
+        return invert(Denoiser(flow_denoiser), x0, sig, solver, method="g").states[-1]
+
+    assert not torch.allclose(one_step("flow"), one_step("eps"))
+    assert torch.allclose(one_step("flow"), one_step(lambda x, s: (1 - s) * x))
+    assert torch.equal(marginal_mean("CONST")(x0, 0.25), 0.75 * x0)
+    assert marginal_mean("V_PREDICTION")(x0, 0.25) is x0
+
+
+# ------------------------------------------------------------------------------------------------ errors
+@pytest.mark.parametrize("kwargs, name", [({"lam": -0.1}, "lambda"), ({"tol": 0.0}, "tolerance"),
+                                          ({"tol": -1e-5}, "tolerance"), ({"max_iter": 0}, "max_iterations"),
+                                          ({"variant": "nope"}, "variant"), ({"marginal": "nope"}, "marginal")])
+def test_bad_parameters_name_the_parameter(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        GNRISolver(**kwargs)
+
+
+def test_nan_in_a_newton_iterate_names_the_step():
+    def raw(x, sigma):   # finite values, infinite derivative at 0: the Newton system becomes NaN/inf
+        return eps_denoiser(x, sigma) + 0.1 * torch.sqrt(x.abs())
+
+    x0 = image()
+    x0[:, :, 0, 0] = 0.0
+    with pytest.raises(StepFailed, match=r"inversion step 1/3 .*NaN/inf"):
+        invert(Denoiser(raw), x0, karras(3), GNRISolver(lam=0.0, tol=1e-6), method="g")
+
+
+def test_nan_from_the_model_names_the_step():
+    def raw(x, sigma):
+        return eps_denoiser(x, sigma) * (float("nan") if sigma > 1 else 1.0)
+
+    with pytest.raises(StepFailed, match=r"inversion step 3/4"):
+        invert(Denoiser(raw), image(), karras(4), GNRISolver(), method="g")
+
+
+# ------------------------------------------------------------------------------------------------ real host
+@contextlib.contextmanager
+def grad_nodes_registered():
+    """The host registry with this module's nodes, for the duration (a no-op once nodes/__init__.py registers them;
+    names added here are removed afterwards so that other tests see the pack's real registry)."""
+    from comfy.cmd.execution import nodes as host_nodes
+
+    module = importlib.import_module(host.PACK_DIR_NAME + ".nodes.methods_grad")
+    registry = host_nodes.NODE_CLASS_MAPPINGS
+    added = [name for name in module.NODE_CLASS_MAPPINGS if name not in registry]
+    registry.update({name: module.NODE_CLASS_MAPPINGS[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            registry.pop(name, None)
+
+
+def _prompt(method: str, extra: dict, kind: str = "eps", steps: int = 3, size: int = 8) -> dict:
+    prompt = host.tiny_inputs(kind, size=size)
+    inputs = {"model": ["model", 0], "positive": ["positive", 0], "negative": ["negative", 0],
+              "latent": ["latent", 0], "steps": steps, "scheduler": "ddim_uniform", "cfg": 1.0, **extra}
+    cls = host.node_class(method)
+    for name, spec in cls.INPUT_TYPES()["required"].items():   # shared inputs added later keep their defaults
+        if name not in inputs and isinstance(spec[-1], dict) and "default" in spec[-1]:
+            inputs[name] = spec[-1]["default"]
+    prompt["invert"] = {"class_type": method, "inputs": inputs}
+    return prompt
+
+
+@pytest.mark.parametrize("name", ["GNRIInvert", "PreciseInvInvert"])
+def test_every_node_input_has_a_tooltip(name):
+    with grad_nodes_registered():
+        cls = host.node_class(name)
+    inputs = cls.INPUT_TYPES()
+    for group in ("required", "optional"):
+        for key, spec in inputs.get(group, {}).items():
+            assert isinstance(spec[-1], dict) and spec[-1].get("tooltip"), (name, key)
+    assert cls.DESCRIPTION and len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
+
+
+def test_gnri_node_runs_in_the_host_executor_with_model_gradients():
+    with grad_nodes_registered():
+        out = host.run_workflow(_prompt("GNRIInvert", {"lambda": 0.1, "tolerance": 1e-5, "max_iterations": 4,
+                                                       "variant": "paper"}, kind="v_prediction"))
+    inverted, sigmas = out["invert"]
+    entry = inverted["inversion"]
+    assert entry["method"] == "gnri" and entry["params"]["variant"] == "paper"
+    # the executor built the model under inference mode; grad mode cloned its weights and restored them afterwards
+    gm = entry["params"]["grad_mode"]
+    model = out["model"][0].model
+    weight_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2 ** 20
+    assert gm["cloned_tensors"] > 0 and gm["extra_mib"] == pytest.approx(weight_mib, rel=0.01)
+    assert all(p.is_inference() for p in model.parameters())
+    steps = entry["step_stats"]
+    assert all(s["note"].startswith("jvp: forward") for s in steps)     # autograd through the model, no fallback
+    assert all(s["converged"] and max(s["residual"]) <= 1e-5 for s in steps), [s["residual"] for s in steps]
+    x0 = out["latent"][0]["samples"]
+    assert inverted["samples"].shape == x0.shape and torch.isfinite(inverted["samples"]).all()
+    assert len(entry["states"]) == 4 and torch.equal(entry["sigmas"], sigmas)

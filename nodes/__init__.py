@@ -1,8 +1,8 @@
 """ComfyUI node declarations. Each module exports NODE_CLASS_MAPPINGS / NODE_DISPLAY_NAME_MAPPINGS; they are merged here."""
-from . import invert, report, reference_model, sample
+from . import invert, methods_grad, report, reference_model, sample
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
-for _module in (invert, sample, report, reference_model):
+for _module in (invert, methods_grad, sample, report, reference_model):
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

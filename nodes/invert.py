@@ -111,6 +111,7 @@ def sampler_node(invert_node: type[_InvertNode], method: str) -> type:
                        "original (descending) sigmas.")
         CATEGORY = CATEGORY
         RETURN_TYPES = ("SAMPLER",)
+        OUTPUT_TOOLTIPS = (f"{method} inversion; connect to SamplerCustomAdvanced with FlipSigmas' ascending sigmas.",)
         FUNCTION = "get_sampler"
 
         @classmethod
@@ -129,6 +130,7 @@ class InvertedReplaySampler:
                    "deterministic, no noise added. Use the same (descending) sigmas the latent was inverted on.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SAMPLER",)
+    OUTPUT_TOOLTIPS = ("Deterministic replay; connect to SamplerCustomAdvanced with the descending sigmas.",)
     FUNCTION = "get_sampler"
 
     @classmethod

@@ -6,7 +6,7 @@ from ..inversion_core.solvers.gnri import GNRISolver
 from ..inversion_core.solvers.preciseinv import PRESETS as PRECISE_PRESETS
 from ..inversion_core.solvers.preciseinv import PreciseInvSolver
 from .grad_mode import GradInversionSampler
-from .invert import _InvertNode
+from .invert import _InvertNode, sampler_node
 
 GRAD_MEMORY_NOTE = (
     "Needs gradients through the model (the host runs nodes in inference mode): while it runs, a second copy of the "
@@ -101,5 +101,9 @@ class PreciseInvInvert(_GradInvertNode):
             "step_size": float(step_size), "optimizer": solver.optimizer})
 
 
-NODE_CLASS_MAPPINGS = {"GNRIInvert": GNRIInvert, "PreciseInvInvert": PreciseInvInvert}
-NODE_DISPLAY_NAME_MAPPINGS = {"GNRIInvert": "GNRI Invert", "PreciseInvInvert": "PreciseInv Invert"}
+NODE_CLASS_MAPPINGS = {"GNRIInvert": GNRIInvert, "PreciseInvInvert": PreciseInvInvert,
+                       "GNRIInvertSampler": sampler_node(GNRIInvert, "GNRI"),
+                       "PreciseInvInvertSampler": sampler_node(PreciseInvInvert, "PreciseInv")}
+NODE_DISPLAY_NAME_MAPPINGS = {"GNRIInvert": "GNRI Invert", "PreciseInvInvert": "PreciseInv Invert",
+                              "GNRIInvertSampler": "GNRI Inversion SAMPLER",
+                              "PreciseInvInvertSampler": "PreciseInv Inversion SAMPLER"}

@@ -39,8 +39,10 @@ METHODS = [  # (label, node class, widget params)
     ("GNRI paper", "GNRIInvert", {"lambda": 0.1, "tolerance": 1e-4, "max_iterations": 5, "variant": "paper"}),
     ("GNRI reference code", "GNRIInvert", {"lambda": 0.1, "tolerance": 1e-4, "max_iterations": 2,
                                            "variant": "reference code"}),
-    ("PreciseInv fast", "PreciseInvInvert", {"threshold": "fast (1e-2)"}),
-    ("PreciseInv precise", "PreciseInvInvert", {"threshold": "precise (1e-5)"}),
+    ("PreciseInv fast", "PreciseInvInvert", {"threshold_preset": "fast (1e-2)", "custom_threshold": 1e-4,
+                                             "max_iterations": 100, "step_size": 1.0}),
+    ("PreciseInv precise", "PreciseInvInvert", {"threshold_preset": "precise (1e-5)", "custom_threshold": 1e-4,
+                                                "max_iterations": 100, "step_size": 1.0}),
 ]
 QUICK_METHODS = ("DDIM", "EasyInv", "Exact balanced", "GNRI reference code", "PreciseInv fast")
 

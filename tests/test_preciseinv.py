@@ -130,15 +130,16 @@ def test_memory_is_flat_nothing_from_a_step_graph_survives():
     def raw(x, sigma):
         return eps_denoiser(x, sigma) + 0.05 * torch.tanh(conv(x)) * sigma / (1 + sigma)
 
-    alive = []
-
-    def callback(step, total, x):
+    def graph_tensors():
         gc.collect()
-        alive.append(sum(1 for o in gc.get_objects()
-                         if isinstance(o, torch.Tensor) and (o.grad_fn is not None or
-                                                             (o.requires_grad and not isinstance(o, torch.nn.Parameter)))))
+        return sum(1 for o in gc.get_objects()
+                   if isinstance(o, torch.Tensor) and (o.grad_fn is not None or
+                                                       (o.requires_grad and not isinstance(o, torch.nn.Parameter))))
 
-    rec = invert(Denoiser(raw), image(), karras(5), PreciseInvSolver(threshold=1e-6), method="p", callback=callback)
+    before = graph_tensors()          # whatever earlier tests of the session left alive
+    alive = []
+    rec = invert(Denoiser(raw), image(), karras(5), PreciseInvSolver(threshold=1e-6), method="p",
+                 callback=lambda step, total, x: alive.append(graph_tensors() - before))
     assert alive == [0] * 5 and rec.backward_evals > 0
     assert conv.weight.grad is None               # gradients are taken w.r.t. the noise only
 

@@ -70,6 +70,7 @@ from ..denoiser import Denoiser, NonFiniteModelOutput
 from ..invert import StepContext
 from ..record import StepStats
 from ..steps import fixed_point_map, residual_rms
+from .fixed_point import warm_start_guess
 
 MarginalMean = Callable[[Tensor, float], Tensor]
 VARIANTS = ("paper", "reference code")
@@ -272,11 +273,10 @@ class GNRISolver:
         z = guess.detach().float().clone()
         if self.start == "ddim":
             z = fixed_point_map(z, den(z, sigma_hi), target, sigma_lo, sigma_hi)
-        elif self.start == "extrapolate" and ctx is not None and len(ctx.states) >= 2 and len(ctx.levels) >= 3:
-            h_prev = ctx.levels[-2] - ctx.levels[-3]
-            if h_prev > 0:
-                prev = ctx.states[-2].to(device=z.device, dtype=z.dtype)
-                z = z + (sigma_hi - sigma_lo) / h_prev * (z - prev)
+        elif self.start == "extrapolate" and ctx is not None:
+            warm = warm_start_guess(ctx)          # the fixed-point solver's free warm start, shared
+            if warm is not None:
+                z = warm.to(device=z.device, dtype=z.dtype)
         return z
 
     def _mu(self, ctx: StepContext, like: Tensor, sigma_hi: float) -> Tensor:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..inversion_core.solvers.gnri import VARIANTS as GNRI_VARIANTS
-from ..inversion_core.solvers.gnri import GNRISolver
+from ..inversion_core.solvers.gnri import GNRIAnderson, GNRISolver
 from ..inversion_core.solvers.preciseinv import PRESETS as PRECISE_PRESETS
 from ..inversion_core.solvers.preciseinv import PreciseInvSolver
 from .grad_mode import GradInversionSampler
@@ -43,7 +43,9 @@ class GNRIInvert(_GradInvertNode):
         "max_iterations": ("INT", {"default": 5, "min": 1, "max": 100, "tooltip": (
             "paper variant: at most this many Newton steps per inversion step (each costs 1 model evaluation plus "
             "1-8 Jacobian-vector products). reference code: ignored; it always runs the official 2 iterations.")}),
-        "variant": (list(GNRI_VARIANTS), {"default": "paper", "tooltip": (
+        "variant": ([*GNRI_VARIANTS, "anderson"], {"default": "paper", "tooltip": (
+            "anderson: GNRI's guidance on the pack's Exact Invert solver (fixed point + Anderson mixing, warm "
+            "start; max_iterations = model evaluations per step), no gradients. "
             "paper: Newton with the model's derivative (autograd), converges to the tolerance. reference code: "
             "the official implementation's update (model step detached, sign step, 2 iterations, keeps the "
             "lowest-residual iterate); cheap, no gradients, no extra memory, not exact.")}),
@@ -53,6 +55,11 @@ class GNRIInvert(_GradInvertNode):
         lam = params.pop("lambda")
         if params:
             raise TypeError(f"GNRIInvert: unexpected inputs {sorted(params)}")
+        if variant == "anderson":
+            solver = GNRIAnderson(lam=lam, tol=tolerance, max_evals=int(max_iterations))
+            return GradInversionSampler(solver, "gnri", {"lambda": float(lam), "tolerance": float(tolerance),
+                                                         "max_iterations": int(max_iterations), "variant": variant},
+                                        needs_grad=False)
         max_iter = int(max_iterations) if variant == "paper" else 2
         solver = GNRISolver(lam=lam, tol=tolerance, max_iter=max_iter, variant=variant)
         return GradInversionSampler(solver, "gnri", {"lambda": float(lam), "tolerance": float(tolerance),

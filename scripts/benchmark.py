@@ -37,6 +37,7 @@ METHODS = [  # (label, node class, widget params)
     ("Exact balanced", "ExactInvert", {"preset": "balanced", "tolerance": 1e-4, "budget": 3, "memory": 3}),
     ("Exact exact", "ExactInvert", {"preset": "exact", "tolerance": 1e-6, "budget": 40, "memory": 5}),
     ("GNRI paper", "GNRIInvert", {"lambda": 0.1, "tolerance": 1e-4, "max_iterations": 5, "variant": "paper"}),
+    ("GNRI anderson", "GNRIInvert", {"lambda": 0.1, "tolerance": 1e-4, "max_iterations": 3, "variant": "anderson"}),
     ("GNRI reference code", "GNRIInvert", {"lambda": 0.1, "tolerance": 1e-4, "max_iterations": 2,
                                            "variant": "reference code"}),
     ("PreciseInv fast", "PreciseInvInvert", {"threshold_preset": "fast (1e-2)", "custom_threshold": 1e-4,

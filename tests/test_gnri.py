@@ -269,3 +269,25 @@ def test_gnri_node_runs_in_the_host_executor_with_model_gradients():
     x0 = out["latent"][0]["samples"]
     assert inverted["samples"].shape == x0.shape and torch.isfinite(inverted["samples"]).all()
     assert len(entry["states"]) == 4 and torch.equal(entry["sigmas"], sigmas)
+
+
+# ------------------------------------------------------------------------------------------------ anderson variant
+def test_anderson_variant_shares_the_exact_solver_and_stays_exact():
+    """GNRI's guidance on the shared fixed-point solver: the guidance fades with the residual, so a tight tolerance
+    reaches the same exact inversion as the unguided solver, and λ = 0 is exactly that solver."""
+    from inversion_core.solvers.fixed_point import FixedPointOptions, make_fixed_point_step
+    from inversion_core.solvers.gnri import GNRIAnderson
+
+    x0, sig = image(), karras(8)
+    guided = invert(Denoiser(nonlinear_denoiser), x0, sig, GNRIAnderson(lam=1.0, tol=1e-6, max_evals=40),
+                    method="g")
+    plain = invert(Denoiser(nonlinear_denoiser), x0, sig,
+                   make_fixed_point_step(FixedPointOptions(tol=1e-6, max_evals=40)), method="f")
+    assert not guided.unconverged_steps
+    assert (guided.states[-1] - plain.states[-1]).abs().max() < 1e-4
+    zero = invert(Denoiser(nonlinear_denoiser), x0, sig, GNRIAnderson(lam=0.0, tol=1e-4, max_evals=3), method="g")
+    ref = invert(Denoiser(nonlinear_denoiser), x0, sig,
+                 make_fixed_point_step(FixedPointOptions(tol=1e-4, max_evals=3)), method="f")
+    assert torch.equal(zero.states[-1], ref.states[-1])
+    with pytest.raises(ValueError, match="lambda"):
+        GNRIAnderson(lam=-1)

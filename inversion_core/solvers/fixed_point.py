@@ -15,8 +15,9 @@ step from z lands on x̄_i.
   evaluations is spent. The reported residual is ‖f(z*) − z*‖_RMS, measured at z*; the returned f(z*) is one more
   contraction closer.
 
-An optional ``correction(z, ctx, sigma_hi)`` is added to f (GNRI's guidance term uses it), so other methods share this
-solver instead of copying it.
+An optional ``correction(z, r, ctx, sigma_hi)`` is added to the map's output (GNRI's guidance term uses it), so other
+methods share this solver instead of copying it; ``r`` is the unguided residual f(z) − z, on which stopping and the
+reported residual are measured (so a guidance that vanishes with r keeps the solution exact).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from ..invert import StepContext
 from ..record import StepStats
 from ..steps import fixed_point_map, residual_rms
 
-Correction = Callable[[Tensor, StepContext, float], Tensor]
+Correction = Callable[[Tensor, Tensor, StepContext, float], Tensor]
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,9 @@ def make_fixed_point_step(options: FixedPointOptions = FixedPointOptions(), corr
             denoised = den(z, sigma_hi, active)
             evals += 1
             g = fixed_point_map(z, denoised, target, sigma_lo, sigma_hi)
-            if correction is not None:
-                g = g + correction(z, ctx, sigma_hi)
             rn = residual_rms(g - z)
+            if correction is not None:
+                g = g + correction(z, g - z, ctx, sigma_hi)
             rn = torch.where(active, rn, best_rn)
             improved = active & (rn < best_rn)
             sel = improved.view(-1, *([1] * (target.ndim - 1)))

@@ -402,3 +402,36 @@ class GNRISolver:
                                  converged=bool((best_rms <= self.tol).all()),
                                  note="reference-code sign step; residual measured at the chosen iterate z_k, the "
                                       "returned point is f(z_k)")
+
+
+class GNRIAnderson:
+    """GNRI's guidance on the pack's shared solver (solvers/fixed_point.py): no gradients, no extra memory.
+
+    The fixed-point map gets GNRI's guided correction  −c·(z − μ_t),  c = λ·ρ²,  ρ = RMS(r)/σ_hi  (the paper variant's
+    damping, here as a pull towards the forward marginal that fades as the residual does), and Anderson mixing with
+    the free warm start does the rest. Stopping and the reported residual use the unguided residual, so the result
+    solves the same equation as the other variants.
+    """
+
+    def __init__(self, lam: float = 0.1, tol: float = 1e-4, max_evals: int = 3, memory: int = 3,
+                 marginal: Union[str, MarginalMean] = "eps"):
+        from .fixed_point import FixedPointOptions, make_fixed_point_step
+
+        if not (isinstance(lam, (int, float)) and lam == lam and lam >= 0):
+            raise ValueError(f"lambda: the guidance weight must be >= 0, got {lam}")
+        self.lam = float(lam)
+        self.marginal = marginal_mean(marginal)
+        self._solve = make_fixed_point_step(FixedPointOptions(tol=tol, max_evals=max_evals, memory=memory),
+                                            correction=self._guidance)
+
+    def set_marginal(self, kind: Union[str, MarginalMean]) -> None:
+        self.marginal = marginal_mean(kind)
+
+    def _guidance(self, z: Tensor, r: Tensor, ctx: StepContext, sigma_hi: float) -> Tensor:
+        mu = self.marginal(ctx.x0.to(device=z.device, dtype=z.dtype), sigma_hi)
+        c = self.lam * (residual_rms(r) / sigma_hi) ** 2
+        return -_rows(c, z) * (z - mu)
+
+    def __call__(self, den: Denoiser, target: Tensor, guess: Tensor, sigma_lo: float, sigma_hi: float,
+                 ctx: StepContext) -> tuple[Tensor, StepStats]:
+        return self._solve(den, target, guess, sigma_lo, sigma_hi, ctx)

@@ -132,6 +132,51 @@ def run_cell(pack, label, node_name, params, model, clip, vae, images, steps, de
     }
 
 
+def extras(pack, model, clip, vae, images, device) -> str:
+    """Throughput against batch size, PreciseInv's memory against one forward+backward, executor vs direct calls."""
+    import host
+    lines = ["", "### Throughput (T = 10, fp32): seconds per image against batch size", "",
+             "| method | batch 1 | batch 4 | batch 16 |", "|---|---|---|---|"]
+    for label, node_name, params in METHODS:
+        if label not in ("DDIM", "Exact balanced", "GNRI paper") or node_name not in pack.NODE_CLASS_MAPPINGS:
+            continue
+        cells = []
+        for b in (1, 4, 16):
+            batch = images.repeat((b + len(images) - 1) // len(images), 1, 1, 1)[:b]
+            r = run_cell(pack, label, node_name, params, model, clip, vae, batch, 10, device)
+            cells.append(f"{r['seconds'] / b:.3f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if "PreciseInvInvert" in pack.NODE_CLASS_MAPPINGS:
+        one = dict(METHODS[[m[0] for m in METHODS].index("PreciseInv precise")][2], max_iterations=1)
+        single = run_cell(pack, "PreciseInv", "PreciseInvInvert", one, model, clip, vae, images, 1, device)
+        full = run_cell(pack, "PreciseInv", "PreciseInvInvert",
+                        METHODS[[m[0] for m in METHODS].index("PreciseInv precise")][2], model, clip, vae, images,
+                        10, device)
+        lines += ["", "### PreciseInv memory", "",
+                  f"Peak memory added by a T = 10 'precise' inversion: {full['peak_mb']:.0f} MB; by one forward + "
+                  f"one backward pass in the same setting (T = 1, one iteration): {single['peak_mb']:.0f} MB; ratio "
+                  f"{full['peak_mb'] / max(single['peak_mb'], 1e-9):.2f} (target <= 1.2)."]
+    # the host's executor around the same node call
+    prompt = {
+        "load": {"class_type": "InversionReferenceModelLoader", "inputs": {}},
+        "empty": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["load", 1]}},
+        "lat": {"class_type": "InversionTestLatent", "inputs": {"seed": 0, "batch": len(images), "channels": 3,
+                                                                "size": 32}},
+        "inv": {"class_type": "DDIMInvert", "inputs": {
+            "model": ["load", 0], "positive": ["empty", 0], "negative": ["empty", 0], "latent": ["lat", 0],
+            "steps": 10, "scheduler": "ddim_uniform", "cfg": 1.0, "denoise": 1.0}},
+    }
+    host.run_workflow(prompt)                                    # warm: model loaded, caches filled
+    start = time.perf_counter()
+    res = host.run_workflow(prompt)
+    executor = time.perf_counter() - start
+    inner = res["inv"][0]["inversion"]["stats"]["seconds"]
+    lines += ["", "### Executor overhead", "",
+              f"DDIM Invert, T = 10, batch {len(images)}: {executor:.3f} s for the whole workflow through the host's "
+              f"executor (loader, text encode, latent, inversion) vs {inner:.3f} s inside the inversion loop."]
+    return "\n".join(lines)
+
+
 def plot(rows, path: Path):
     """PSNR against seconds, one line per method (log-x), drawn with PIL (no plotting library needed)."""
     from PIL import Image, ImageDraw
@@ -225,6 +270,10 @@ def main(argv=None):
                 print(f"[{done}/{cells}] {label:20s} {prec_name} T={t:3d}  PSNR {r['psnr']:6.2f} dB  "
                       f"{r['seconds']:7.2f} s  x{r['x_ddim']:.2f} DDIM", flush=True)
     md = table(rows)
+    if not args.quick:
+        model, clip, vae, rm = reference(torch.float32)
+        images = torch.cat([img for _, _, img in rm.heldout_images()])
+        md += "\n" + extras(pack, model, clip, vae, images, args.device)
     note = (f"\n\n{len(images)} held-out 32x32 images, batch {len(images)}, device {args.device}, "
             f"torch {torch.__version__}, {os.environ.get('OMP_NUM_THREADS')} thread(s); total "
             f"{time.perf_counter() - start_all:.0f} s." + (f" Not registered (skipped): {', '.join(skipped)}."

@@ -21,8 +21,9 @@ def inversion_inputs(default_steps: int = 50) -> dict:
                               "tooltip": "Number of inversion steps T (ignored when a SIGMAS input is connected)."}),
             "scheduler": (comfy.samplers.SCHEDULER_NAMES, {
                 "default": DEFAULT_SCHEDULER,
-                "tooltip": "Sigma schedule, as in BasicScheduler. ddim_uniform is the classic DDIM-inversion grid. "
-                           "Replay always uses exactly this schedule."}),
+                "tooltip": "Sigma schedule, as in BasicScheduler. ddim_uniform is the classic DDIM-inversion grid (like "
+                           "every ComfyUI sampler, it yields one step more when 1000 is not a multiple of steps). "
+                           "Use simple for flow models (SD3 / Flux). Replay always uses exactly this schedule."}),
             "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                               "tooltip": "Classifier-free guidance during inversion. 1.0 (no guidance) inverts "
                                          "most exactly; higher values make reconstruction drift."}),

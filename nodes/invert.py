@@ -108,7 +108,8 @@ def sampler_node(invert_node: type[_InvertNode], method: str) -> type:
     class _SamplerNode:
         DESCRIPTION = (f"{method} inversion as a SAMPLER: give SamplerCustomAdvanced ascending sigmas (FlipSigmas) "
                        "and DisableNoise; it returns the inverted noise. Replay with Inverted Replay SAMPLER on the "
-                       "original (descending) sigmas.")
+                       "original (descending) sigmas. A latent noise_mask does not apply to inversion; masked "
+                       "edits need the Inverted Latent Sampler.")
         CATEGORY = CATEGORY
         RETURN_TYPES = ("SAMPLER",)
         OUTPUT_TOOLTIPS = (f"{method} inversion; connect to SamplerCustomAdvanced with FlipSigmas' ascending sigmas.",)

@@ -223,6 +223,19 @@ def table(rows) -> str:
     return "\n".join(out)
 
 
+def update_readme(results: str) -> None:
+    """Replace the text between README's results markers with ``results``."""
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    body = ("\nMeasured by `bash scripts/benchmark.sh --update-readme` (plot: `docs/psnr_vs_seconds.png`).\n\n"
+            + results.strip() + "\n")
+    readme.write_text(head + start + body + end + tail)
+    print(f"updated {readme}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a < 1 min subset: T in {10, 4}, fp32, 5 methods")
@@ -230,6 +243,8 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "out" / "benchmark"))
     ap.add_argument("--steps", default=None, help="comma-separated T values (default 50,10,4,2)")
     ap.add_argument("--methods", default=None, help="comma-separated method labels to run")
+    ap.add_argument("--update-readme", action="store_true",
+                    help="replace README.md's results section with this run's table (full runs only)")
     args = ap.parse_args(argv)
 
     import host
@@ -286,6 +301,8 @@ def main(argv=None):
     plot(rows, out_dir / "psnr_vs_seconds.png")
     print("\n" + md + note)
     print(f"\nwritten: {out_dir / 'results.md'}, results.csv, psnr_vs_seconds.png")
+    if args.update_readme:
+        update_readme(md + note)
     return rows
 
 

@@ -24,6 +24,7 @@ if str(ROOT / "tests") not in sys.path:
 from workflow_format import declared_inputs, is_widget, output_names, output_types, widget_slots  # noqa: E402
 
 REFERENCE_STEPS = 10
+EDIT_DENOISE = 0.6
 HELDOUT = "models/reference/heldout"
 REFERENCE_SETUP = (
     "Needs: nothing to download. The model is the pack's bundled reference model (Load Inversion Reference Model: "
@@ -216,8 +217,7 @@ def inversion_methods(wf: Workflow, steps: int) -> list:
     if wf.has("GNRIInvert"):
         methods.append(("GNRI", "GNRIInvert", dict(common, variant="paper")))
     if wf.has("PreciseInvInvert"):
-        methods.append(("PreciseInv", "PreciseInvInvert", dict(common, threshold_preset="fast (1e-2)",
-                                                             max_iterations=20)))
+        methods.append(("PreciseInv", "PreciseInvInvert", dict(common, threshold_preset="precise (1e-5)")))
     return methods
 
 
@@ -242,6 +242,9 @@ def reference_reconstruct_all_methods(defs) -> dict:
         "Sampler replays the inverted latent with the same prompt: the decoded image should come back close to the "
         "input; the gap between methods is their inversion error."
         + (" Inversion Report shows PSNR/SSIM and each method's cost." if report else "")
+        + (" GNRI and PreciseInv differentiate through the model: they take far longer than the others (tens of "
+           "seconds on a CPU even for this tiny model)." if wf.has("GNRIInvert") or wf.has("PreciseInvInvert")
+           else "")
         + "\n\n" + REFERENCE_SETUP.format(image=image))
     return wf.to_ui()
 
@@ -252,7 +255,7 @@ def reference_edit(defs) -> dict:
     model, vae, pos, neg, img, latent = reference_base(wf, image, "cat")
     edit = wf.add("CLIPTextEncode", "Edit prompt", text="astronaut", clip=model_clip(wf))
     inv = wf.add("ExactInvert", "Exact invert", model=model, positive=pos, negative=neg, latent=latent,
-                 steps=REFERENCE_STEPS, scheduler="ddim_uniform", cfg=1.0, preset="balanced")
+                 steps=REFERENCE_STEPS, scheduler="ddim_uniform", cfg=1.0, denoise=EDIT_DENOISE, preset="balanced")
     rec = wf.add("InvertedLatentSampler", "Replay (source prompt)", model=model, positive=pos, negative=neg,
                  cfg=1.0, inverted_latent=inv[0])
     decode_and_save(wf, rec[0], vae, "reconstruction", "inversion/reference_reconstruction", save=False)
@@ -261,10 +264,10 @@ def reference_edit(defs) -> dict:
     decode_and_save(wf, ed[0], vae, "edit", "inversion/reference_edit")
     wf.note = (
         "Prompt edit: invert the image with its own prompt ('cat', Exact Invert, "
-        f"{REFERENCE_STEPS} steps), then replay the inverted latent with a new prompt ('astronaut', cfg 3). Source "
-        "correction (strength 0.5, source_positive = the source prompt) keeps the parts the prompts agree on "
-        "faithful: raise it towards 1 for a more faithful, subtler edit, lower it for a stronger one. The preview "
-        "shows the plain reconstruction for comparison.\n\n" + REFERENCE_SETUP.format(image=image))
+        f"{REFERENCE_STEPS} steps, partial inversion: denoise {EDIT_DENOISE}, so the layout survives), then replay "
+        "the inverted latent with a new prompt ('astronaut', cfg 3) with source correction (strength 0.5, "
+        "source_positive = the source prompt). Raise denoise towards 1 for a stronger edit, lower it to keep more "
+        "of the image. The preview shows the plain reconstruction for comparison.\n\n" + REFERENCE_SETUP.format(image=image))
     return wf.to_ui()
 
 
@@ -274,10 +277,10 @@ def model_clip(wf: Workflow) -> Out:
 
 
 def reference_masked_edit(defs) -> dict:
-    image = "06_grass.png"
+    image = "02_coffee.png"
     wf = Workflow(defs, "")
-    model, vae, pos, neg, img, latent = reference_base(wf, image, "grass")
-    edit = wf.add("CLIPTextEncode", "Edit prompt", text="gravel", clip=model_clip(wf))
+    model, vae, pos, neg, img, latent = reference_base(wf, image, "coffee")
+    edit = wf.add("CLIPTextEncode", "Edit prompt", text="bricks", clip=model_clip(wf))
     inv = wf.add("ExactInvert", "Exact invert", model=model, positive=pos, negative=neg, latent=latent,
                  steps=REFERENCE_STEPS, scheduler="ddim_uniform", cfg=1.0, preset="balanced")
     blank = wf.add("SolidMask", "Mask canvas (0)", value=0.0, width=32, height=32)
@@ -287,8 +290,8 @@ def reference_masked_edit(defs) -> dict:
                 cfg=3.0, inverted_latent=inv[0], mask=mask[0])
     decode_and_save(wf, ed[0], vae, "masked edit", "inversion/reference_masked_edit")
     wf.note = (
-        "Masked edit: invert the image with its own prompt ('grass', Exact Invert, "
-        f"{REFERENCE_STEPS} steps) and replay it with a new prompt ('gravel', cfg 3) only inside the mask (the "
+        "Masked edit: invert the image with its own prompt ('coffee', Exact Invert, "
+        f"{REFERENCE_STEPS} steps) and replay it with a new prompt ('bricks', cfg 3) only inside the mask (the "
         "right half, built with Solid Mask + Mask Composite; a Load Image mask works the same). Outside the mask "
         "every replay step is pinned to the stored trajectory, so the left half comes back as the inversion "
         "reconstructs it.\n\n" + REFERENCE_SETUP.format(image=image))
@@ -296,9 +299,9 @@ def reference_masked_edit(defs) -> dict:
 
 
 def reference_sampler_custom_advanced(defs) -> dict:
-    image = "02_coffee.png"
+    image = "01_astronaut.png"
     wf = Workflow(defs, "")
-    model, vae, pos, neg, img, latent = reference_base(wf, image, "coffee")
+    model, vae, pos, neg, img, latent = reference_base(wf, image, "astronaut")
     sched = wf.add("BasicScheduler", model=model, scheduler="ddim_uniform", steps=REFERENCE_STEPS, denoise=1.0)
     flip = wf.add("FlipSigmas", "FlipSigmas (ascending: inversion)", sigmas=sched[0])
     noise = wf.add("DisableNoise")

@@ -25,9 +25,19 @@ WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.json"))
 REFERENCE = [p for p in WORKFLOWS if p.name.startswith("reference_")]
 CHECKPOINT = [p for p in WORKFLOWS if not p.name.startswith("reference_")]
 
-# PSNR floors (dB) of the decoded replay against the loaded image, 10 steps on the reference model; measured values
-# are in the comments (tests/test_workflows.py history / the report), floors leave an honest margin below them.
-RECON_FLOOR = {"DDIM": 20.0, "EasyInv": 20.0, "Exact": 30.0, "GNRI": 30.0, "PreciseInv": 20.0}
+# PSNR floors (dB) of the decoded replay against the loaded image on the reference model (workflow settings: 10 steps,
+# ddim_uniform, cfg 1; GNRI / PreciseInv at TEST_STEPS). Measured on CPU with the shipped model (1700 training steps):
+# DDIM 25.3, EasyInv 21.5, Exact (balanced) 48.6, GNRI (1 step) 54.1, PreciseInv (2 steps) 37.9; edit workflow
+# reconstruction (Exact, denoise 0.6) 52.2; SamplerCustomAdvanced chain 48.9. Floors sit 3-9 dB below.
+RECON_FLOOR = {"DDIM": 22.0, "EasyInv": 18.0, "Exact": 40.0, "GNRI": 45.0, "PreciseInv": 32.0}
+PINNED_FLOOR = 60.0   # masked edit, outside the mask: pinned to the stored trajectory (measured 161.6)
+
+
+# GNRI (paper variant: Newton steps with matrix-free GMRES on forward-mode Jacobian-vector products) and PreciseInv
+# (gradient descent through the model) cost far more than the others on CPU: at the workflow's 10 steps they alone take
+# ~45 s here (GNRI ~30 s; even one GNRI step takes ~6 s). The test lowers their steps to keep the file under ~20 s;
+# the other methods run as the workflow says.
+TEST_STEPS = {"GNRI": 1, "PreciseInv": 2}
 
 
 def load(path: Path) -> dict:
@@ -134,7 +144,7 @@ def test_conversion_maps_widgets_onto_the_right_inputs(defs):
     assert api[enc]["inputs"] == {"pixels": [img, 0], "vae": [loader, 2]}
     assert api[inv]["inputs"] == {
         "model": [loader, 0], "positive": [src, 0], "negative": [neg, 0], "latent": [enc, 0], "steps": 10,
-        "scheduler": "ddim_uniform", "cfg": 1.0, "denoise": 1.0, "preset": "balanced", "tolerance": 1e-4,
+        "scheduler": "ddim_uniform", "cfg": 1.0, "denoise": 0.6, "preset": "balanced", "tolerance": 1e-4,
         "budget": 3, "memory": 3}
     edit_prompt = by_title(ui, "Edit prompt")
     assert api[edit]["inputs"] == {
@@ -279,7 +289,16 @@ def run_reference(path: Path, defs):
 
 
 def test_reference_reconstruct_all_methods(reference, defs):
-    ui, out = run_reference(WORKFLOWS_DIR / "reference_reconstruct_all_methods.json", defs)
+    ui = load(WORKFLOWS_DIR / "reference_reconstruct_all_methods.json")
+    assert missing_files(ui, defs) == []
+    api = ui_to_api(ui, defs)
+    for tag, steps in TEST_STEPS.items():
+        node = [n for n in ui["nodes"] if n.get("title") == f"{tag} invert"]
+        if node:
+            inputs = api[str(node[0]["id"])]["inputs"]
+            assert inputs["steps"] > steps  # only ever lowered, never raised
+            inputs["steps"] = steps
+    out = host.run_workflow(api)
     original = out[by_title(ui, "Load held-out image")][0]
     check_image(original)
     tags = [n["title"][:-len(" invert")] for n in ui["nodes"] if (n.get("title") or "").endswith(" invert")]
@@ -292,7 +311,7 @@ def test_reference_reconstruct_all_methods(reference, defs):
     print("reconstruction PSNR (dB):", {k: round(v, 2) for k, v in scores.items()})
     for tag, value in scores.items():
         assert value >= RECON_FLOOR[tag], (tag, value, scores)
-    assert scores["Exact"] > scores["DDIM"] + 3, scores
+    assert scores["Exact"] > scores["DDIM"] + 10, scores
     reports = [n for n in ui["nodes"] if n["type"] == "InversionReport"]
     for node in reports:
         table = out[str(node["id"])][0]
@@ -309,7 +328,8 @@ def test_reference_edit(reference, defs):
     p_rec, p_edit = psnr(recon, original), psnr(edit, original)
     print(f"edit workflow: reconstruction {p_rec:.2f} dB, edit {p_edit:.2f} dB")
     assert p_rec >= RECON_FLOOR["Exact"]
-    assert p_edit < p_rec - 6, (p_edit, p_rec)   # the new prompt changed the image
+    # the new prompt changed the image (measured 16.7 dB), the partial inversion kept its layout (full: 11.4 dB)
+    assert 13.0 < p_edit < p_rec - 20, (p_edit, p_rec)
 
 
 def test_reference_masked_edit(reference, defs):
@@ -321,8 +341,8 @@ def test_reference_masked_edit(reference, defs):
     assert tuple(mask.shape) == (1, 32, 32) and mask[:, :, :16].max() == 0 and mask[:, :, 16:].min() == 1
     p_out, p_in = psnr(edit[:, :, :16], original[:, :, :16]), psnr(edit[:, :, 16:], original[:, :, 16:])
     print(f"masked edit: outside the mask {p_out:.2f} dB, inside {p_in:.2f} dB")
-    assert p_out >= RECON_FLOOR["Exact"], (p_out, p_in)
-    assert p_in < p_out - 6, (p_out, p_in)
+    assert p_out >= PINNED_FLOOR, (p_out, p_in)
+    assert p_in < 25.0, (p_out, p_in)   # edited inside (measured 17.1 dB)
 
 
 def test_reference_sampler_custom_advanced(reference, defs):

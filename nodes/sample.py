@@ -27,8 +27,10 @@ class InvertedLatentSampler:
                 "inverted_latent": ("LATENT", {"tooltip": "The LATENT output of an inversion node."}),
                 "correction_strength": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": (
                     "Source correction (DirectInversion): per-step offsets computed on the stored trajectory with "
-                    "the source prompt. 1 = the source prompt reconstructs exactly at any cfg; with a new prompt, "
-                    "higher = more faithful, lower = stronger edit. Costs one extra model evaluation per step.")}),
+                    "the source prompt at this cfg, added to every corrected step. 1 = the source prompt "
+                    "reconstructs exactly at any cfg. With a new prompt the offsets cancel the source's guidance "
+                    "drift; how that trades edit strength against faithfulness depends on the model (README shows "
+                    "it measured). Costs one extra model evaluation per corrected step.")}),
                 "correction_start_step": ("INT", {"default": 0, "min": 0, "max": 10000,
                                                   "tooltip": "First replay step (0 = noisiest) that is corrected."}),
                 "correction_end_step": ("INT", {"default": -1, "min": -1, "max": 10000, "tooltip": (

@@ -1,0 +1,275 @@
+"""The shipped reference model (``nodes/reference_model.py`` + ``models/reference/``): weights, node, CLIP/VAE
+stand-ins, and evidence that it denoises images it never saw.
+
+Floors below were measured on the shipped weights (``models/reference/training_report.json``) and given a margin.
+"""
+import json
+import math
+
+import pytest
+import torch
+
+LOADER = "InversionReferenceModelLoader"
+VOCAB = ["", "cat", "astronaut", "coffee", "rocket", "galaxy", "bricks", "grass", "gravel"]
+
+# measured on the shipped weights with exactly these draws: eps MSE t=300 0.0269, t=800 0.0039; cond - uncond
+# denoised 0.033; DDIM T=10 round trip 24.5 dB, inverted noise std 0.98
+HELDOUT_MSE_T300_MAX = 0.04
+HELDOUT_MSE_T800_MAX = 0.01
+# a model that predicts zero noise scores 1.0; a random one more
+UNTRAINED_MSE_MIN = 0.5
+ROUND_TRIP_T10_MIN_DB = 22.0
+
+
+@pytest.fixture(scope="module")
+def refmod(host):
+    return host.pack_module().nodes.reference_model
+
+
+@pytest.fixture(scope="module")
+def loaded(refmod):
+    return refmod.load_reference_model()
+
+
+@pytest.fixture(scope="module")
+def heldout(refmod, loaded):
+    _, _, vae = loaded
+    items = refmod.heldout_images()
+    x0 = torch.cat([vae.encode(img) for _, _, img in items])
+    return items, x0
+
+
+def _cond(clip, prompts):
+    return torch.cat([clip.encode_from_tokens(clip.tokenize(p)) for p in prompts])
+
+
+def _eps_mse(model, x0, cond, t, draws=4, seed=0):
+    ms = model.model_sampling
+    sigma = ms.sigmas[t]
+    g = torch.Generator().manual_seed(seed)
+    errs = []
+    with torch.no_grad():
+        for _ in range(draws):
+            eps = torch.randn(x0.shape, generator=g)
+            x = x0 + sigma * eps
+            d = model.apply_model(x, sigma.expand(x.shape[0]), c_crossattn=cond)
+            errs.append(((x - d) / sigma - eps).pow(2).mean().item())
+    return sum(errs) / len(errs)
+
+
+# ---------------------------------------------------------------------------------------------------------- files
+
+def test_weights_file_is_small_fp16_safetensors_with_metadata(refmod):
+    from safetensors.torch import load_file
+
+    path = refmod.reference_model_path()
+    assert path.name.endswith(".safetensors") and path.is_file()
+    assert path.stat().st_size <= 4 * 1024 * 1024
+    meta = refmod.reference_metadata()
+    assert meta["format"] == refmod.FORMAT_TAG
+    assert meta["vocabulary"] == VOCAB == refmod.vocabulary()
+    assert meta["model_type"] == "eps"
+    assert meta["sampling_settings"] == {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012}
+    assert int(meta["training_steps"]) > 0 and "seed" in meta
+    assert meta["unet_config"]["in_channels"] == meta["unet_config"]["out_channels"] == 3
+    tensors = load_file(str(path))
+    assert {t.dtype for t in tensors.values()} == {torch.float16}
+    assert tensors[refmod.EMBEDDINGS_KEY].shape[:1] == (len(VOCAB),)
+    assert all(k.startswith(refmod.UNET_PREFIX) for k in tensors if k != refmod.EMBEDDINGS_KEY)
+
+
+def test_heldout_images(refmod):
+    items = refmod.heldout_images()
+    assert 4 <= len(items) <= 8
+    for name, prompt, img in items:
+        assert prompt in VOCAB and prompt
+        assert img.shape == (1, 32, 32, 3) and img.dtype == torch.float32
+        assert 0.0 <= img.min() and img.max() <= 1.0 and img.std() > 0.01
+    report = json.loads((refmod.REFERENCE_DIR / "training_report.json").read_text())
+    assert report["heldout"]["images"] == len(items)
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+
+def test_model_is_host_sd1_eps_model(loaded):
+    from comfy import model_base, model_patcher, model_sampling
+
+    patcher, _, _ = loaded
+    assert isinstance(patcher, model_patcher.ModelPatcher)
+    model = patcher.model
+    assert isinstance(model, model_base.BaseModel) and model.model_type == model_base.ModelType.EPS
+    ms = patcher.get_model_object("model_sampling")
+    assert isinstance(ms, model_sampling.ModelSamplingDiscrete) and isinstance(ms, model_sampling.EPS)
+    # SD1.x scaled-linear schedule: the host's SD15 sigma range
+    assert float(ms.sigma_max) == pytest.approx(14.6146, abs=1e-3)
+    assert float(ms.sigma_min) == pytest.approx(0.0292, abs=1e-3)
+    assert model.latent_format.latent_channels == 3 and model.latent_format.scale_factor == 1.0
+    assert not any(p.is_inference() or p.requires_grad for p in model.parameters())
+
+
+def test_heldout_noise_prediction_beats_floor(loaded, heldout):
+    patcher, clip, _ = loaded
+    items, x0 = heldout
+    cond = _cond(clip, [p for _, p, _ in items])
+    mse = _eps_mse(patcher.model, x0, cond, 300)
+    assert mse < HELDOUT_MSE_T300_MAX, mse
+    # and it is not a near-zero predictor at high noise either
+    assert _eps_mse(patcher.model, x0, cond, 800, draws=2) < HELDOUT_MSE_T800_MAX
+
+
+def test_untrained_model_fails_the_same_floor(refmod, heldout, loaded):
+    """The floor is meaningful: a seeded random model of the same UNet does not pass it."""
+    _, clip, _ = loaded
+    items, x0 = heldout
+    meta = refmod.reference_metadata()
+    rand = refmod.build_model_patcher(meta["unet_config"], None, "eps", seed=3)
+    mse = _eps_mse(rand.model, x0, _cond(clip, [p for _, p, _ in items]), 300, draws=1)
+    assert mse > UNTRAINED_MSE_MIN
+
+
+def test_cfg_changes_the_prediction(loaded, heldout):
+    patcher, clip, _ = loaded
+    items, x0 = heldout
+    model = patcher.model
+    sigma = model.model_sampling.sigmas[600]
+    x = x0 + sigma * torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    s = sigma.expand(x.shape[0])
+    with torch.no_grad():
+        d_cond = model.apply_model(x, s, c_crossattn=_cond(clip, [p for _, p, _ in items]))
+        d_unc = model.apply_model(x, s, c_crossattn=_cond(clip, [""] * len(items)))
+    guided = d_unc + 3.0 * (d_cond - d_unc)
+    assert (d_cond - d_unc).abs().mean() > 0.015
+    assert (guided - d_cond).abs().mean() > 0.03
+
+
+def test_ddim_round_trip_on_heldout(loaded, heldout):
+    import comfy.samplers
+
+    patcher, clip, vae = loaded
+    items, x0 = heldout
+    model = patcher.model
+    cond = _cond(clip, [p for _, p, _ in items])
+    sigmas = comfy.samplers.calculate_sigmas(model.model_sampling, "ddim_uniform", 10).float()
+
+    def d(x, sig):
+        return model.apply_model(x, torch.full((x.shape[0],), sig), c_crossattn=cond)
+
+    with torch.no_grad():
+        x = x0.clone()
+        up = sigmas.flip(0).tolist()
+        for s, n in zip(up[:-1], up[1:]):
+            x = x + (n - s) * (x - d(x, n)) / n
+        noise_std = (x / up[-1]).std().item()
+        down = sigmas.tolist()
+        for s, n in zip(down[:-1], down[1:]):
+            x = x + (n - s) * (x - d(x, s)) / s
+    mse = (vae.decode(x) - vae.decode(x0)).pow(2).flatten(1).mean(1)
+    psnr = (10 * torch.log10(1 / mse)).mean().item()
+    assert psnr > ROUND_TRIP_T10_MIN_DB
+    # the inverted latent looks like noise (a model that predicts zero noise leaves it at ~0.3, with ~35 dB)
+    assert 0.6 < noise_std < 1.4
+
+
+# ---------------------------------------------------------------------------------------------------------- CLIP/VAE
+
+def test_clip_encodes_vocabulary_and_rejects_unknown_prompts(loaded):
+    _, clip, _ = loaded
+    tokens = clip.tokenize("  Cat ")
+    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    assert cond.ndim == 3 and cond.shape[0] == 1 and pooled.shape == (1, cond.shape[2])
+    assert torch.equal(cond, clip.encode_from_tokens(clip.tokenize("cat")))
+    assert not torch.equal(cond, clip.encode_from_tokens(clip.tokenize("")))
+    sched = clip.encode_from_tokens_scheduled(tokens)
+    assert len(sched) == 1 and torch.equal(sched[0][0], cond) and torch.equal(sched[0][1]["pooled_output"], pooled)
+    with pytest.raises(ValueError) as err:
+        clip.tokenize("a photo of a dog")
+    for word in VOCAB[1:]:
+        assert repr(word) in str(err.value)
+
+
+def test_vae_is_exact_pixel_space(loaded):
+    _, _, vae = loaded
+    img = torch.randint(0, 256, (2, 32, 24, 4), generator=torch.Generator().manual_seed(0)).float() / 255.0
+    lat = vae.encode(img)
+    assert lat.shape == (2, 3, 32, 24)
+    assert torch.allclose(lat, img[..., :3].movedim(-1, 1) * 2 - 1, atol=1e-7, rtol=0)
+    back = vae.decode(lat)
+    assert back.shape == (2, 32, 24, 3)
+    assert torch.allclose(back, img[..., :3], atol=1e-7, rtol=0)
+    assert vae.decode(torch.full((1, 3, 2, 2), 5.0)).max() == 1.0  # clamped
+    assert vae.downscale_ratio == vae.upscale_ratio == 1 and vae.latent_channels == 3
+    assert vae.spacial_compression_encode() == vae.spacial_compression_decode() == 1
+    with pytest.raises(ValueError, match="3-channel"):
+        vae.decode(torch.zeros(1, 4, 8, 8))
+
+
+# ---------------------------------------------------------------------------------------------------------- builder
+
+@pytest.mark.parametrize("kind,sampling", [("eps", "EPS"), ("v_prediction", "V_PREDICTION"), ("flow", "CONST")])
+def test_build_model_patcher_other_model_types(refmod, kind, sampling):
+    from comfy import model_sampling
+
+    cfg = refmod.reference_unet_config()
+    a = refmod.build_model_patcher(cfg, None, kind, seed=5)
+    b = refmod.build_model_patcher(cfg, a.model.diffusion_model.state_dict(), kind)
+    assert isinstance(a.model.model_sampling, getattr(model_sampling, sampling))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.5, 0.5])
+    ctx = torch.randn(2, 4, cfg["context_dim"], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        da = a.model.apply_model(x, sigma, c_crossattn=ctx)
+        db = b.model.apply_model(x, sigma, c_crossattn=ctx)
+    assert torch.isfinite(da).all() and torch.equal(da, db)
+    assert (da - x).abs().mean() > 1e-3  # random (not zero) output layer
+    with pytest.raises(ValueError, match="missing"):
+        refmod.build_model_patcher(cfg, {"input_blocks.0.0.weight": torch.zeros(32, 3, 3, 3)}, kind)
+
+
+def test_weights_built_inside_inference_mode_stay_normal_tensors(refmod):
+    with torch.inference_mode():
+        patcher, clip, vae = refmod._load(refmod.reference_model_path())
+    assert not any(p.is_inference() for p in patcher.model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------- node
+
+def test_loader_node_declaration(host, refmod):
+    cls = host.node_class(LOADER)
+    assert cls is refmod.InversionReferenceModelLoader
+    assert cls.CATEGORY == "sampling/inversion"
+    assert cls.RETURN_TYPES == ("MODEL", "CLIP", "VAE")
+    assert len(cls.OUTPUT_TOOLTIPS) == 3 and all(cls.OUTPUT_TOOLTIPS)
+    assert cls.INPUT_TYPES() == {"required": {}}
+    assert refmod.NODE_DISPLAY_NAME_MAPPINGS[LOADER] == "Load Inversion Reference Model"
+
+
+def _workflow(text="cat"):
+    return {
+        "load": {"class_type": LOADER, "inputs": {}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["load", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["load", 1]}},
+        "img": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1,
+                                                       "color": 0x336699}},
+        "enc": {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0], "vae": ["load", 2]}},
+        "sample": {"class_type": "KSampler", "inputs": {
+            "model": ["load", 0], "seed": 3, "steps": 6, "cfg": 3.0, "sampler_name": "ddim",
+            "scheduler": "ddim_uniform", "positive": ["pos", 0], "negative": ["neg", 0],
+            "latent_image": ["enc", 0], "denoise": 1.0}},
+        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["load", 2]}},
+    }
+
+
+def test_host_workflow_with_standard_nodes(run_workflow):
+    out = run_workflow(_workflow())
+    lat = out["enc"][0]["samples"]
+    assert lat.shape == (1, 3, 32, 32)
+    assert torch.allclose(lat[0, :, 0, 0], torch.tensor([0x33, 0x66, 0x99]) / 255.0 * 2 - 1, atol=1e-6)
+    img = out["dec"][0]
+    assert img.shape == (1, 32, 32, 3) and 0.0 <= img.min() and img.max() <= 1.0
+    assert img.std() > 0.02  # a sampled image, not the flat input
+
+
+def test_host_workflow_unknown_prompt_lists_vocabulary(host, run_workflow):
+    with pytest.raises(host.WorkflowError) as err:
+        run_workflow(_workflow("a dog"))
+    assert "vocabulary" in str(err.value) and "'astronaut'" in str(err.value)

@@ -157,9 +157,10 @@ def main(argv=None) -> dict:
         summary[tag] = mean
         lines.append(f"| {tag} | {mean['psnr']:.2f} | {mean['ssim']:.4f} | {mean['fwd']:.0f} / {mean['bwd']:.0f} | "
                      f"{mean['seconds']:.2f} |")
-    note = (f"\n{len(index)} held-out 32x32 images of the reference model, 10 steps (ddim_uniform), cfg 1, source "
-            f"prompt = the image's label; edits replay with the next label at cfg 3 with source correction 0.5. "
-            f"Total {time.perf_counter() - start_all:.0f} s.")
+    note = (f"\n{len(index)} held-out 32x32 images of the reference model, the settings of "
+            f"{ALL_METHODS.relative_to(ROOT)} (source prompt = the image's label); the edit column is "
+            f"{EDIT.relative_to(ROOT)} with the next label as the edit prompt. Total "
+            f"{time.perf_counter() - start_all:.0f} s.")
     table = "\n".join(lines) + "\n" + note
     (out_dir / "results.md").write_text(table + "\n")
     print("\n" + table)

@@ -44,6 +44,9 @@ METHODS = [  # (label, node class, widget params)
                                              "max_iterations": 100, "step_size": 1.0}),
     ("PreciseInv precise", "PreciseInvInvert", {"threshold_preset": "precise (1e-5)", "custom_threshold": 1e-4,
                                                 "max_iterations": 100, "step_size": 1.0}),
+    ("PreciseInv precise, exact init", "PreciseInvInvert", {
+        "threshold_preset": "precise (1e-5)", "custom_threshold": 1e-4, "max_iterations": 100, "step_size": 1.0,
+        "initialiser": "exact"}),
 ]
 QUICK_METHODS = ("DDIM", "EasyInv", "Exact balanced", "GNRI reference code", "PreciseInv fast")
 

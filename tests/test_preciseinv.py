@@ -216,3 +216,18 @@ def test_preciseinv_node_runs_in_the_host_executor():
     assert all(max(s["residual"]) ** 2 < 1e-5 for s in entry["step_stats"])
     assert all(p.is_inference() for p in out["model"][0].model.parameters())
     assert torch.isfinite(inverted["samples"]).all() and torch.equal(entry["sigmas"], sigmas)
+
+
+def test_exact_initialiser_starts_closer_and_needs_fewer_gradient_steps():
+    """The shared fixed-point solver as PreciseInv's initialiser (issue: one solver, shared)."""
+    x0, sig = image(), karras(6)
+    ddim_init = invert(Denoiser(nonlinear_denoiser), x0, sig, PreciseInvSolver(threshold=1e-6), method="p")
+    exact_init = invert(Denoiser(nonlinear_denoiser), x0, sig, PreciseInvSolver(threshold=1e-6, init="exact"),
+                        method="p")
+    assert not ddim_init.unconverged_steps and not exact_init.unconverged_steps
+    assert exact_init.backward_evals < ddim_init.backward_evals
+    for rec in (ddim_init, exact_init):      # both reach the threshold: both replay to the image as closely
+        back = replay(Denoiser(nonlinear_denoiser), rec.states[-1], sig)
+        assert (back - x0).pow(2).mean().sqrt() < 2e-3
+    with pytest.raises(ValueError, match="initialiser"):
+        PreciseInvSolver(init="zeros")

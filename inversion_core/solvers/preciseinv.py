@@ -15,7 +15,9 @@ z − f(z) of steps.py, so η = 1e-5 means an RMS step mismatch of 3.2e-3 in the
 η for VP-scaled latents, where the same mismatch is smaller by ᾱ_{t−1} = 1/(1 + σ_{t−1}²) for EPS models; we keep
 the loss in sigma space, as the rest of the package reports residuals.)
 
-Initialisation: one DDIM inversion step (the paper's line 11), x_t⁰ = f(x_{t−1}), ε⁰ = (x_t⁰ − μ)/σ_t.
+Initialisation: one DDIM inversion step (the paper's line 11), x_t⁰ = f(x_{t−1}), ε⁰ = (x_t⁰ − μ)/σ_t; or, with
+``init="exact"``, the shared fixed-point solver's "balanced" solve (3 evaluations, no gradients), which starts the
+optimisation much closer to the threshold.
 
 Optimiser (the paper leaves it open; its Algorithm 1 writes plain gradient descent with a unit step, which in sigma
 space would scale with σ_t² and the latent size). ``optimizer="gd"`` (default): gradient descent on ε with the step
@@ -49,9 +51,12 @@ from ..denoiser import Denoiser
 from ..invert import StepContext
 from ..record import StepStats
 from ..steps import euler_step, fixed_point_map
+from .fixed_point import PRESETS as FIXED_POINT_PRESETS
+from .fixed_point import make_fixed_point_step
 from .gnri import MarginalMean, _rows, marginal_mean
 
 PRESETS = {"fast": 1e-2, "precise": 1e-5}
+INITS = ("ddim", "exact")
 OPTIMIZERS = ("adam", "gd")
 
 
@@ -62,8 +67,7 @@ class PreciseInvSolver:
     """
 
     def __init__(self, threshold: float = 1e-5, max_iter: int = 100, step_size: float = 1.0,
-                 optimizer: str = "gd", marginal: Union[str, MarginalMean] = "eps",
-                 ):
+                 optimizer: str = "gd", marginal: Union[str, MarginalMean] = "eps", init: str = "ddim"):
         if not (isinstance(threshold, (int, float)) and threshold > 0):
             raise ValueError(f"threshold: the loss threshold eta must be > 0, got {threshold}")
         if int(max_iter) != max_iter or max_iter < 1:
@@ -72,6 +76,11 @@ class PreciseInvSolver:
             raise ValueError(f"step_size: must be > 0, got {step_size}")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer: must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if init not in INITS:
+            raise ValueError(f"initialiser: must be one of {INITS}, got {init!r}")
+        # "exact": start from the shared fixed-point solver's "balanced" solve (3 evaluations) instead of one DDIM step
+        self.init = init
+        self._exact_init = make_fixed_point_step(FIXED_POINT_PRESETS["balanced"]) if init == "exact" else None
         self.threshold, self.max_iter, self.step_size = float(threshold), int(max_iter), float(step_size)
         self.optimizer = optimizer
         self.marginal = marginal_mean(marginal)
@@ -87,7 +96,10 @@ class PreciseInvSolver:
         with torch.no_grad():
             guess = guess.detach().float()
             mu = self.marginal(ctx.x0.to(device=guess.device, dtype=guess.dtype), sigma_hi)
-            x_init = fixed_point_map(guess, den(guess, sigma_hi), target, sigma_lo, sigma_hi)  # one DDIM step
+            if self._exact_init is not None:
+                x_init = self._exact_init(den, target, guess, sigma_lo, sigma_hi, ctx)[0]
+            else:
+                x_init = fixed_point_map(guess, den(guess, sigma_hi), target, sigma_lo, sigma_hi)  # one DDIM step
             eps = (x_init - mu) / sigma_hi
         B = eps.shape[0]
         n = eps[0].numel()

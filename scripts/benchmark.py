@@ -49,6 +49,9 @@ METHODS = [  # (label, node class, widget params)
         "initialiser": "exact"}),
 ]
 QUICK_METHODS = ("DDIM", "EasyInv", "Exact balanced", "GNRI reference code", "PreciseInv fast")
+# Methods that differentiate through the model: in bf16 on a CPU this costs many minutes per cell, so a CPU run
+# measures them in fp32 only (the table says so); --all-half or --device cuda measures them too.
+GRADIENT_METHODS = ("GNRI paper", "PreciseInv precise", "PreciseInv precise, exact init")
 
 
 class PeakMemory:
@@ -141,7 +144,7 @@ def extras(pack, model, clip, vae, images, device) -> str:
     lines = ["", "### Throughput (T = 10, fp32): seconds per image against batch size", "",
              "| method | batch 1 | batch 4 | batch 16 |", "|---|---|---|---|"]
     for label, node_name, params in METHODS:
-        if label not in ("DDIM", "Exact balanced", "GNRI paper") or node_name not in pack.NODE_CLASS_MAPPINGS:
+        if label not in ("DDIM", "Exact balanced", "GNRI anderson") or node_name not in pack.NODE_CLASS_MAPPINGS:
             continue
         cells = []
         for b in (1, 4, 16):
@@ -246,6 +249,8 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "out" / "benchmark"))
     ap.add_argument("--steps", default=None, help="comma-separated T values (default 50,10,4,2)")
     ap.add_argument("--methods", default=None, help="comma-separated method labels to run")
+    ap.add_argument("--all-half", action="store_true",
+                    help="on CPU, also run the gradient methods in bf16 (slow: many minutes per cell)")
     ap.add_argument("--update-readme", action="store_true",
                     help="replace README.md's results section with this run's table (full runs only)")
     args = ap.parse_args(argv)
@@ -269,7 +274,9 @@ def main(argv=None):
     skipped = [m[0] for m in METHODS if m[1] not in pack.NODE_CLASS_MAPPINGS]
 
     rows = []
-    cells = len(steps) * len(precisions) * len(methods)
+    half_skipped: set = set()
+    half_grad = sum(m[0] in GRADIENT_METHODS for m in methods) if args.device == "cpu" and not args.all_half else 0
+    cells = len(steps) * sum(len(methods) - (half_grad if d != torch.float32 else 0) for _, d in precisions)
     done = 0
     start_all = time.perf_counter()
     for prec_name, dtype in precisions:
@@ -278,6 +285,10 @@ def main(argv=None):
         for t in steps:
             ddim_seconds = None
             for label, node_name, params in methods:
+                if (dtype != torch.float32 and args.device == "cpu" and not args.all_half
+                        and label in GRADIENT_METHODS):
+                    half_skipped.add(label)
+                    continue
                 r = run_cell(pack, label, node_name, params, model, clip, vae, images, t, args.device)
                 r["precision"] = prec_name
                 if label == "DDIM":
@@ -295,7 +306,9 @@ def main(argv=None):
     note = (f"\n\n{len(images)} held-out 32x32 images, batch {len(images)}, device {args.device}, "
             f"torch {torch.__version__}, {os.environ.get('OMP_NUM_THREADS')} thread(s); total "
             f"{time.perf_counter() - start_all:.0f} s." + (f" Not registered (skipped): {', '.join(skipped)}."
-                                                             if skipped else ""))
+                                                             if skipped else "")
+            + (f" Measured in fp32 only on this CPU run (bf16 autograd on CPU is too slow; --all-half or a GPU "
+               f"measures them): {', '.join(sorted(half_skipped))}." if half_skipped else ""))
     (out_dir / "results.md").write_text(md + note + "\n")
     with open(out_dir / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -88,8 +88,9 @@ class PeakMemory:
             self.added_mb = self._status("VmHWM") - self.base
 
 
-def reference(dtype: torch.dtype):
-    """(model, clip, vae) of the shipped reference model with its UNet in ``dtype``."""
+def reference(dtype: torch.dtype, half_compute: bool = False):
+    """(model, clip, vae) of the shipped reference model with its UNet weights in ``dtype``; ``half_compute`` also
+    computes in ``dtype`` (on a CPU the host keeps half weights but computes in fp32)."""
     import host
     rm = sys.modules[host.pack_module().__name__ + ".nodes.reference_model"]
     model, clip, vae = rm.load_reference_model()
@@ -101,6 +102,8 @@ def reference(dtype: torch.dtype):
         model = rm.build_model_patcher(meta["unet_config"], tensors, meta.get("model_type", "eps"),
                                        prefix=rm.UNET_PREFIX, sampling_settings=meta["sampling_settings"],
                                        latent_channels=rm.LATENT_CHANNELS, dtype=dtype)
+        if half_compute:   # override the host's CPU manual cast: half-precision arithmetic, as on a GPU
+            model.model.manual_cast_dtype = None
     return model, clip, vae, rm
 
 
@@ -249,6 +252,10 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "out" / "benchmark"))
     ap.add_argument("--steps", default=None, help="comma-separated T values (default 50,10,4,2)")
     ap.add_argument("--methods", default=None, help="comma-separated method labels to run")
+    ap.add_argument("--precision", default=None, choices=["fp32", "half"],
+                    help="only this precision (default: both; --quick: fp32)")
+    ap.add_argument("--half-compute", action="store_true",
+                    help="on CPU, compute in bf16 too (the host computes in fp32 there; ~36x slower)")
     ap.add_argument("--all-half", action="store_true",
                     help="on CPU, also run the gradient methods in bf16 (slow: many minutes per cell)")
     ap.add_argument("--update-readme", action="store_true",
@@ -268,7 +275,11 @@ def main(argv=None):
 
     steps = [int(s) for s in args.steps.split(",")] if args.steps else ([10, 4] if args.quick else [50, 10, 4, 2])
     half = torch.float16 if args.device == "cuda" else torch.bfloat16
-    precisions = [("fp32", torch.float32)] if args.quick else [("fp32", torch.float32), (str(half)[6:], half)]
+    half_compute = args.half_compute or args.device == "cuda"
+    half_name = str(half)[6:] if half_compute else "bf16 weights"
+    precisions = [("fp32", torch.float32)] if args.quick else [("fp32", torch.float32), (half_name, half)]
+    if args.precision:
+        precisions = [p for p in precisions if (p[1] == torch.float32) == (args.precision == "fp32")]
     wanted = set(args.methods.split(",")) if args.methods else (set(QUICK_METHODS) if args.quick else None)
     methods = [m for m in METHODS if m[1] in pack.NODE_CLASS_MAPPINGS and (wanted is None or m[0] in wanted)]
     skipped = [m[0] for m in METHODS if m[1] not in pack.NODE_CLASS_MAPPINGS]
@@ -280,7 +291,7 @@ def main(argv=None):
     done = 0
     start_all = time.perf_counter()
     for prec_name, dtype in precisions:
-        model, clip, vae, rm = reference(dtype)
+        model, clip, vae, rm = reference(dtype, half_compute)
         images = torch.cat([img for _, _, img in rm.heldout_images()])
         for t in steps:
             ddim_seconds = None
@@ -304,7 +315,9 @@ def main(argv=None):
         images = torch.cat([img for _, _, img in rm.heldout_images()])
         md += "\n" + extras(pack, model, clip, vae, images, args.device)
     note = (f"\n\n{len(images)} held-out 32x32 images, batch {len(images)}, device {args.device}, "
-            f"torch {torch.__version__}, {os.environ.get('OMP_NUM_THREADS')} thread(s); total "
+            + ("'bf16 weights' = half-precision weights with fp32 arithmetic, what ComfyUI does on a CPU; "
+               "--half-compute measures bf16 arithmetic. " if not half_compute else "")
+            + f"torch {torch.__version__}, {os.environ.get('OMP_NUM_THREADS')} thread(s); total "
             f"{time.perf_counter() - start_all:.0f} s." + (f" Not registered (skipped): {', '.join(skipped)}."
                                                              if skipped else "")
             + (f" Measured in fp32 only on this CPU run (bf16 autograd on CPU is too slow; --all-half or a GPU "

@@ -41,3 +41,21 @@ def nonlinear_denoiser(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> float:
     mse = (a.double() - b.double()).pow(2).mean().item()
     return float("inf") if mse == 0 else 10 * math.log10(data_range ** 2 / mse)
+
+
+def karras(n: int, lo: float = 0.03, hi: float = 14.6, rho: float = 7.0) -> torch.Tensor:
+    """A Karras sampling schedule of n steps ending at 0 (EPS-style sigmas)."""
+    ramp = torch.linspace(0, 1, n)
+    s = (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+    return torch.cat([s, torch.zeros(1)])
+
+
+def flow_schedule(n: int) -> torch.Tensor:
+    """A flow-model sampling schedule of n steps from σ = 1 to 0."""
+    return torch.linspace(1.0, 0.0, n + 1)
+
+
+def image(batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """A batch of 'image latents' from the analytic data distribution N(0, S²)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 4, 8, 8, generator=g) * S

@@ -9,22 +9,8 @@ import torch
 from inversion_core import Denoiser, ScheduleError, StepFailed, as_sampling_schedule, ddim_step, invert, replay
 from inversion_core.steps import euler_step
 
-from analytic import S, eps_denoiser, eps_exact, flow_denoiser, flow_exact
+from analytic import S, eps_denoiser, eps_exact, flow_denoiser, flow_exact, flow_schedule, image, karras
 
-
-def karras(n: int, lo: float = 0.03, hi: float = 14.6, rho: float = 7.0) -> torch.Tensor:
-    ramp = torch.linspace(0, 1, n)
-    s = (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
-    return torch.cat([s, torch.zeros(1)])
-
-
-def flow_schedule(n: int) -> torch.Tensor:
-    return torch.linspace(1.0, 0.0, n + 1)
-
-
-def image(batch: int = 2, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 4, 8, 8, generator=g) * S
 
 
 def round_trip_error(raw, x0: torch.Tensor, sigmas: torch.Tensor) -> float:

@@ -8,7 +8,7 @@ from inversion_core import Denoiser, ddim_step, invert
 from inversion_core.methods.easyinv import EasyInvBlend, in_window
 
 from analytic import nonlinear_denoiser
-from test_core import image, karras
+from analytic import image, karras
 
 
 def hand_rolled(x0, sig, eta, window, variant):

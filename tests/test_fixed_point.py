@@ -8,7 +8,7 @@ from inversion_core import Denoiser, ddim_step, invert, replay
 from inversion_core.solvers.fixed_point import FixedPointOptions, make_fixed_point_step
 
 from analytic import eps_denoiser, nonlinear_denoiser, psnr
-from test_core import image, karras
+from analytic import image, karras
 
 
 def round_trip_psnr(solver, steps=10, raw=nonlinear_denoiser, batch=2):

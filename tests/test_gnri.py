@@ -1,9 +1,7 @@
 """GNRI: the core step solver on analytic denoisers, and the node through the real host executor."""
 from __future__ import annotations
 
-import contextlib
 import gc
-import importlib
 
 import pytest
 import torch
@@ -11,23 +9,10 @@ import torch
 from inversion_core import Denoiser, StepFailed, ddim_step, invert, replay
 from inversion_core.solvers.gnri import GNRISolver, gmres, marginal_mean
 
-from analytic import S, eps_denoiser, flow_denoiser, nonlinear_denoiser
+from analytic import S, eps_denoiser, flow_denoiser, flow_schedule, image, karras, nonlinear_denoiser
 
 import host
 
-
-def karras(n: int, lo: float = 0.03, hi: float = 14.6, rho: float = 7.0) -> torch.Tensor:
-    ramp = torch.linspace(0, 1, n)
-    s = (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
-    return torch.cat([s, torch.zeros(1)])
-
-
-def flow_schedule(n: int) -> torch.Tensor:
-    return torch.linspace(1.0, 0.0, n + 1)
-
-
-def image(batch: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, 4, 8, 8, generator=torch.Generator().manual_seed(seed)) * S
 
 
 def strong_denoiser(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -210,23 +195,6 @@ def test_nan_from_the_model_names_the_step():
 
 
 # ------------------------------------------------------------------------------------------------ real host
-@contextlib.contextmanager
-def grad_nodes_registered():
-    """The host registry with this module's nodes, for the duration (a no-op once nodes/__init__.py registers them;
-    names added here are removed afterwards so that other tests see the pack's real registry)."""
-    from comfy.cmd.execution import nodes as host_nodes
-
-    module = importlib.import_module(host.PACK_DIR_NAME + ".nodes.methods_grad")
-    registry = host_nodes.NODE_CLASS_MAPPINGS
-    added = [name for name in module.NODE_CLASS_MAPPINGS if name not in registry]
-    registry.update({name: module.NODE_CLASS_MAPPINGS[name] for name in added})
-    try:
-        yield
-    finally:
-        for name in added:
-            registry.pop(name, None)
-
-
 def _prompt(method: str, extra: dict, kind: str = "eps", steps: int = 3, size: int = 8) -> dict:
     prompt = host.tiny_inputs(kind, size=size)
     inputs = {"model": ["model", 0], "positive": ["positive", 0], "negative": ["negative", 0],
@@ -241,8 +209,7 @@ def _prompt(method: str, extra: dict, kind: str = "eps", steps: int = 3, size: i
 
 @pytest.mark.parametrize("name", ["GNRIInvert", "PreciseInvInvert"])
 def test_every_node_input_has_a_tooltip(name):
-    with grad_nodes_registered():
-        cls = host.node_class(name)
+    cls = host.node_class(name)
     inputs = cls.INPUT_TYPES()
     for group in ("required", "optional"):
         for key, spec in inputs.get(group, {}).items():
@@ -251,9 +218,8 @@ def test_every_node_input_has_a_tooltip(name):
 
 
 def test_gnri_node_runs_in_the_host_executor_with_model_gradients():
-    with grad_nodes_registered():
-        out = host.run_workflow(_prompt("GNRIInvert", {"lambda": 0.1, "tolerance": 1e-5, "max_iterations": 4,
-                                                       "variant": "paper"}, kind="v_prediction"))
+    out = host.run_workflow(_prompt("GNRIInvert", {"lambda": 0.1, "tolerance": 1e-5, "max_iterations": 4,
+                                                   "variant": "paper"}, kind="v_prediction"))
     inverted, sigmas = out["invert"]
     entry = inverted["inversion"]
     assert entry["method"] == "gnri" and entry["params"]["variant"] == "paper"

@@ -10,7 +10,8 @@ from inversion_core import Denoiser, StepFailed, ddim_step, invert, replay
 from inversion_core.solvers.preciseinv import PRESETS, PreciseInvSolver
 
 from analytic import eps_denoiser, flow_denoiser, nonlinear_denoiser
-from test_gnri import _prompt, flow_schedule, grad_nodes_registered, image, karras
+from analytic import flow_schedule, image, karras
+from test_gnri import _prompt
 
 import host
 
@@ -204,10 +205,9 @@ def test_protected_backward_gives_the_true_gradient_through_the_host_unet():
 
 
 def test_preciseinv_node_runs_in_the_host_executor():
-    with grad_nodes_registered():
-        out = host.run_workflow(_prompt("PreciseInvInvert", {"threshold_preset": "precise (1e-5)",
-                                                             "custom_threshold": 1e-4, "max_iterations": 30,
-                                                             "step_size": 1.0}, kind="flow"))
+    out = host.run_workflow(_prompt("PreciseInvInvert", {"threshold_preset": "precise (1e-5)",
+                                                         "custom_threshold": 1e-4, "max_iterations": 30,
+                                                         "step_size": 1.0}, kind="flow"))
     inverted, sigmas = out["invert"]
     entry = inverted["inversion"]
     assert entry["method"] == "preciseinv" and entry["params"]["threshold"] == 1e-5

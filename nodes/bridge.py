@@ -58,6 +58,13 @@ def _uniform_conditioning(model_wrap) -> bool:
     return True
 
 
+def _host_progress(callback) -> Optional[Callable]:
+    """Adapt the core's (step done, total, x, denoised) callback to the host's (step index, x0, x, total) one."""
+    if callback is None:
+        return None
+    return lambda step, total, x, denoised: callback(step - 1, denoised, x, total)
+
+
 def _denoiser(model_wrap, extra_args: dict) -> Denoiser:
     def raw(x: torch.Tensor, sigma: float) -> torch.Tensor:
         s = torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)
@@ -112,12 +119,8 @@ class ReplaySampler(comfy.samplers.Sampler):
                              "Inverted Latent Sampler's mask input instead of SamplerCustomAdvanced")
         den = _denoiser(model_wrap, extra_args)
 
-        def progress(step: int, total: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
-            if callback is not None:
-                callback(step - 1, denoised, x, total)
-
-        out = replay(den, x_top, schedule, callback=progress, offsets=self.offsets, weights=self.weights,
-                     mask=self.mask, states_down=self.states_down)
+        out = replay(den, x_top, schedule, callback=_host_progress(callback), offsets=self.offsets,
+                     weights=self.weights, mask=self.mask, states_down=self.states_down)
         return out.to(device=x_top.device)
 
 
@@ -134,11 +137,7 @@ class _OffsetSampler(comfy.samplers.Sampler):
         device = latent_image.device
         states = [s.to(device) for s in self.states_down]
 
-        def progress(step: int, total: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
-            if callback is not None:
-                callback(step - 1, denoised, x, total)
-
-        self.offsets = source_offsets(den, states, schedule, self.weights, callback=progress)
+        self.offsets = source_offsets(den, states, schedule, self.weights, callback=_host_progress(callback))
         return latent_image
 
 

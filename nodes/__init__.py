@@ -6,3 +6,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {}
 for _module in (invert, methods_grad, sample, report, reference_model):
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
+from . import edit as _edit  # noqa: E402  (issue 14: Inversion Edit Engine)
+NODE_CLASS_MAPPINGS.update(_edit.NODE_CLASS_MAPPINGS); NODE_DISPLAY_NAME_MAPPINGS.update(_edit.NODE_DISPLAY_NAME_MAPPINGS)

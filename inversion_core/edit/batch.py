@@ -1,0 +1,25 @@
+"""Assembling the source and the edit branch into one batch."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def concat_tokens(tensors: Sequence[Tensor]) -> Tensor:
+    """Concatenate along the batch; token sequences of different lengths are repeated to their least common multiple
+    (what the host does for cond/uncond of different lengths: attention over a sequence repeated r times equals
+    attention over the sequence, so nothing changes)."""
+    if all(t.ndim < 3 for t in tensors) or len({t.shape[1] for t in tensors}) == 1:
+        return torch.cat(list(tensors))
+    length = 1
+    for t in tensors:
+        length = length * t.shape[1] // math.gcd(length, t.shape[1])
+    return torch.cat([t.repeat(1, length // t.shape[1], *([1] * (t.ndim - 2))) for t in tensors])
+
+
+def repeat_chunks(x: Tensor, chunks: int) -> Tensor:
+    """[b, ...] → [chunks·b, ...]: the same rows once per cond/uncond chunk."""
+    return x.repeat(chunks, *([1] * (x.ndim - 1)))

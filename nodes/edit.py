@@ -1,0 +1,367 @@
+"""Inversion Edit Engine: a MODEL patch that runs a source branch pinned to the stored inversion trajectory next to
+the edit branch and lets the edit borrow the source's attention (PnP, MasaCtrl, Prompt-to-Prompt, KV masks).
+
+Only the host's ModelPatcher API is used: a model function wrapper (``set_model_unet_function_wrapper``) adds the
+source branch — the stored x*_k at the current σ with the source prompt — either concatenated to the edit batch
+("batched") or as a second model call before it ("cached"); attention replace patches on every transformer block
+(``set_model_attn1_replace`` / ``set_model_attn2_replace``) and an ``output_block_patch`` read the source's features
+and inject them; the wrapper tells them the step and branch layout through ``transformer_options``. Any sampler
+that evaluates the model on the stored schedule (Inverted Latent Sampler, Inverted Replay SAMPLER +
+SamplerCustomAdvanced) and any inversion method's LATENT work unchanged. The math is in inversion_core/edit.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import torch
+
+import comfy.model_patcher
+import comfy.samplers
+
+from ..inversion_core.edit import (MODES, concat_tokens, find_step, inject_self_attention, p2p_cross_attention,
+                                   repeat_chunks, resolve_settings, token_mask_for_layer)
+from ..inversion_core.edit.attention import reweight_columns
+from ..inversion_core.edit.select import MODE_HELP, EditSettings
+from .bridge import _mask_for, check_conditioning, model_family, model_kind, read_inverted
+from .common import CATEGORY
+
+KEY = "inversion_edit"          # our entry in transformer_options
+SOURCE_BRANCHES = ("batched", "cached")
+_HOOKS = ("set_model_unet_function_wrapper", "set_model_attn1_replace", "set_model_attn2_replace",
+          "set_model_output_block_patch")
+
+
+def _host_attention():
+    import comfy.ldm.modules.attention as attention
+
+    return attention
+
+
+def _convert_cond(cond):
+    try:
+        from comfy.sampler_helpers import convert_cond
+    except ImportError:  # pragma: no cover - older hosts kept it in comfy.sample
+        from comfy.sample import convert_cond
+    return convert_cond(cond)
+
+
+def unet_layers(diffusion_model) -> list:
+    """Every transformer block of a host UNet as (kind, block id, index within the block)."""
+    attention = _host_attention()
+    out = []
+    groups = (("input", getattr(diffusion_model, "input_blocks", [])),
+              ("middle", [getattr(diffusion_model, "middle_block", [])]),
+              ("output", getattr(diffusion_model, "output_blocks", [])))
+    for kind, blocks in groups:
+        for block_id, block in enumerate(blocks):
+            for sub in (block if isinstance(block, torch.nn.Sequential) else [block]):
+                if isinstance(sub, attention.SpatialTransformer):
+                    out.extend((kind, block_id, t) for t in range(len(sub.transformer_blocks)))
+    return out
+
+
+class _Context:
+    """What the wrapper tells the patches for one model call (lives in transformer_options[KEY])."""
+
+    __slots__ = ("step", "phase", "n", "b", "cond_or_uncond")
+
+    def __init__(self, step: int, phase: str, n: int, b: int, cond_or_uncond: list):
+        self.step, self.phase, self.n, self.b, self.cond_or_uncond = step, phase, n, b, list(cond_or_uncond)
+
+
+class EditEngine:
+    """The source branch and the injection, for one inverted latent. ``stats`` counts what the source branch cost."""
+
+    def __init__(self, settings: EditSettings, schedule: list, states_down: list, source_cond, mask, branch: str):
+        self.settings, self.schedule, self.states_down = settings, schedule, states_down
+        self.source_cond, self.mask, self.branch = source_cond, mask, branch
+        self.cache: dict = {}
+        self._src_conds: dict = {}
+        self.stats = {"calls": 0, "source_calls": 0, "seconds": 0.0}
+
+    # ------------------------------------------------------------------------------------------ model wrapper
+    def __call__(self, apply_model, args: dict):
+        x, t, c, cou = args["input"], args["timestep"], args["c"], list(args["cond_or_uncond"])
+        sigma = float(t.flatten()[0])
+        k = find_step(sigma, self.schedule)
+        if k is None:
+            raise ValueError(
+                f"Inversion Edit Engine: the sampler evaluated the model at sigma {sigma:.6g}, which is not on the "
+                f"inverted latent's schedule ({', '.join(f'{s:.4g}' for s in self.schedule)}). Replay with the "
+                "Inverted Latent Sampler (or the Inverted Replay SAMPLER with the sigmas the inversion returned); "
+                "other samplers and schedules cannot be pinned to the stored trajectory")
+        self.stats["calls"] += 1
+        if not self.settings.any_step(k):
+            return apply_model(x, t, **c)
+        start = time.perf_counter()
+        chunks = len(cou)
+        n = x.shape[0]
+        b = n // chunks
+        state = self.states_down[k]
+        if n % chunks or state.shape[0] != b or tuple(state.shape[1:]) != tuple(x.shape[1:]):
+            raise ValueError(
+                f"Inversion Edit Engine: the model is evaluated on {n} items of shape {tuple(x.shape[1:])} "
+                f"({chunks} cond/uncond chunks) but the inverted latent has {state.shape[0]} of shape "
+                f"{tuple(state.shape[1:])}; area / regional conditioning cannot be paired with the source branch")
+        x_src = repeat_chunks(state.to(device=x.device, dtype=x.dtype), chunks)
+        c_src = self._source_c(apply_model, c, cou, b, x)
+        branch = "cached" if c.get("control") is not None else self.branch  # ControlNet residuals are per batch
+        self.stats["source_calls"] += 1
+        try:
+            if branch == "batched":
+                c_all = {}
+                for key, val in c.items():
+                    if key == "transformer_options":
+                        continue
+                    c_all[key] = concat_tokens([c_src[key], val]) if isinstance(val, torch.Tensor) else val
+                opts = dict(c.get("transformer_options", {}))
+                opts["cond_or_uncond"] = cou + cou
+                opts[KEY] = _Context(k, "batched", n, b, cou)
+                c_all["transformer_options"] = opts
+                out = apply_model(torch.cat([x_src, x]), torch.cat([t, t]), **c_all)
+                return out[n:]
+            opts = dict(c.get("transformer_options", {}))
+            opts[KEY] = _Context(k, "capture", n, b, cou)
+            apply_model(x_src, t, **dict(c_src, transformer_options=opts))
+            opts = dict(c.get("transformer_options", {}))
+            opts[KEY] = _Context(k, "inject", n, b, cou)
+            return apply_model(x, t, **dict(c, transformer_options=opts))
+        finally:
+            self.cache.clear()
+            self.stats["seconds"] += time.perf_counter() - start
+
+    def _source_c(self, apply_model, c: dict, cou: list, b: int, x: torch.Tensor) -> dict:
+        """The edit's model inputs with the cond chunks' conditioning replaced by the source prompt's (uncond chunks
+        are shared: the source and the edit use the same negative)."""
+        key = (b, str(x.device), tuple(x.shape[1:]))
+        if key not in self._src_conds:
+            base = getattr(apply_model, "__self__", None)
+            if base is None or not hasattr(base, "extra_conds"):
+                raise RuntimeError("Inversion Edit Engine: this host's model function wrapper does not pass the "
+                                   "model's apply_model; the host is too old or too new for the engine")
+            conds = comfy.samplers.encode_model_conds(base.extra_conds, _convert_cond(self.source_cond),
+                                                      x[:b], x.device, "positive")
+            model_conds = conds[0]["model_conds"]
+            self._src_conds[key] = {name: obj.process_cond(batch_size=b, device=x.device).cond
+                                    for name, obj in model_conds.items()}
+        src = self._src_conds[key]
+        out = {}
+        chunks = len(cou)
+        for name, val in c.items():
+            if name == "transformer_options" or not isinstance(val, torch.Tensor) or name not in src:
+                out[name] = val
+                continue
+            parts = val.chunk(chunks)
+            out[name] = concat_tokens([src[name].to(device=val.device, dtype=val.dtype) if cou[j] == 0 else parts[j]
+                                       for j in range(chunks)])
+        return out
+
+    # ------------------------------------------------------------------------------------------ patches
+    def _split(self, ctx: _Context, layer: tuple, what: str, *tensors):
+        """(source tensors, edit tensors) for this call, capturing or reading the cache as the phase says."""
+        if ctx.phase == "batched":
+            return [t[:ctx.n] for t in tensors], [t[ctx.n:] for t in tensors]
+        if ctx.phase == "capture":
+            self.cache[(what, layer)] = tensors
+            return None, None
+        src = self.cache.get((what, layer))
+        if src is None:
+            raise RuntimeError(f"Inversion Edit Engine: no source features captured for {what} {layer}")
+        return list(src), list(tensors)
+
+    def attn1(self, q, k, v, extra_options):
+        attention = _host_attention()
+        heads = extra_options["n_heads"]
+        precision = extra_options.get("attn_precision")
+        ctx: Optional[_Context] = extra_options.get(KEY)
+        block = extra_options.get("block")
+        layer = (block[0], block[1], extra_options.get("block_index", 0)) if block is not None else None
+        s = self.settings
+        if ctx is None:
+            return attention.optimized_attention(q, k, v, heads, attn_precision=precision)
+        inject = s.self_steps[ctx.step] and layer in s.self_layers
+        masked = self.mask is not None and s.mask_steps[ctx.step] and layer in s.mask_layers
+        if not (inject or masked):
+            return attention.optimized_attention(q, k, v, heads, attn_precision=precision)
+        src, edit = self._split(ctx, layer, "attn1", q, k, v)
+        if src is None:   # capture phase: the source runs unchanged
+            return attention.optimized_attention(q, k, v, heads, attn_precision=precision)
+        keep = token_mask_for_layer(self.mask.to(q.device), q.shape[1], edit[0].shape[0]) if masked else None
+        qe, ke, ve = inject_self_attention(*edit, *src, use_q=inject and s.use_q, use_k=inject and s.use_k,
+                                           use_v=inject and s.use_v, strength=s.strength, keep=keep)
+        if ctx.phase == "batched":
+            qe, ke, ve = torch.cat([src[0], qe]), torch.cat([src[1], ke]), torch.cat([src[2], ve])
+        return attention.optimized_attention(qe, ke, ve, heads, attn_precision=precision)
+
+    def attn2(self, q, k, v, extra_options):
+        attention = _host_attention()
+        heads = extra_options["n_heads"]
+        precision = extra_options.get("attn_precision")
+        ctx: Optional[_Context] = extra_options.get(KEY)
+        block = extra_options.get("block")
+        layer = (block[0], block[1], extra_options.get("block_index", 0)) if block is not None else None
+        out = attention.optimized_attention(q, k, v, heads, attn_precision=precision)
+        if ctx is None or not self.settings.cross_steps or not self.settings.cross_steps[ctx.step]:
+            return out
+        src, edit = self._split(ctx, layer, "attn2", q, k)
+        if src is None:
+            return out
+        s = self.settings
+        rows = torch.tensor([ctx.cond_or_uncond[i // ctx.b] == 0 for i in range(ctx.n)])
+        if not rows.any():
+            return out
+        idx = rows.nonzero().flatten().to(q.device)
+        v_e = v[ctx.n:] if ctx.phase == "batched" else v
+        cols = None
+        if s.reweight != 1.0:
+            length = k.shape[1]
+            period = 77 if length % 77 == 0 else length
+            cols = reweight_columns(length, s.tokens, period) if s.tokens else torch.ones(length, dtype=torch.bool)
+        p2p = p2p_cross_attention(edit[0][idx], edit[1][idx], v_e[idx], src[0][idx], src[1][idx], heads,
+                                  swap_strength=s.strength if s.swap else 0.0, reweight=s.reweight, columns=cols)
+        offset = ctx.n if ctx.phase == "batched" else 0
+        out = out.clone()
+        out[idx + offset] = p2p.to(out.dtype)
+        return out
+
+    def output_block(self, h, hsp, transformer_options):
+        ctx: Optional[_Context] = transformer_options.get(KEY)
+        s = self.settings
+        block = transformer_options.get("block")
+        if ctx is None or s.residual_block is None or not s.residual_steps[ctx.step] or block is None \
+                or block[1] != s.residual_block:
+            return h, hsp
+        src, edit = self._split(ctx, ("output", block[1], 0), "residual", h)
+        if src is None:
+            return h, hsp
+        mixed = edit[0] + s.strength * (src[0] - edit[0])
+        if ctx.phase == "batched":
+            mixed = torch.cat([src[0], mixed])
+        return mixed, hsp
+
+
+def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *, strength: float = 1.0,
+                       window_start: float = -1.0, window_end: float = -1.0, layers: str = "auto",
+                       residual_features: bool = False, reweight: float = 1.0, tokens: str = "",
+                       source_branch: str = "batched", mask: Optional[torch.Tensor] = None):
+    """A clone of ``model`` with the engine patched in; returns (patched model, engine)."""
+    missing = [h for h in _HOOKS if not hasattr(model, h)]
+    if missing:
+        raise RuntimeError(f"Inversion Edit Engine: this ComfyUI is too old for the engine: its ModelPatcher lacks "
+                           f"{', '.join(missing)}")
+    samples, entry = read_inverted(inverted_latent, "inverted_latent")
+    check_conditioning(source_conditioning, samples.shape[0], "source_conditioning")
+    if len(source_conditioning) != 1:
+        raise ValueError("source_conditioning: expected one prompt (the one the image was inverted with), got "
+                         f"{len(source_conditioning)} combined entries")
+    if source_branch not in SOURCE_BRANCHES:
+        raise ValueError(f"source_branch: one of {SOURCE_BRANCHES}, got {source_branch!r}")
+    kind = model_kind(model.get_model_object("model_sampling"))
+    if entry.get("model_kind") and entry["model_kind"] != kind:
+        raise ValueError(f"model: this latent was inverted with a {entry['model_kind']} model but this is a {kind} "
+                         "model; edit with the model it was inverted with")
+    schedule = [float(s) for s in entry["sigmas"].tolist()]
+    total = len(schedule) - 1
+    states_down = list(reversed(entry.get("states") or []))
+    if len(states_down) != total + 1:
+        raise ValueError("inverted_latent: the edit engine needs the stored trajectory, which this latent lacks; "
+                         "connect an inversion node's output directly")
+    diffusion_model = model.model.diffusion_model
+    layers_available = unet_layers(diffusion_model)
+    if not layers_available:
+        raise ValueError(f"model: no UNet transformer blocks found in {type(diffusion_model).__name__}; the engine "
+                         "handles SD-style UNets (SD1.x / SD2.x / SDXL and the reference model) on this host")
+    m = _mask_for(mask, samples, "mask")
+    settings = resolve_settings(mode, model_family(model), total, layers_available, window_start=window_start,
+                                window_end=window_end, layers=layers, strength=strength, residual=residual_features,
+                                reweight=reweight, tokens=tokens, masked=m is not None, dit=False)
+    engine = EditEngine(settings, schedule, states_down, source_conditioning, m, source_branch)
+    patched = model.clone()
+    # the patches are installed even for an empty window: outside the window every call takes the host's own path
+    patched.set_model_unet_function_wrapper(engine)
+    for layer in layers_available:
+        patched.set_model_attn1_replace(engine.attn1, layer[0], layer[1], layer[2])
+        if settings.cross_steps:
+            patched.set_model_attn2_replace(engine.attn2, layer[0], layer[1], layer[2])
+    if settings.residual_block is not None:
+        patched.set_model_output_block_patch(engine.output_block)
+    return patched, engine
+
+
+_WINDOW_TIP = ("as a fraction of the replay's steps (0 = the noisiest step, 1 = the end), so it means the same at 4 "
+               "or 50 steps; -1 = the mode's default")
+
+
+class InversionEditEngine:
+    DESCRIPTION = (
+        "Structure-preserving edits of an inverted image: returns the MODEL with a source branch pinned to the "
+        "inverted latent's stored trajectory (the image's own denoising path, exact at every step) running next to "
+        "the edit, and the edit borrowing the source's attention. Connect the patched MODEL, the edit prompt and the "
+        "same inverted latent to the Inverted Latent Sampler (or the Inverted Replay SAMPLER). Modes: "
+        + " ".join(f"{m}: {h}" for m, h in MODE_HELP.items() if m != "dit_kv")
+        + " With the source prompt (and source correction 1) the edit reconstructs the image.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The model with the edit engine patched in (a clone; the input model is unchanged). Use it "
+                       "only to replay this inverted latent.",)
+    FUNCTION = "patch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model the latent was inverted with."}),
+                "inverted_latent": ("LATENT", {"tooltip": (
+                    "The LATENT output of an inversion node (any method): its stored schedule and trajectory drive "
+                    "the source branch. Give the sampler the same latent.")}),
+                "source_conditioning": ("CONDITIONING", {"tooltip": (
+                    "The prompt the image was inverted with (the source branch's prompt).")}),
+                "mode": ([m for m in MODES if m != "dit_kv"], {"default": "pnp", "tooltip": " ".join(
+                    f"{m}: {h}" for m, h in MODE_HELP.items() if m != "dit_kv")}),
+                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": (
+                    "How far the injected features move towards the source's (1 = replaced). Lower keeps less "
+                    "structure and lets the prompt change more.")}),
+                "window_start": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.01, "tooltip": (
+                    "Injection starts at this point of the schedule, " + _WINDOW_TIP + ". Later = more freedom for "
+                    "the coarse layout.")}),
+                "window_end": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.01, "tooltip": (
+                    "Injection stops here, " + _WINDOW_TIP + ". Later = more structure kept, weaker edit; "
+                    "start >= end injects nothing (plain replay).")}),
+                "layers": ("STRING", {"default": "auto", "tooltip": (
+                    "Self-attention layers that take the source's features: auto = the family preset (SD1.x PnP "
+                    "output.4-11, MasaCtrl output.6-11; SDXL and others: decoder), or a list like 'decoder', "
+                    "'output.3-8', 'middle, output.0.0', 'all'. Deeper/more layers keep more structure.")}),
+                "residual_features": ("BOOLEAN", {"default": False, "tooltip": (
+                    "PnP only: also inject the source's decoder features (entering output block 4 for SD1.x, 3 for "
+                    "SDXL, 1 for the reference model) over 1.6x the attention window: stronger layout lock.")}),
+                "reweight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.1, "tooltip": (
+                    "P2P only: scale the cross-attention of the chosen tokens (>1 strengthens them, <1 weakens).")}),
+                "tokens": ("STRING", {"default": "", "tooltip": (
+                    "P2P re-weighting: comma-separated prompt token positions (CLIP: 1 = the first word; empty = "
+                    "every token).")}),
+                "source_branch": (list(SOURCE_BRANCHES), {"default": "batched", "tooltip": (
+                    "batched: source and edit in one model call of twice the batch (fastest, 2x activation "
+                    "memory); cached: the source first, its attention inputs kept for one call (less peak memory, "
+                    "two calls). Same result. Steps outside the window cost nothing extra.")}),
+            },
+            "optional": {
+                "mask": ("MASK", {"tooltip": (
+                    "1 = the region to edit. Outside it the self-attention keys/values are the source's inside the "
+                    "window (KV-Edit style); give the same mask to the Inverted Latent Sampler to also pin the "
+                    "latent outside it.")}),
+            },
+        }
+
+    def patch(self, model, inverted_latent, source_conditioning, mode, strength=1.0, window_start=-1.0,
+              window_end=-1.0, layers="auto", residual_features=False, reweight=1.0, tokens="",
+              source_branch="batched", mask=None):
+        patched, _engine = build_engine_patch(
+            model, inverted_latent, source_conditioning, mode, strength=strength, window_start=window_start,
+            window_end=window_end, layers=layers, residual_features=residual_features, reweight=reweight,
+            tokens=tokens, source_branch=source_branch, mask=mask)
+        return (patched,)
+
+
+NODE_CLASS_MAPPINGS = {"InversionEditEngine": InversionEditEngine}
+NODE_DISPLAY_NAME_MAPPINGS = {"InversionEditEngine": "Inversion Edit Engine"}

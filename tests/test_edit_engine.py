@@ -1,0 +1,146 @@
+"""Inversion Edit Engine through the host's executor: invariances that hold for any weights (tiny random models)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import host
+from host import WorkflowError, run_workflow
+from test_nodes_host import invert_and_replay
+
+ENGINE = {"strength": 1.0, "window_start": -1.0, "window_end": -1.0, "layers": "auto", "residual_features": False,
+          "reweight": 1.0, "tokens": "", "source_branch": "batched"}
+MODES = ("pnp", "masactrl", "p2p")
+EXACT = {"preset": "balanced", "tolerance": 1e-4, "budget": 3, "memory": 3}
+
+
+def edit_prompt(batch=2, cfg=2.5, steps=6, correction=0.0, target_seed=None):
+    """Invert (DDIM, the tiny model, a batch), then replay twice: plain ("replay") and through the engine
+    ("edited"). ``target_seed``: an edit prompt (else the source prompt)."""
+    prompt = invert_and_replay(batch=batch, steps=steps, cfg=1.0, method="ExactInvert", extra=EXACT)
+    target = ["positive", 0]
+    if target_seed is not None:
+        prompt["target"] = {"class_type": "InversionTestConditioning",
+                            "inputs": {"seed": target_seed, "batch": 1, "tokens": 4, "dim": 16}}
+        target = ["target", 0]
+    prompt["replay"]["inputs"].update(positive=target, cfg=cfg, correction_strength=correction,
+                                      source_positive=["positive", 0])
+    prompt["engine"] = {"class_type": "InversionEditEngine", "inputs": {
+        "model": ["model", 0], "inverted_latent": ["invert", 0], "source_conditioning": ["positive", 0],
+        "mode": "pnp", **ENGINE}}
+    prompt["edited"] = {"class_type": "InvertedLatentSampler", "inputs": dict(
+        prompt["replay"]["inputs"], model=["engine", 0])}
+    return prompt
+
+
+def run(prompt, **engine):
+    prompt["engine"]["inputs"].update(engine)
+    out = run_workflow(prompt)
+    return out["edited"][0]["samples"], out["replay"][0]["samples"], out
+
+
+@pytest.mark.parametrize("cfg", (1.0, 2.5))
+@pytest.mark.parametrize("mode", MODES)
+def test_source_prompt_with_correction_equals_plain_replay(mode, cfg):
+    """With the source prompt and source correction 1 the edit branch walks the stored trajectory, so the source
+    branch's features are its own: every injection is a no-op up to float32 rounding. The rounding floor is the
+    plain replay's own distance to the stored x*_0 (the same walk, unpatched): the engine stays within it."""
+    edited, plain, out = run(edit_prompt(correction=1.0, cfg=cfg), mode=mode, residual_features=mode == "pnp",
+                             window_start=0.0, window_end=1.0, layers="all", reweight=1.0)
+    x0 = out["latent"][0]["samples"]
+    rms = lambda a, b: (a - b).pow(2).mean().sqrt().item()  # noqa: E731
+    assert rms(edited, plain) <= 1e-5 * cfg, rms(edited, plain)
+    floor = (plain - x0).abs().max().item()
+    assert (edited - plain).abs().max().item() <= 1.5 * floor + 1e-6, ((edited - plain).abs().max().item(), floor)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_empty_window_is_bit_identical_to_plain_replay(mode):
+    edited, plain, _ = run(edit_prompt(target_seed=42), mode=mode, window_start=0.5, window_end=0.5,
+                           residual_features=True)
+    assert torch.equal(edited, plain)
+
+
+@pytest.mark.parametrize("mode, extra", [("pnp", {"residual_features": True}), ("masactrl", {}),
+                                         ("p2p", {"reweight": 2.0, "tokens": "1,2"})])
+def test_batched_and_cached_source_branch_agree_and_the_edit_moves(mode, extra):
+    prompt = edit_prompt(target_seed=42)
+    batched, plain, _ = run(prompt, mode=mode, window_start=0.0, window_end=1.0, layers="all",
+                            source_branch="batched", **extra)
+    cached, _, _ = run(prompt, source_branch="cached")
+    err = (batched - cached).abs().max().item()
+    assert err <= 1e-5, err
+    assert (batched - plain).abs().max().item() > 1e-3       # the injection does something
+
+
+def test_masked_edit_keeps_the_outside_equal_to_the_reconstruction():
+    prompt = edit_prompt(target_seed=42, cfg=1.0)
+    mask = torch.zeros(16, 16)
+    mask[4:12, 4:12] = 1.0
+    prompt["mask"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 16, "height": 16}}
+    prompt["square"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 8, "height": 8}}
+    prompt["composite"] = {"class_type": "MaskComposite", "inputs": {
+        "destination": ["mask", 0], "source": ["square", 0], "x": 4, "y": 4, "operation": "add"}}
+    prompt["engine"]["inputs"]["mask"] = ["composite", 0]
+    prompt["edited"]["inputs"]["mask"] = ["composite", 0]
+    prompt["recon"] = {"class_type": "InvertedLatentSampler", "inputs": dict(
+        prompt["replay"]["inputs"], positive=["positive", 0])}
+    edited, _, out = run(prompt, mode="masactrl", window_start=0.0, window_end=1.0)
+    x0 = out["latent"][0]["samples"]
+    outside = mask == 0
+    # pinned outside: the stored trajectory's last level, i.e. the image latent itself
+    assert torch.equal(edited[..., outside], x0[..., outside])
+    inside = (edited[..., ~outside] - x0[..., ~outside]).abs().mean().item()
+    assert inside > 1e-3
+    # the engine's mask alone (no latent pin) acts: the outside keys/values are the source's (whether that keeps
+    # the background is a property of trained weights: measured in scripts/benchmark_edits.py)
+    prompt["edited"]["inputs"].pop("mask")
+    kv_only, _, _ = run(prompt)
+    prompt["engine"]["inputs"].pop("mask")
+    unmasked, _, _ = run(prompt)
+    assert (kv_only - unmasked).abs().max().item() > 1e-3
+
+
+def test_the_sampler_path_gives_the_same_edit():
+    prompt = edit_prompt(target_seed=42, cfg=1.0, batch=1)
+    prompt["guider"] = {"class_type": "CFGGuider", "inputs": {
+        "model": ["engine", 0], "positive": ["target", 0], "negative": ["negative", 0], "cfg": 1.0}}
+    prompt["nonoise"] = {"class_type": "DisableNoise", "inputs": {}}
+    prompt["replay_sampler"] = {"class_type": "InvertedReplaySampler", "inputs": {}}
+    prompt["custom"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["nonoise", 0], "guider": ["guider", 0], "sampler": ["replay_sampler", 0], "sigmas": ["invert", 1],
+        "latent_image": ["invert", 0]}}
+    edited, _, out = run(prompt, mode="pnp", window_start=0.0, window_end=1.0)
+    chained = out["custom"][0]["samples"]
+    assert (chained - edited).abs().max().item() <= 1e-5
+
+
+def test_a_sigma_off_the_schedule_is_an_error_naming_the_fix():
+    prompt = edit_prompt(target_seed=42, batch=1)
+    prompt["ks"] = {"class_type": "KSampler", "inputs": {
+        "model": ["engine", 0], "positive": ["target", 0], "negative": ["negative", 0], "latent_image": ["latent", 0],
+        "seed": 0, "steps": 3, "cfg": 1.0, "sampler_name": "euler", "scheduler": "karras", "denoise": 1.0}}
+    prompt["engine"]["inputs"].update(window_start=0.0, window_end=1.0)
+    with pytest.raises(WorkflowError) as e:
+        run_workflow(prompt, outputs=["ks"])
+    assert "not on the inverted latent's schedule" in str(e.value) and e.value.node_id == "ks"
+
+
+def test_bad_inputs_name_themselves():
+    node = host.node_class("InversionEditEngine")()
+    model = host.tiny_model()
+    cond = host.tiny_conditioning()
+    with pytest.raises(ValueError, match="inverted_latent"):
+        node.patch(model, {"samples": torch.zeros(1, 4, 16, 16)}, cond, "pnp")
+    out = run_workflow(invert_and_replay(steps=4, method="ExactInvert", extra=EXACT), outputs=["invert"])
+    inv = out["invert"][0]
+    with pytest.raises(ValueError, match="layers"):
+        node.patch(model, inv, cond, "pnp", layers="output.99")
+    with pytest.raises(ValueError, match="mode"):
+        node.patch(model, inv, cond, "dit_kv")
+    patched, = node.patch(model, inv, cond, "masactrl", layers="decoder")
+    assert patched is not model and "model_function_wrapper" not in model.model_options
+    tips = host.node_class("InversionEditEngine").INPUT_TYPES()
+    for group in tips.values():
+        for name, spec in group.items():
+            assert spec[1].get("tooltip"), name

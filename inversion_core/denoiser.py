@@ -29,6 +29,7 @@ class Denoiser:
     costs 0.25); solvers that backpropagate through the model add to ``backward_evals`` themselves.
     ``subset_ok`` says whether ``raw`` may be called on a subset of the batch items: the host bridge clears it when
     the conditioning differs per item, because the host would pair a sub-batch with the wrong prompts.
+    ``on_eval()`` is called after every successful model evaluation (solvers need no change to report progress).
     """
 
     raw: RawDenoiser
@@ -39,6 +40,8 @@ class Denoiser:
     forward_evals: float = 0.0
     backward_evals: float = 0.0
     model_seconds: float = 0.0          # wall time spent inside ``raw`` (the rest of a run is the pack's overhead)
+    on_eval: Optional[Callable[[], None]] = None
+    input_scale: Optional[Callable[[float], float]] = None   # c_in(σ), the model's input scaling (None: 1)
 
     def __call__(self, x: Tensor, sigma: float, active: Optional[Tensor] = None) -> Tensor:
         """D(x, σ) as float32. With a boolean ``active`` mask over the batch, only those rows are meaningful in the
@@ -49,8 +52,12 @@ class Denoiser:
             idx = active.nonzero().flatten()
             part = self._eval(x[idx], sigma)
             out = torch.zeros(x.shape, dtype=part.dtype, device=part.device)
-            return out.index_copy(0, idx, part)
-        return self._eval(x, sigma)
+            out = out.index_copy(0, idx, part)
+        else:
+            out = self._eval(x, sigma)
+        if self.on_eval is not None:
+            self.on_eval()
+        return out
 
     def _eval(self, x: Tensor, sigma: float) -> Tensor:
         start = time.perf_counter()

@@ -32,6 +32,9 @@ class StepStats:
     residual: Optional[list[float]] = None
     converged: Optional[bool] = None
     note: str = ""
+    # per item, the residual plain DDIM's step would have had here, when the solver measured it (solvers that start
+    # from the DDIM guess get it from their first iterate); the report flags a step whose residual is worse
+    ddim_residual: Optional[list[float]] = None
 
 
 @dataclass
@@ -44,6 +47,13 @@ class InversionRecord:
     model_kind: str = ""                # "EPS" / "V_PREDICTION" / "CONST" …
     seconds: float = 0.0
     model_seconds: float = 0.0          # of which inside the model (forward calls)
+    model_sigma_max: Optional[float] = None   # the model's own top sigma (pure noise), to say how far up we went
+    warnings: list[str] = field(default_factory=list)   # what the user should know about this inversion
+
+    @property
+    def reach(self) -> Optional[float]:
+        """σ at the top of the schedule as a fraction of the model's σ_max (None when unknown)."""
+        return top_fraction(self.sigmas, self.model_sigma_max)
 
     @property
     def forward_evals(self) -> float:
@@ -68,6 +78,10 @@ class InversionRecord:
             "residual": [s.residual for s in self.steps],
             "iterations": [s.iterations for s in self.steps],
             "unconverged_steps": self.unconverged_steps,
+            "ddim_residual": [s.ddim_residual for s in self.steps],
+            "top_sigma": float(self.sigmas[0]),
+            "model_sigma_max": self.model_sigma_max,
+            "reach": self.reach,
         }
 
     def to_latent_entry(self) -> dict[str, Any]:
@@ -81,7 +95,62 @@ class InversionRecord:
             "model_kind": self.model_kind,
             "stats": self.stats(),
             "step_stats": [vars(s).copy() for s in self.steps],
+            "warnings": list(self.warnings),
         }
+
+
+REACHES_TOP = 0.99      # a schedule whose top is at least this fraction of σ_max starts from the model's noise
+
+
+def top_fraction(sigmas: Tensor, sigma_max: Optional[float]) -> Optional[float]:
+    if not sigma_max:
+        return None
+    return float(sigmas.max()) / float(sigma_max)
+
+
+def noise_share(sigma: float, model_kind: str) -> float:
+    """The noise's share of a latent at level σ: σ for flow models (x = (1−σ)x0 + σε), σ/√(1+σ²) for EPS/V
+    (x = x0 + σε, in units of the latent's total RMS)."""
+    if model_kind == "CONST":
+        return float(sigma)
+    return float(sigma) / (1.0 + float(sigma) ** 2) ** 0.5
+
+
+def reach_message(sigmas: Tensor, sigma_max: Optional[float], model_kind: str) -> Optional[str]:
+    """None when the schedule starts at the model's σ_max; otherwise how far up the inversion went, in words."""
+    frac = top_fraction(sigmas, sigma_max)
+    if frac is None or frac >= REACHES_TOP:
+        return None
+    top = float(sigmas.max())
+    return (f"the inversion stops at sigma {top:.4g}, {100 * frac:.1f}% of the model's sigma_max {float(sigma_max):.4g} "
+            f"(noise share {100 * noise_share(top, model_kind):.0f}% vs {100 * noise_share(sigma_max, model_kind):.0f}% "
+            "at the top): the inverted latent is not the model's noise, so edits change little")
+
+
+def describe_change(top: Tensor, samples: Tensor, rtol: float = 1e-3) -> Optional[str]:
+    """None when ``samples`` is still ``top`` (the stored top state, both in the model's sigma space) within a relative
+    RMS ``rtol``; otherwise what happened to it: flipped / rotated / scaled / something else, with the size."""
+    a, b = top.detach().float().cpu(), samples.detach().float().cpu()
+    if a.shape != b.shape:
+        return f"its shape changed from {tuple(a.shape)} to {tuple(b.shape)}"
+    scale = a.pow(2).mean().sqrt().clamp_min(1e-12)
+
+    def rel(x: Tensor, y: Tensor) -> float:
+        return float((x - y).pow(2).mean().sqrt() / scale)
+
+    diff = rel(a, b)
+    if diff <= rtol:
+        return None
+    candidates = [("flipped left-right", a.flip(-1)), ("flipped top-bottom", a.flip(-2))]
+    if a.shape[-1] == a.shape[-2]:
+        candidates += [(f"rotated by {k * 90} degrees", torch.rot90(a, k, dims=(-2, -1))) for k in (1, 2, 3)]
+    for what, t in candidates:
+        if rel(t, b) <= rtol:
+            return what
+    k = float((a * b).sum() / a.pow(2).sum().clamp_min(1e-24))
+    if abs(k) > 1e-6 and rel(a * k, b) <= rtol:
+        return f"multiplied by {k:.4g}"
+    return f"changed (relative RMS difference {diff:.3g}, e.g. noise mixed in or another latent)"
 
 
 class MissingInversionRecord(KeyError):

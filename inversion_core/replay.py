@@ -83,9 +83,12 @@ def replay(den: Denoiser, x_top: Tensor, sampling_sigmas: Tensor, callback: Opti
 
 
 def step_weights(total: int, strength: float, start_step: int, end_step: int) -> list[float]:
-    """w_k = strength for start_step ≤ k < end_step (end_step −1 = to the last step), else 0; validated."""
+    """w_k = strength for start_step ≤ k < end_step (end_step −1 = to the last step), else 0. The step range is
+    validated only when the correction is on (strength > 0): at strength 0 it is unused."""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"correction_strength: must be in [0, 1], got {strength}")
+    if strength == 0.0:
+        return [0.0] * total
     end = total if end_step < 0 else end_step
     if not 0 <= start_step < total:
         raise ValueError(f"correction_start_step: must be in [0, {total - 1}] for this {total}-step schedule, "

@@ -11,6 +11,11 @@ samplers work in the model's sigma space in between and never call the host's ``
 """
 from __future__ import annotations
 
+import collections
+import logging
+import math
+import threading
+import time
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -22,10 +27,19 @@ import comfy.utils
 
 from ..inversion_core import (LATENT_KEY, Denoiser, InversionRecord, MissingInversionRecord, as_sampling_schedule,
                               invert, read_latent_entry, replay)
+from ..inversion_core.record import describe_change, reach_message
 from ..inversion_core.replay import source_offsets, step_weights
 from ..inversion_core.invert import StepHook, StepSolver
 
 MODEL_KINDS = ("CONST", "EDM", "V_PREDICTION", "EPS")  # most specific first (V_PREDICTION subclasses EPS)
+INVERSION_NODES = "DDIM / EasyInv / Exact / GNRI / PreciseInv Invert"
+
+log = logging.getLogger("comfyui-inversion")
+
+
+def warn(message: str) -> None:
+    """A warning the user sees in the ComfyUI console (the host shows node errors in the UI, warnings in the log)."""
+    log.warning("[comfyui-inversion] %s", message)
 
 
 def model_kind(model_sampling) -> str:
@@ -58,6 +72,43 @@ def _uniform_conditioning(model_wrap) -> bool:
     return True
 
 
+class StepProgress:
+    """The host's progress callback ``(step index, x0, x, total)``, driven per step *and* per model evaluation.
+
+    ``step(done, total, x, x0)`` reports a finished step (the bar at ``done`` of ``total``, a preview of ``x0``);
+    ``on_eval()`` (the Denoiser's hook) moves the bar inside the running step: after k evaluations of this step it
+    stands at ``done + 1 − 2^(−k/4)`` (never reaching the next step; an iterative solver's step count is not known in
+    advance). Inside-step updates are sent at most every ``interval`` seconds, so fast steps add no messages, and
+    they preview the last finished state (no tensor of the running solve leaves it).
+    """
+
+    def __init__(self, callback, total: int, interval: float = 0.25):
+        self.callback, self.total, self.interval = callback, int(total), float(interval)
+        self.done, self.evals, self.last_sent = 0, 0, time.perf_counter()
+        self.preview: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+    def start(self, x: torch.Tensor) -> None:
+        self.preview = (x, x)
+        self.last_sent = time.perf_counter()
+
+    def step(self, done: int, total: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+        self.done, self.total, self.evals = int(done), int(total), 0
+        self.preview = (x0, x)
+        self.last_sent = time.perf_counter()
+        if self.callback is not None:
+            self.callback(done - 1, x0, x, total)
+
+    def on_eval(self) -> None:
+        self.evals += 1
+        now = time.perf_counter()
+        if self.callback is None or self.preview is None or now - self.last_sent < self.interval:
+            return
+        self.last_sent = now
+        frac = min(1.0 - 2.0 ** (-self.evals / 4.0), 0.99)
+        x0, x = self.preview
+        self.callback(self.done + frac - 1, x0, x, self.total)
+
+
 def _host_progress(callback) -> Optional[Callable]:
     """Adapt the core's (step done, total, x, denoised) callback to the host's (step index, x0, x, total) one."""
     if callback is None:
@@ -65,50 +116,111 @@ def _host_progress(callback) -> Optional[Callable]:
     return lambda step, total, x, denoised: callback(step - 1, denoised, x, total)
 
 
-def _denoiser(model_wrap, extra_args: dict) -> Denoiser:
+def _denoiser(model_wrap, extra_args: dict, on_eval: Optional[Callable[[], None]] = None) -> Denoiser:
     def raw(x: torch.Tensor, sigma: float) -> torch.Tensor:
         s = torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)
         return model_wrap(x, s, **extra_args)
 
     return Denoiser(raw, check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
-                    subset_ok=_uniform_conditioning(model_wrap))
+                    subset_ok=_uniform_conditioning(model_wrap), on_eval=on_eval,
+                    input_scale=_input_scale(model_wrap.inner_model.model_sampling))
+
+
+def _input_scale(model_sampling) -> Callable[[float], float]:
+    """c_in(σ), the network input scaling of the host's model_sampling (1/√(σ²+1) for EPS/V, 1 for flow)."""
+    def c_in(sigma: float) -> float:
+        one = torch.ones(1, 1)
+        return float(model_sampling.calculate_input(torch.tensor([float(sigma)]), one).flatten()[0])
+
+    return c_in
+
+
+class _Inverted:
+    """The tops of the latest inversions this process made (model sigma space) with their schedules: what the Inverted
+    Replay SAMPLER, which sees only a latent and sigmas, checks its input against."""
+
+    def __init__(self, size: int = 16):
+        self.items: collections.deque = collections.deque(maxlen=size)
+        self.lock = threading.Lock()
+
+    def add(self, top: torch.Tensor, schedule: torch.Tensor) -> None:
+        with self.lock:
+            self.items.append((top.detach().float().cpu().clone(), schedule.clone()))
+
+    def find(self, x: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[str]]:
+        """(schedule, None) for a stored top equal to ``x``; else (None, how ``x`` relates to the closest one, if it
+        is a flipped / rotated / scaled copy of one)."""
+        with self.lock:
+            items = list(self.items)
+        related = None
+        for top, schedule in reversed(items):
+            if top.shape != x.shape:
+                continue
+            change = describe_change(top, x)
+            if change is None:
+                return schedule, None
+            if related is None and not change.startswith("changed"):
+                related = change
+        return None, related
+
+
+INVERTED = _Inverted()
 
 
 class InversionSampler(comfy.samplers.Sampler):
     """A host SAMPLER that *inverts*: given a schedule (ascending, e.g. from FlipSigmas, or descending) it walks the
-    latent from the lowest level up to the highest and returns the noise there. ``record`` holds the last run."""
+    latent from the lowest level up to the highest and returns the noise there. ``record`` holds the last run.
+    ``partial``: the caller asked for a partial inversion (denoise < 1), so a top below σ_max is intended."""
 
     def __init__(self, solver: StepSolver, method: str, params: dict[str, Any], hooks: Sequence[StepHook] = (),
                  resolve_family: Optional[Callable[[str], None]] = None):
         self.solver, self.method, self.params, self.hooks = solver, method, dict(params), tuple(hooks)
         self.resolve_family = resolve_family     # settings that depend on the model family, known only here
         self.record: Optional[InversionRecord] = None
+        self.partial = False
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
         schedule = as_sampling_schedule(sigmas, "sigmas")
         x0 = latent_image if latent_image is not None else noise
-        den = _denoiser(model_wrap, extra_args)
+        progress = StepProgress(callback, len(schedule) - 1)
+        progress.start(x0)
+        den = _denoiser(model_wrap, extra_args, on_eval=progress.on_eval)
         if self.resolve_family is not None:
             self.resolve_family(model_family(model_wrap.inner_model))
-
-        def progress(step: int, total: int, x: torch.Tensor) -> None:
-            if callback is not None:
-                callback(step - 1, x, x, total)
-
-        kind = model_kind(model_wrap.inner_model.model_sampling)
+        ms = model_wrap.inner_model.model_sampling
+        kind = model_kind(ms)
         self.record = invert(den, x0, schedule, self.solver, method=self.method, params=self.params,
-                             hooks=self.hooks, callback=progress, model_kind=kind)
-        return self.record.states[-1].to(device=x0.device)
+                             hooks=self.hooks, callback=lambda step, total, x: progress.step(step, total, x, x),
+                             model_kind=kind)
+        self.record.model_sigma_max = float(ms.sigma_max)
+        short = reach_message(schedule, self.record.model_sigma_max, kind)
+        if short is not None:
+            if self.partial:
+                self.record.warnings.append(f"partial inversion (denoise < 1): {short}")
+            else:
+                self.record.warnings.append(short + "; use a scheduler that starts at sigma_max (karras, normal, "
+                                            "simple, sgm_uniform) or denoise < 1 if you meant a partial inversion")
+                warn(f"{self.method} inversion: {self.record.warnings[-1]}")
+        top = self.record.states[-1]
+        INVERTED.add(top, schedule)
+        return top.to(device=x0.device)
 
 
 class ReplaySampler(comfy.samplers.Sampler):
     """A host SAMPLER that regenerates from inverted noise: the deterministic step every inversion inverts, down
     the given (descending) schedule, no noise added. Optional source-correction offsets and a mask that pins the
-    region outside it to the stored trajectory (see inversion_core/replay.py)."""
+    region outside it to the stored trajectory (see inversion_core/replay.py).
 
-    def __init__(self, offsets=None, weights=None, mask: Optional[torch.Tensor] = None, states_down=None):
+    ``checked``: the caller (the Inverted Latent Sampler) already checked the latent against its inversion record.
+    Otherwise (the Inverted Replay SAMPLER in SamplerCustomAdvanced, which sees only a latent and sigmas) the latent
+    is looked up among this process's latest inversions: one inverted on other sigmas is an error; a latent that is
+    no inversion's top (plain, changed after inversion, or from an earlier session) is replayed with a warning."""
+
+    def __init__(self, offsets=None, weights=None, mask: Optional[torch.Tensor] = None, states_down=None,
+                 checked: bool = False):
         self.offsets, self.weights, self.mask, self.states_down = offsets, weights, mask, states_down
+        self.checked = checked
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -117,11 +229,38 @@ class ReplaySampler(comfy.samplers.Sampler):
         if denoise_mask is not None and self.mask is None:
             raise ValueError("latent noise_mask: a masked edit needs the stored inversion trajectory; use the "
                              "Inverted Latent Sampler's mask input instead of SamplerCustomAdvanced")
+        if not self.checked:
+            check_replay_input(x_top, schedule)
         den = _denoiser(model_wrap, extra_args)
 
         out = replay(den, x_top, schedule, callback=_host_progress(callback), offsets=self.offsets,
                      weights=self.weights, mask=self.mask, states_down=self.states_down)
         return out.to(device=x_top.device)
+
+
+def _levels(schedule: torch.Tensor, n: int = 6) -> str:
+    v = [f"{x:.4g}" for x in schedule.tolist()]
+    return "[" + ", ".join(v if len(v) <= n else v[:n - 1] + ["...", v[-1]]) + f"] ({len(v) - 1} steps)"
+
+
+def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor) -> None:
+    """The Inverted Replay SAMPLER's guard (see ReplaySampler)."""
+    stored, related = INVERTED.find(x_top)
+    if stored is not None:
+        if stored.shape != schedule.shape or not torch.allclose(stored, schedule, rtol=1e-4, atol=1e-6):
+            raise ValueError(
+                f"sigmas: this latent was inverted on sigmas {_levels(stored)} but the replay got {_levels(schedule)}; "
+                "replaying on other levels does not give the image back. Connect the same (descending) sigmas "
+                "the inversion used, before FlipSigmas")
+        return
+    if related is not None:
+        warn(f"Inverted Replay SAMPLER: latent_image is a recent inversion's noise {related} after the inversion; "
+             "replaying it anyway (the result is not a reconstruction). Connect the inversion's output directly if "
+             "that was not meant")
+    else:
+        warn("Inverted Replay SAMPLER: latent_image is not the noise of an inversion made in this session (a plain "
+             "latent, noise changed after inversion, or an inversion from an earlier session); replaying it anyway "
+             "on the given sigmas. For a reconstruction, connect the inversion's output and its sigmas directly")
 
 
 class _OffsetSampler(comfy.samplers.Sampler):
@@ -185,6 +324,8 @@ def schedule_from_inputs(model, steps: int, scheduler: str, sigmas: Optional[tor
     ms = model.get_model_object("model_sampling")
     total = int(steps) if denoise >= 1.0 else int(int(steps) / float(denoise))
     full = comfy.samplers.calculate_sigmas(ms, scheduler, total).cpu()
+    if denoise >= 1.0:   # all of it, as BasicScheduler (ddim_uniform yields T+1 steps when 1000 % T leaves a level)
+        return as_sampling_schedule(full, "scheduler")
     return as_sampling_schedule(full[-(int(steps) + 1):], "scheduler")
 
 
@@ -205,18 +346,21 @@ def _guide(model, positive, negative, cfg: float, samples: torch.Tensor, sampler
 
 
 def run_inversion(model, positive, negative, cfg: float, latent: dict, schedule: torch.Tensor,
-                  sampler: InversionSampler) -> dict:
-    """Invert ``latent`` on the descending ``schedule``; return a new inverted LATENT (the input is not modified)."""
+                  sampler: InversionSampler, partial: bool = False) -> dict:
+    """Invert ``latent`` on the descending ``schedule``; return a new inverted LATENT (the input is not modified).
+    ``partial``: denoise < 1 was asked for, so a top below the model's σ_max is intended (recorded, not warned)."""
     samples = check_latent(model, latent)
     check_conditioning(positive, samples.shape[0], "positive")
     check_conditioning(negative, samples.shape[0], "negative")
     if cfg < 0 or cfg != cfg:
         raise ValueError(f"cfg: must be >= 0, got {cfg}")
+    sampler.partial = bool(partial)
     top = _guide(model, positive, negative, cfg, samples, sampler, schedule.flip(0))
     entry = sampler.record.to_latent_entry()
     entry["params"]["cfg"] = float(cfg)
     out = {k: v for k, v in latent.items() if k not in ("samples", LATENT_KEY)}
     out["samples"] = top.to(samples.dtype).cpu()
+    entry["top_samples"] = out["samples"].clone()    # what `samples` must still be (host latent format)
     out[LATENT_KEY] = entry
     return out
 
@@ -229,10 +373,24 @@ def read_inverted(latent: Any, name: str = "latent") -> tuple[torch.Tensor, dict
     except MissingInversionRecord:
         raise ValueError(
             f"{name}: this LATENT carries no inversion schedule. Connect the LATENT output of an inversion node "
-            "(DDIM / EasyInv / GNRI / PreciseInv Invert) directly; nodes that rebuild latents drop it.") from None
+            f"({INVERSION_NODES}) directly; nodes that rebuild latents drop it.") from None
     except ValueError as e:
         raise ValueError(f"{name}: {e}") from None
     return latent["samples"], entry
+
+
+def _rtol(dtype: torch.dtype) -> float:
+    """How far a stored latent may drift from the record's top by storage alone (dtype rounding, latent format)."""
+    return 1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-3
+
+
+def samples_change(samples: torch.Tensor, entry: dict) -> Optional[str]:
+    """None when ``samples`` (a LATENT's) is still the inverted noise the record ``entry`` holds; otherwise what
+    happened to it (see inversion_core.record.describe_change)."""
+    top = entry.get("top_samples")
+    if not isinstance(top, torch.Tensor):
+        return None
+    return describe_change(top, samples, rtol=_rtol(samples.dtype))
 
 
 def _mask_for(mask: Optional[torch.Tensor], samples: torch.Tensor, name: str) -> Optional[torch.Tensor]:
@@ -253,7 +411,12 @@ def _mask_for(mask: Optional[torch.Tensor], samples: torch.Tensor, name: str) ->
         raise ValueError(f"{name}: contains NaN or inf")
     if tuple(m.shape[-2:]) != tuple(samples.shape[-2:]):
         m = torch.nn.functional.interpolate(m, size=samples.shape[-2:], mode="bilinear", align_corners=False)
-    return m.clamp(0.0, 1.0)
+    m = m.clamp(0.0, 1.0)
+    if float(m.max()) == 0.0:
+        warn(f"{name}: the mask is 0 everywhere, so nothing is edited: every replay step is pinned to the stored "
+             "trajectory and the result is the reconstruction. (LoadImage's MASK of an image without an alpha "
+             "channel is all 0: paint a mask, or use InvertMask / a SolidMask of 1 to edit everywhere)")
+    return m
 
 
 def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_positive=None,
@@ -263,28 +426,54 @@ def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_po
     check_latent(model, latent, "inverted_latent")
     check_conditioning(positive, samples.shape[0], "positive")
     check_conditioning(negative, samples.shape[0], "negative")
-    kind = model_kind(model.get_model_object("model_sampling"))
+    ms = model.get_model_object("model_sampling")
+    kind = model_kind(ms)
     if entry.get("model_kind") and entry["model_kind"] != kind:
         raise ValueError(f"model: this latent was inverted with a {entry['model_kind']} model but this is a "
                          f"{kind} model; replay with the model it was inverted with")
     schedule = entry["sigmas"]
     total = len(schedule) - 1
-    weights = step_weights(total, float(correction_strength), int(correction_start_step), int(correction_end_step))
+    inverted_max = (entry.get("stats") or {}).get("model_sigma_max")
+    if inverted_max and not math.isclose(float(ms.sigma_max), float(inverted_max), rel_tol=1e-3):
+        warn(f"model: its noise schedule tops out at sigma {float(ms.sigma_max):.4g}, the model this latent was "
+             f"inverted with at {float(inverted_max):.4g} (a different model or model_sampling patch); the stored "
+             "schedule then means other noise levels and the replay will not reconstruct the image")
+    strength = float(correction_strength)
+    weights = step_weights(total, strength, int(correction_start_step), int(correction_end_step))
     states_down = list(reversed(entry.get("states") or []))
-    needs_states = any(weights) or mask is not None or "noise_mask" in latent
+    mask_input = mask if mask is not None else latent.get("noise_mask")
+    needs_states = any(weights) or mask_input is not None
     if needs_states and len(states_down) != total + 1:
         raise ValueError("inverted_latent: source correction and masked edits need the stored trajectory, which this "
                          "latent lacks; connect an inversion node's output directly")
+    change = samples_change(samples, entry)
+    if change is not None:
+        uses = [what for what, used in (("source correction", any(weights)), ("the mask", mask_input is not None))
+                if used]
+        if uses:
+            raise ValueError(
+                f"inverted_latent: its samples are no longer the noise that was inverted ({change}: a node between "
+                f"the inversion and this sampler changed them). {' and '.join(uses).capitalize()} replay the "
+                "stored trajectory of the original noise, which does not belong to these samples, so the result "
+                "would be wrong. Connect the inversion node's LATENT directly, or set correction_strength to 0 "
+                "and disconnect the mask to replay the changed noise without them")
+        warn(f"Inverted Latent Sampler: inverted_latent's samples are no longer the noise that was inverted "
+             f"({change}); replaying them on the stored schedule anyway (no reconstruction: fine for variations, "
+             "otherwise connect the inversion node's LATENT directly)")
     offsets = None
     if any(weights):
-        source = positive if source_positive is None else source_positive
-        check_conditioning(source, samples.shape[0], "source_positive")
+        if source_positive is None:
+            raise ValueError(
+                "source_positive: source correction (correction_strength > 0) computes its offsets from the prompt "
+                "the image was inverted with; connect that conditioning to source_positive (to reconstruct with the "
+                "source prompt itself, connect it to both positive and source_positive), or set "
+                "correction_strength to 0")
+        check_conditioning(source_positive, samples.shape[0], "source_positive")
         offset_sampler = _OffsetSampler(states_down, weights)
-        _guide(model, source, negative, cfg, samples, offset_sampler, schedule)
+        _guide(model, source_positive, negative, cfg, samples, offset_sampler, schedule)
         offsets = offset_sampler.offsets
-    m = _mask_for(mask if mask is not None else latent.get("noise_mask"), samples,
-                  "mask" if mask is not None else "inverted_latent noise_mask")
-    sampler = ReplaySampler(offsets, weights, m, states_down if m is not None else None)
+    m = _mask_for(mask_input, samples, "mask" if mask is not None else "inverted_latent noise_mask")
+    sampler = ReplaySampler(offsets, weights, m, states_down if m is not None else None, checked=True)
     out_samples = _guide(model, positive, negative, cfg, samples, sampler, schedule)
     out = {k: v for k, v in latent.items() if k not in ("samples", LATENT_KEY, "noise_mask")}
     out["samples"] = out_samples.to(samples.dtype).cpu()

@@ -7,7 +7,7 @@ import torch
 
 import host
 from host import WorkflowError, run_workflow
-from test_nodes_host import invert_and_replay, rms
+from test_nodes_host import invert_and_replay, rms, with_defaults
 
 EXACT = {"preset": "exact", "tolerance": 1e-4, "budget": 3, "memory": 3}
 
@@ -19,7 +19,7 @@ def add_custom_chain(prompt, sampler_node, sampler_inputs):
     prompt["guider"] = {"class_type": "CFGGuider", "inputs": {
         "model": ["model", 0], "positive": ["positive", 0], "negative": ["negative", 0], "cfg": 1.0}}
     prompt["nonoise"] = {"class_type": "DisableNoise", "inputs": {}}
-    prompt["inv_sampler"] = {"class_type": sampler_node, "inputs": sampler_inputs}
+    prompt["inv_sampler"] = with_defaults({"class_type": sampler_node, "inputs": dict(sampler_inputs)})
     prompt["custom"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
         "noise": ["nonoise", 0], "guider": ["guider", 0], "sampler": ["inv_sampler", 0], "sigmas": ["flip", 0],
         "latent_image": ["latent", 0]}}
@@ -52,6 +52,8 @@ def test_easyinv_sampler_twin_resolves_its_preset_from_the_model():
 def _recon_error(**replay_inputs):
     prompt = invert_and_replay(method="ExactInvert", extra=EXACT)
     prompt["replay"]["inputs"].update(replay_inputs)
+    if replay_inputs.get("correction_strength"):     # reconstruct: the source prompt is positive and source_positive
+        prompt["replay"]["inputs"]["source_positive"] = ["positive", 0]
     out = run_workflow(prompt)
     return rms(out["replay"][0]["samples"], out["latent"][0]["samples"]), out
 
@@ -154,3 +156,144 @@ def test_bad_strength_mask_and_missing_trajectory():
         with pytest.raises(ValueError, match="stored trajectory"):
             sampler.sample(model, pos, neg, 1.0, stripped, correction_strength=1.0)
     assert "states" in inv["inversion"]                       # the cached output was not modified
+
+
+# ---------------------------------------------------------------------------- issue 15: no silent wrong results
+WARN_LOGGER = "comfyui-inversion"
+
+
+def warnings_of(caplog, about: str = "") -> list:
+    """The pack's logged warnings (those containing ``about``)."""
+    return [r.getMessage() for r in caplog.records
+            if r.name == WARN_LOGGER and r.levelname == "WARNING" and about in r.getMessage()]
+
+
+def test_source_correction_needs_source_positive():
+    prompt = invert_and_replay(method="ExactInvert", extra=EXACT)
+    prompt["replay"]["inputs"].update(cfg=3.0, correction_strength=1.0)
+    with pytest.raises(WorkflowError) as err:
+        run_workflow(prompt)
+    assert err.value.class_type == "InvertedLatentSampler"
+    assert err.value.exception_message.startswith("source_positive: source correction (correction_strength > 0)")
+    assert "connect it to both positive and source_positive" in err.value.exception_message
+
+
+def test_correction_step_range_is_not_checked_at_strength_zero():
+    prompt = invert_and_replay()
+    prompt["replay"]["inputs"].update(correction_strength=0.0, correction_start_step=50, correction_end_step=3)
+    plain = run_workflow(invert_and_replay())["replay"][0]["samples"]
+    assert torch.equal(run_workflow(prompt)["replay"][0]["samples"], plain)
+
+
+def _latent_op(op):
+    if op == "flip":
+        return {"class_type": "LatentFlip", "inputs": {"samples": ["invert", 0], "flip_method": "y-axis: horizontally"}}
+    if op == "rotate":
+        return {"class_type": "LatentRotate", "inputs": {"samples": ["invert", 0], "rotation": "180 degrees"}}
+    return {"class_type": "LatentMultiply", "inputs": {"samples": ["invert", 0], "multiplier": 1.05}}
+
+
+OPS = [("flip", "flipped left-right"), ("rotate", "rotated by 180 degrees"), ("multiply", "multiplied by 1.05")]
+
+
+@pytest.mark.parametrize("op, words", OPS)
+@pytest.mark.parametrize("use", ["correction", "mask"])
+def test_latent_changed_after_inversion_is_an_error_with_correction_or_mask(op, words, use):
+    prompt = invert_and_replay(method="ExactInvert", extra=EXACT)
+    prompt["op"] = _latent_op(op)
+    prompt["replay"]["inputs"]["inverted_latent"] = ["op", 0]
+    if use == "correction":
+        prompt["replay"]["inputs"].update(cfg=3.0, correction_strength=1.0, source_positive=["positive", 0])
+    else:
+        prompt["mask"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 16, "height": 16}}
+        prompt["replay"]["inputs"]["mask"] = ["mask", 0]
+    with pytest.raises(WorkflowError) as err:
+        run_workflow(prompt)
+    msg = err.value.exception_message
+    assert msg.startswith("inverted_latent: its samples are no longer the noise that was inverted"), msg
+    assert words in msg and ("Source correction" if use == "correction" else "The mask") in msg, msg
+
+
+@pytest.mark.parametrize("op, words", OPS)
+def test_latent_changed_after_inversion_is_replayed_with_a_warning_without_them(op, words, caplog):
+    prompt = invert_and_replay(method="ExactInvert", extra=EXACT)
+    prompt["op"] = _latent_op(op)
+    prompt["replay"]["inputs"]["inverted_latent"] = ["op", 0]
+    caplog.clear()
+    out = run_workflow(prompt)
+    assert torch.isfinite(out["replay"][0]["samples"]).all()
+    found = [w for w in warnings_of(caplog) if "no longer the noise that was inverted" in w]
+    assert len(found) == 1 and words in found[0], warnings_of(caplog)
+    caplog.clear()
+    run_workflow(invert_and_replay(method="ExactInvert", extra=EXACT))          # unchanged: not a word
+    assert warnings_of(caplog, "inverted_latent") == []
+
+
+def test_noise_mixed_in_is_a_warning(caplog):
+    prompt = invert_and_replay(method="ExactInvert", extra=EXACT)
+    prompt["noise"] = {"class_type": "InversionTestLatent", "inputs": {"seed": 42, "batch": 1, "channels": 4,
+                                                                       "size": 16}}
+    prompt["small"] = {"class_type": "LatentMultiply", "inputs": {"samples": ["noise", 0], "multiplier": 0.1}}
+    prompt["mix"] = {"class_type": "LatentAdd", "inputs": {"samples1": ["invert", 0], "samples2": ["small", 0]}}
+    prompt["replay"]["inputs"]["inverted_latent"] = ["mix", 0]
+    caplog.clear()
+    run_workflow(prompt)
+    assert any("changed (relative RMS difference" in w for w in warnings_of(caplog)), warnings_of(caplog)
+
+
+def test_replay_sampler_checks_latent_and_sigmas(caplog):
+    chain = add_custom_chain(invert_and_replay(method="ExactInvert", extra=EXACT), "ExactInvertSampler", EXACT)
+    caplog.clear()
+    run_workflow(chain)
+    assert warnings_of(caplog, "Replay") == []                        # the inverted noise on its own sigmas
+    other = dict(chain)
+    other["sched6"] = {"class_type": "BasicScheduler", "inputs": {
+        "model": ["model", 0], "scheduler": "ddim_uniform", "steps": 6, "denoise": 1.0}}
+    other["custom_replay"] = dict(chain["custom_replay"], inputs=dict(chain["custom_replay"]["inputs"],
+                                                                       sigmas=["sched6", 0]))
+    with pytest.raises(WorkflowError) as err:
+        run_workflow(other)
+    assert err.value.exception_message.startswith("sigmas: this latent was inverted on sigmas ["), err.value
+    assert "(8 steps) but the replay got [" in err.value.exception_message
+    plain = dict(chain)
+    plain["custom_replay"] = dict(chain["custom_replay"], inputs=dict(chain["custom_replay"]["inputs"],
+                                                                       latent_image=["latent", 0]))
+    caplog.clear()
+    run_workflow(plain)
+    assert any(w.startswith("[comfyui-inversion] Inverted Replay SAMPLER: latent_image is not the noise of an "
+                            "inversion made in this session") for w in warnings_of(caplog)), warnings_of(caplog)
+    flipped = dict(chain)
+    flipped["lflip"] = {"class_type": "LatentFlip", "inputs": {"samples": ["custom", 0],
+                                                              "flip_method": "x-axis: vertically"}}
+    flipped["custom_replay"] = dict(chain["custom_replay"], inputs=dict(chain["custom_replay"]["inputs"],
+                                                                         latent_image=["lflip", 0]))
+    caplog.clear()
+    run_workflow(flipped)
+    assert any("recent inversion's noise flipped top-bottom" in w for w in warnings_of(caplog)), warnings_of(caplog)
+
+
+def test_all_zero_mask_from_an_rgb_png_is_warned(caplog, tmp_path):
+    """LoadImage's MASK of a PNG without alpha is all 0: the masked edit would silently be a reconstruction."""
+    import numpy as np
+    from PIL import Image
+
+    from comfy.cmd import folder_paths
+
+    name = "issue15_rgb_no_alpha.png"
+    path = tmp_path / name
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8"), "RGB").save(path)
+    prompt = invert_and_replay(method="ExactInvert", extra=EXACT)
+    prompt["img"] = {"class_type": "LoadImage", "inputs": {"image": str(path.name)}}
+    prompt["edit_prompt"] = {"class_type": "InversionTestConditioning",
+                             "inputs": {"seed": 99, "batch": 1, "tokens": 4, "dim": 16}}
+    prompt["replay"]["inputs"].update(positive=["edit_prompt", 0], cfg=3.0, mask=["img", 1])
+    old = folder_paths.get_input_directory()
+    folder_paths.set_input_directory(str(tmp_path))
+    try:
+        caplog.clear()
+        out = run_workflow(prompt)
+    finally:
+        folder_paths.set_input_directory(old)
+    assert float(out["img"][1].max()) == 0.0                        # the host's mask really is all 0
+    assert any("mask: the mask is 0 everywhere, so nothing is edited" in w for w in warnings_of(caplog)), \
+        warnings_of(caplog)

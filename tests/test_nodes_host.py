@@ -19,11 +19,26 @@ def invert_and_replay(kind="eps", method="DDIMInvert", steps=8, batch=1, extra=N
         "steps": steps, "scheduler": scheduler or ("simple" if kind == "flow" else "ddim_uniform"), "cfg": cfg,
         "denoise": 1.0,
         **(extra or {})}}
+    with_defaults(prompt["invert"])
     prompt["replay"] = {"class_type": "InvertedLatentSampler", "inputs": {
         "model": ["model", 0], "positive": ["positive", 0], "negative": ["negative", 0], "cfg": cfg,
         "inverted_latent": ["invert", 0], "correction_strength": 0.0, "correction_start_step": 0,
         "correction_end_step": -1}}
     return prompt
+
+
+def with_defaults(node: dict) -> dict:
+    """Fill the required widget inputs a test did not set with the node's declared defaults (so that a new input,
+    added with a default, does not break every hand-written prompt)."""
+    for name, spec in host.node_class(node["class_type"]).INPUT_TYPES()["required"].items():
+        if name in node["inputs"] or not isinstance(spec, (list, tuple)) or len(spec) < 2:
+            continue
+        opts = spec[1] if isinstance(spec[1], dict) else {}
+        if "default" in opts:
+            node["inputs"][name] = opts["default"]
+        elif isinstance(spec[0], (list, tuple)) and spec[0]:
+            node["inputs"][name] = spec[0][0]
+    return node
 
 
 def rms(a, b):

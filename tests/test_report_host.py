@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 import host
 from host import run_workflow
-from test_nodes_host import invert_and_replay
+from test_nodes_host import invert_and_replay, with_defaults
 
 
 def images(seed=0, noise=0.05):
@@ -35,12 +36,14 @@ def test_report_shows_cost_and_residuals_of_an_inversion():
     out = run_workflow(invert_and_replay(method="ExactInvert", extra={
         "preset": "balanced", "tolerance": 1e-4, "budget": 3, "memory": 3}))
     inv = out["invert"][0]
-    a, b = images(1)
+    a, b = (x[:1] for x in images(1))            # one image, as the inversion (the report checks it)
     table, plot = host.node_class("InversionReport")().report(a, b, inv)["result"]
     assert "method: exact" in table and "forward" in table and "per-step residual" in table
     assert "not measured" not in table
     assert (plot < 0.9).any()                                      # bars were drawn
     ddim = run_workflow(invert_and_replay())["invert"][0]
+    with pytest.raises(ValueError, match="inverted_latent: the inversion is of 1 image"):
+        host.node_class("InversionReport")().report(*images(1), ddim)    # 2 images: another inversion's record
     assert "not measured by this method" in host.node_class("InversionReport")().report(a, b, ddim)["result"][0]
 
 
@@ -52,3 +55,75 @@ def test_mismatched_images_name_the_input():
         assert "reconstructed" in str(e)
     else:
         raise AssertionError("no error")
+
+
+# ------------------------------------------------------------------------ issue 15: the report does not cry wolf
+def reference_prompt(method, extra, cfg=1.0, steps=10, scheduler="karras", image="00_cat.png"):
+    """Invert a bundled held-out image of the reference model, replay it, report (through the executor)."""
+    prompt = {
+        "load": with_defaults({"class_type": "InversionReferenceModelLoader", "inputs": {}}),
+        "img": {"class_type": "LoadInversionReferenceImage", "inputs": {"image": image}},
+        "src": {"class_type": "CLIPTextEncode", "inputs": {"text": "cat", "clip": ["load", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["load", 1]}},
+        "enc": {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0], "vae": ["load", 2]}},
+        "invert": with_defaults({"class_type": method, "inputs": {
+            "model": ["load", 0], "positive": ["src", 0], "negative": ["neg", 0], "latent": ["enc", 0],
+            "steps": steps, "scheduler": scheduler, "cfg": cfg, "denoise": 1.0, **extra}}),
+        "replay": {"class_type": "InvertedLatentSampler", "inputs": {
+            "model": ["load", 0], "positive": ["src", 0], "negative": ["neg", 0], "cfg": cfg,
+            "inverted_latent": ["invert", 0], "correction_strength": 0.0, "correction_start_step": 0,
+            "correction_end_step": -1}},
+        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["replay", 0], "vae": ["load", 2]}},
+        "report": {"class_type": "InversionReport", "inputs": {
+            "original": ["img", 0], "reconstructed": ["dec", 0], "inverted_latent": ["invert", 0]}},
+    }
+    return prompt
+
+
+BALANCED = {"preset": "balanced", "tolerance": 1e-4, "budget": 3, "memory": 3}
+
+
+def psnr_of(out) -> float:
+    return 10 * math.log10(1 / (out["dec"][0] - out["img"][0]).pow(2).mean().item())
+
+
+@pytest.mark.parametrize("preset", ["balanced", "fast"])
+def test_budgeted_exact_reports_its_budget_not_missed_tolerance(preset):
+    out = run_workflow(reference_prompt("ExactInvert", dict(BALANCED, preset=preset)))
+    table = out["report"][0]
+    p = psnr_of(out)
+    assert p > 40, p                                                  # a good reconstruction ...
+    assert "missed their tolerance" not in table                      # ... is not reported as failing
+    assert f"promise: at most {3 if preset == 'balanced' else 2} model evaluations per step (preset {preset})" \
+        in table, table
+    assert "bad steps: none" in table and "BAD STEPS" not in table, table
+    assert "100.0% of the model's sigma_max" in table
+
+
+def test_real_failure_is_singled_out():
+    """cfg 30 at inversion and replay: the solve cannot follow (measured 10.9 dB on 8 images); the report says so."""
+    out = run_workflow(reference_prompt("ExactInvert", BALANCED, cfg=30.0))
+    table = out["report"][0]
+    assert psnr_of(out) < 20, psnr_of(out)
+    line = next(l for l in table.splitlines() if l.startswith("BAD STEPS"))
+    assert "of DDIM's first residual" in line, line
+    plot = out["report"][1]
+    assert (plot[0, :, :, 0] > 0.7).logical_and(plot[0, :, :, 2] < 0.3).any()       # red bars drawn
+
+
+def test_tolerance_presets_still_list_missed_steps():
+    tight = dict(BALANCED, preset="custom", tolerance=1e-9, budget=2)
+    table = run_workflow(reference_prompt("ExactInvert", tight, steps=4))["report"][0]
+    assert "promise: RMS residual <= 1e-09 per step (up to 2 evaluations)" in table
+    assert "steps that missed their tolerance: 1, 2, 3, 4" in table, table
+
+
+def test_short_schedule_and_changed_latent_are_reported():
+    prompt = reference_prompt("DDIMInvert", {}, steps=4, scheduler="ddim_uniform")
+    prompt["flip"] = {"class_type": "LatentFlip", "inputs": {"samples": ["invert", 0],
+                                                             "flip_method": "y-axis: horizontally"}}
+    prompt["report"]["inputs"]["inverted_latent"] = ["flip", 0]
+    table = run_workflow(prompt)["report"][0]
+    assert "WARNING: the inversion stops at sigma 4.117, 28.2% of the model's sigma_max 14.61" in table, table
+    assert ("WARNING: inverted_latent's samples are no longer the noise this record describes (flipped left-right)"
+            in table), table

@@ -11,11 +11,18 @@ nodes load through the host exactly like a user's custom node package.
 * ``InversionTestLatent`` -> LATENT ``{"samples": randn[batch, channels, size, size]}`` (a stand-in for a VAE-encoded
   image).
 
+* ``InversionTestArchModel`` / ``InversionTestArchConditioning`` / ``InversionTestArchLatent``: the host's real
+  architectures (SD1.x, SD2.x-v, SDXL, SD3 MMDiT) at a tiny size with seeded random weights, their conditioning
+  (pooled output, SDXL's size entries) and latents, one batch item per seed (``tests/architectures.py``).
+
 ``build_tiny_model(kind, seed, channels)`` is the same model as a plain Python call (``host.tiny_model`` wraps it).
 """
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
+from pathlib import Path
 
 import torch
 
@@ -215,11 +222,132 @@ class InversionTestProgress:
         return (latent,)
 
 
+# ------------------------------------------------------------------------------------------- real architectures
+_ARCHITECTURES_PATH = Path(__file__).resolve().parent.parent / "architectures.py"
+_ARCH_FAMILIES = ("sd1", "sd2v", "sdxl", "sd3")
+
+
+def architectures():
+    """``tests/architectures.py`` (the builders), loaded once by file path: this package is imported by the host
+    under its folder name, in the fork harness and in an upstream server, where ``tests/`` is not importable."""
+    name = "inversion_test_architectures"
+    mod = sys.modules.get(name)
+    if mod is None:
+        spec = importlib.util.spec_from_file_location(name, _ARCHITECTURES_PATH)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return mod
+
+
+_SEEDS_TIP = "Comma-separated seeds, one batch item per seed (e.g. '3' or '3,4')."
+
+
+class InversionTestArchModel:
+    """A host architecture (tests/architectures.py) at a tiny size, seeded random weights, built like a checkpoint."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "family": (list(_ARCH_FAMILIES), {"tooltip": "sd1 (EPS), sd2v (V_PREDICTION), sdxl (EPS + adm), "
+                                                         "sd3 (MMDiT, CONST flow)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "tooltip": "Weight seed."}),
+        }}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "build"
+    CATEGORY = "testing/inversion"
+
+    def build(self, family, seed):
+        return (architectures().build_model(family, seed),)
+
+
+class InversionTestArchConditioning:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "family": (list(_ARCH_FAMILIES), {"tooltip": "Whose text-encoder output to imitate."}),
+            "seeds": ("STRING", {"default": "1", "tooltip": _SEEDS_TIP}),
+            "tokens": ("INT", {"default": 4, "min": 1, "max": 77, "tooltip": "Tokens per prompt."}),
+        }}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "build"
+    CATEGORY = "testing/inversion"
+
+    def build(self, family, seeds, tokens=4):
+        return (architectures().make_conditioning(family, seeds, tokens),)
+
+
+class InversionTestArchLatent:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "family": (list(_ARCH_FAMILIES), {"tooltip": "Whose latent format (channels, scaling)."}),
+            "seeds": ("STRING", {"default": "3", "tooltip": _SEEDS_TIP}),
+            "size": ("INT", {"default": 16, "min": 8, "max": 128, "step": 8, "tooltip": "Latent height and width."}),
+        }}
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "build"
+    CATEGORY = "testing/inversion"
+
+    def build(self, family, seeds, size=16):
+        return (architectures().make_latent(family, seeds, size),)
+
+
+class InversionTestUnscaledEuler:
+    """The host's stock ``euler`` SAMPLER (``comfy.k_diffusion.sampling.sample_euler`` in a ``KSAMPLER``) minus
+    KSAMPLER's ``noise_scaling`` / ``inverse_noise_scaling`` around it: the stock-unsampling baseline for flow models.
+
+    For EPS / V-prediction with the noise off both wrappers are the identity, so this is stock euler exactly (the
+    tests check it). For CONST (flow) models, stock unsampling up to sigma 1 divides by 1 - sigma = 0 on the way up
+    and multiplies the latent by 1 - sigma = 0 on the way down: the stock chain returns NaN, so this is the stock
+    Euler update without that scaling.
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("SAMPLER",)
+    FUNCTION = "get_sampler"
+    CATEGORY = "testing/inversion"
+
+    def get_sampler(self):
+        import comfy.k_diffusion.sampling
+        import comfy.samplers
+
+        class UnscaledKSampler(comfy.samplers.KSAMPLER):
+            def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+                       disable_pbar=False):
+                extra_args["denoise_mask"] = denoise_mask
+                model_k = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
+                model_k.latent_image = latent_image
+                model_k.noise = noise
+                x = latent_image + noise * sigmas[0] if latent_image is not None else noise * sigmas[0]
+                total = len(sigmas) - 1
+                k_callback = None if callback is None else (
+                    lambda d: callback(d["i"], d["denoised"], d["x"], total))
+                return self.sampler_function(model_k, x, sigmas, extra_args=extra_args, callback=k_callback,
+                                             disable=disable_pbar, **self.extra_options)
+
+        return (UnscaledKSampler(comfy.k_diffusion.sampling.sample_euler),)
+
+
 NODE_CLASS_MAPPINGS = {
     "InversionTestProgress": InversionTestProgress,
     "InversionTestTinyModel": InversionTestTinyModel,
     "InversionTestConditioning": InversionTestConditioning,
     "InversionTestLatent": InversionTestLatent,
     "InversionTestRaise": InversionTestRaise,
+    "InversionTestArchModel": InversionTestArchModel,
+    "InversionTestArchConditioning": InversionTestArchConditioning,
+    "InversionTestArchLatent": InversionTestArchLatent,
+    "InversionTestUnscaledEuler": InversionTestUnscaledEuler,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {name: name.replace("InversionTest", "Inversion test: ") for name in NODE_CLASS_MAPPINGS}

@@ -1,0 +1,313 @@
+"""The host's real model architectures at a tiny size with seeded random weights (test-only; issue 13 point 5).
+
+Each family is built the way the host builds a checkpoint's diffusion model, with the host's own classes and no
+checkpoint detection: ``comfy.supported_models.<Family>(unet_config)`` → ``.get_model({})`` (the host's
+``model_base`` class: ``BaseModel`` / ``SDXL`` / ``SD3``, its ``model_sampling`` and latent format) → weights loaded
+with ``load_model_weights`` → ``comfy.model_patcher.ModelPatcher``.
+
+========  ==============================  ======================  ===========================================
+family    host classes                    model_sampling          tiny layout
+========  ==============================  ======================  ===========================================
+sd1       supported_models.SD15           EPS, SD1 schedule       UNet 32/64 ch, 2 levels, conv proj, 8 heads
+sd2v      supported_models.SD20 (v)       V_PREDICTION            UNet 32/64 ch, linear proj, 16-ch heads
+sdxl      supported_models.SDXL           EPS, SDXL adm (y)       UNet 32/64 ch, no attention at level 0,
+                                                                  label_emb on pooled + 6 size embeddings
+sd3       supported_models.SD3 (MMDiT)    CONST flow, shift 3     MMDiT depth 2 (hidden 128, 2 heads), patch 2,
+                                                                  16 latent channels, pos_embed, y_embedder
+========  ==============================  ======================  ===========================================
+
+SD2.x's v-prediction is normally detected from checkpoint weights; with no checkpoint, the family's config class
+is the host's ``SD20`` with ``model_type`` answering V_PREDICTION. Flux is absent from the PyPI fork (no
+``comfy/ldm/flux``); ``scripts/check_upstream.sh`` builds it against upstream.
+
+Weights (``init_state_dict``): the host's layers skip initialisation (``comfy.ops.disable_weight_init``: whatever is
+in memory), so weights are drawn here, deterministically from ``seed``: the diffusion model is constructed once more
+with the pack's ``_InitOps`` (``nodes/reference_model.py``: the host's ops with torch's default ``reset_parameters``)
+under ``torch.manual_seed(seed)``; the UNets go through ``init_unet_state_dict``, which also redraws every layer the
+UNet zero-initialises for training (final conv, each res block's last conv, each transformer's proj_out) — a model
+whose output layer is zero predicts exactly zero, is the identity denoiser, and makes every inversion trivially
+exact. MMDiT's only uninitialised tensor without an init is the ``pos_embed`` buffer: it gets the host's 2-D sin-cos
+embedding (what SD3's learned one resembles). ``init_state_dict`` refuses a state dict with an all-zero or
+non-finite weight; the tests also check the model's output depends on its input.
+
+Conditioning (``make_conditioning``) is what the host's text encoders hand the sampler: ``[[cond [B, tokens, dim],
+{"pooled_output": [B, pooled]}]]``; SDXL's entry also carries ``width``/``height``/``crop_w``/``crop_h``/
+``target_width``/``target_height``, which ``model_base.SDXL.encode_adm`` turns into the ``y`` vector with the
+pooled output. Latents (``make_latent``) are smooth random fields of unit variance in the model's space, stored the
+way a VAE encode stores them (``latent_format.process_out``), one row per seed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+PACK_ROOT = Path(__file__).resolve().parent.parent
+FAMILIES = ("sd1", "sd2v", "sdxl", "sd3")
+CONTEXT_DIM = 32     # cross-attention token width (CLIP-L 768 / OpenCLIP-H 1024 / SDXL 2048 / SD3 4096 in real models)
+POOLED_DIM = 32      # pooled text embedding (SDXL, SD3: 1280 / 2048 in real models)
+SDXL_SIZE_EMBED = 6 * 256   # model_base.SDXL.encode_adm: 6 size/crop values, each a 256-wide Timestep embedding
+LATENT_CHANNELS = {"sd1": 4, "sd2v": 4, "sdxl": 4, "sd3": 16}
+MODEL_KIND = {"sd1": "EPS", "sd2v": "V_PREDICTION", "sdxl": "EPS", "sd3": "CONST"}
+# the scheduler the pack's tooltip recommends per kind (ddim_uniform is the inversion nodes' default)
+SCHEDULER = {"sd1": "ddim_uniform", "sd2v": "ddim_uniform", "sdxl": "ddim_uniform", "sd3": "simple"}
+# The network's final layer (weight and bias) is scaled by OUTPUT_GAIN so that its input Jacobian (d output /
+# d scaled input) has the spectral norm of a trained denoiser: measured on the pack's trained reference model (EPS
+# UNet) 1.06-1.09 at sigma 0.57-5.1; on these random networks before scaling 2.24-2.33 (sd1, sd2v), 1.93-1.98
+# (sdxl), 1.10-1.17 (sd3); after: ~1.0-1.1 (``input_jacobian_norm``, asserted in the tests). With torch's default
+# init alone the UNets' Jacobian is 2x too large and random in sign, so an Euler step's inverse at T=5 is close to
+# singular (I - 0.55 J): no method can invert it, which says nothing about the methods.
+OUTPUT_LAYER = {"sd1": "out.2.", "sd2v": "out.2.", "sdxl": "out.2.", "sd3": "final_layer.linear."}
+OUTPUT_GAIN = {"sd1": 0.45, "sd2v": 0.45, "sdxl": 0.5, "sd3": 1.0}
+
+
+def _unet_base(**overrides) -> dict:
+    """A UNet config in the host's detected-config format (model_detection.detect_unet_config), 2 levels."""
+    cfg = {
+        "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+        "adm_in_channels": None, "in_channels": 4, "out_channels": 4, "model_channels": 32,
+        "num_res_blocks": [1, 1], "channel_mult": [1, 2],
+        "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
+        "context_dim": CONTEXT_DIM, "use_linear_in_transformer": False,
+        "use_temporal_resblock": False, "use_temporal_attention": False,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def unet_config(family: str) -> dict:
+    """The tiny diffusion-model config of ``family`` (before the host class adds its ``unet_extra_config``)."""
+    if family == "sd1":
+        return _unet_base()                                         # SD15: conv proj_in/out, num_heads 8
+    if family == "sd2v":
+        return _unet_base(use_linear_in_transformer=True)
+    if family == "sdxl":
+        # SDXL: no transformer at the first level, linear proj, adm conditioning through label_emb
+        return _unet_base(use_linear_in_transformer=True, transformer_depth=[0, 1],
+                          transformer_depth_output=[0, 0, 1, 1], num_classes="sequential",
+                          adm_in_channels=POOLED_DIM + SDXL_SIZE_EMBED)
+    if family == "sd3":
+        hidden = 64 * 2                                             # MMDiT: hidden = 64 * depth, heads = depth
+        return {"in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "input_size": None,
+                "adm_in_channels": POOLED_DIM,
+                "context_embedder_config": {"target": "torch.nn.Linear",
+                                            "params": {"in_features": CONTEXT_DIM, "out_features": hidden}},
+                "num_patches": 64, "pos_embed_max_size": 8, "pos_embed_scaling_factor": None}
+    raise ValueError(f"family: unknown architecture {family!r}; one of {FAMILIES}")
+
+
+def config_class(family: str) -> type:
+    """The host's ``supported_models`` class of ``family``, narrowed only where the tiny size or the missing
+    checkpoint requires it (attention head width; SD2's v-prediction)."""
+    from comfy import model_base, supported_models
+
+    if family == "sd1":
+        return supported_models.SD15                                # num_heads 8, any width
+    if family == "sd2v":
+        class TinySD20V(supported_models.SD20):
+            unet_extra_config = dict(supported_models.SD20.unet_extra_config, num_head_channels=16)
+
+            def model_type(self, state_dict, prefix=""):
+                return model_base.ModelType.V_PREDICTION          # detected from weights in a real checkpoint
+
+        return TinySD20V
+    if family == "sdxl":
+        class TinySDXL(supported_models.SDXL):
+            unet_extra_config = dict(supported_models.SDXL.unet_extra_config, num_head_channels=16)
+
+        return TinySDXL
+    if family == "sd3":
+        return supported_models.SD3
+    raise ValueError(f"family: unknown architecture {family!r}; one of {FAMILIES}")
+
+
+def _reference_model_module():
+    """The pack's ``nodes/reference_model.py`` (no relative imports; loaded by path as the training script does)."""
+    name = "inversion_reference_model"
+    mod = sys.modules.get(name)
+    if mod is None:
+        spec = importlib.util.spec_from_file_location(name, PACK_ROOT / "nodes" / "reference_model.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return mod
+
+
+def _check_weights(sd: dict, family: str) -> dict:
+    for k, v in sd.items():
+        if not torch.isfinite(v).all():
+            raise ValueError(f"{family}: weight {k} is not finite (uninitialised memory?)")
+        if k.endswith("weight") and v.ndim >= 2 and not v.any():
+            raise ValueError(f"{family}: weight {k} is all zero")
+    return sd
+
+
+def init_state_dict(family: str, config: dict, seed: int = 0) -> dict:
+    """Seeded random weights (keys without prefix) for the diffusion model of ``family`` built from ``config``
+    (the host class's full ``unet_config``)."""
+    sd = _init_state_dict(family, config, seed)
+    gain = OUTPUT_GAIN[family]
+    for k in list(sd):
+        if k.startswith(OUTPUT_LAYER[family]):
+            sd[k] = sd[k] * gain
+    return _check_weights(sd, family)
+
+
+def _init_state_dict(family: str, config: dict, seed: int = 0) -> dict:
+    ref = _reference_model_module()
+    cfg = {k: v for k, v in config.items() if k not in ("dtype", "device", "operations")}
+    if family != "sd3":
+        return _check_weights(ref.init_unet_state_dict(cfg, seed), family)
+
+    from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper, get_2d_sincos_pos_embed_torch
+
+    with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = OpenAISignatureMMDITWrapper(**cfg, dtype=torch.float32, operations=ref._InitOps.get())
+        with torch.no_grad():
+            side = int(cfg["pos_embed_max_size"])
+            net.pos_embed.copy_(get_2d_sincos_pos_embed_torch(net.hidden_size, side, side).unsqueeze(0))
+        sd = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    return _check_weights(sd, family)
+
+
+def build_model(family: str, seed: int = 0):
+    """A tiny random-weight model of ``family`` as a ``ModelPatcher`` (float32, on the host's device).
+
+    Call it where the host would load a checkpoint: inside the executor (inference mode) the weights end up as
+    inference tensors, as the standard loaders leave them.
+    """
+    from comfy import model_management, model_patcher
+
+    config = config_class(family)(unet_config(family))
+    config.set_inference_dtype(torch.float32, None)
+    sd = init_state_dict(family, config.unet_config, seed)
+    load_device = model_management.get_torch_device()
+    offload_device = model_management.unet_offload_device()
+    model = config.get_model({}, device=offload_device)
+    expected = set(model.diffusion_model.state_dict())
+    if expected != set(sd):
+        raise ValueError(f"{family}: weights do not match the model: missing {sorted(expected - set(sd))[:5]}, "
+                         f"unexpected {sorted(set(sd) - expected)[:5]}")
+    model.load_model_weights(dict(sd), "")
+    model.eval()
+    return model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+
+
+def parse_seeds(seeds) -> list[int]:
+    """``"3"`` / ``"3, 4"`` / ``[3, 4]`` → ``[3, 4]``: one batch item per seed."""
+    if isinstance(seeds, (int, float)):
+        return [int(seeds)]
+    if isinstance(seeds, str):
+        parts = [p for p in seeds.replace(";", ",").split(",") if p.strip()]
+        try:
+            out = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"seeds: expected comma-separated integers, got {seeds!r}") from None
+    else:
+        out = [int(s) for s in seeds]
+    if not out:
+        raise ValueError("seeds: give at least one seed")
+    return out
+
+
+def make_conditioning(family: str, seeds="1", tokens: int = 4, width: int = 128, height: int = 128) -> list:
+    """CONDITIONING as the family's text encoder would give it; row i of the batch is drawn from ``seeds[i]``."""
+    if family not in FAMILIES:
+        raise ValueError(f"family: unknown architecture {family!r}; one of {FAMILIES}")
+    conds, pooled = [], []
+    for s in parse_seeds(seeds):
+        gen = torch.Generator(device="cpu").manual_seed(int(s))
+        conds.append(torch.randn((int(tokens), CONTEXT_DIM), generator=gen))
+        pooled.append(torch.randn((POOLED_DIM,), generator=gen))
+    extra = {"pooled_output": torch.stack(pooled)}
+    if family == "sdxl":   # what CLIPTextEncodeSDXL adds; model_base.SDXL.encode_adm reads them
+        extra.update({"width": int(width), "height": int(height), "crop_w": 0, "crop_h": 0,
+                      "target_width": int(width), "target_height": int(height)})
+    return [[torch.stack(conds), extra]]
+
+
+def make_latent(family: str, seeds="3", size: int = 16) -> dict:
+    """A LATENT of smooth unit-variance random "images" in the model's space, stored as a VAE encode stores it."""
+    if family not in FAMILIES:
+        raise ValueError(f"family: unknown architecture {family!r}; one of {FAMILIES}")
+    fmt = config_class(family).latent_format()
+    channels = LATENT_CHANNELS[family]
+    items = []
+    for s in parse_seeds(seeds):
+        gen = torch.Generator(device="cpu").manual_seed(int(s))
+        coarse = torch.randn((1, channels, 4, 4), generator=gen)
+        z = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)[0]
+        z = z + 0.5 * torch.randn((channels, size, size), generator=gen)
+        items.append((z - z.mean()) / z.std())
+    return {"samples": fmt.process_out(torch.stack(items))}
+
+
+def _network(patcher, family: str, sigma_fraction: float):
+    """(f, sigma): the raw network (eps / v / flow velocity) as a function of its scaled input at the sigma
+    ``sigma_fraction`` of the way down the schedule, conditioned like the sampler conditions it."""
+    from comfy import model_management
+
+    model = patcher.model
+    ms = model.model_sampling
+    sigma = torch.tensor([float(ms.percent_to_sigma(sigma_fraction))])
+    cond = make_conditioning(family, "1")
+    context = cond[0][0]
+    y = model.encode_adm(**cond[0][1], device=model_management.get_torch_device()) if model.adm_channels else None
+    t = ms.timestep(sigma).float()
+
+    def f(xc):
+        return model.diffusion_model(xc, t, context=context, y=y).float()
+
+    return f, sigma
+
+
+def model_prediction_stats(patcher, family: str, sigma_fraction: float = 0.5, seed: int = 0) -> dict:
+    """The raw network output on a noisy unit-variance latent at a mid-schedule sigma: its std, and how much it
+    changes when the clean latent changes (a zero output layer gives 0 and 0)."""
+    f, sigma = _network(patcher, family, sigma_fraction)
+    ms = patcher.model.model_sampling
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    shape = (1, LATENT_CHANNELS[family], 16, 16)
+    noise = torch.randn(shape, generator=gen)
+    out = []
+    with torch.no_grad():
+        for _ in range(2):
+            x = ms.noise_scaling(sigma, noise, torch.randn(shape, generator=gen))
+            out.append(f(ms.calculate_input(sigma, x)))
+    return {"sigma": float(sigma), "std": out[0].std().item(), "input_sensitivity": (out[0] - out[1]).std().item()}
+
+
+def input_jacobian_norm(patcher, family: str, sigma_fraction: float = 0.5, iterations: int = 10, seed: int = 0):
+    """Spectral norm of d network / d scaled input at a unit-variance input (power iteration on J^T J; forward-mode
+    JVP, reverse-mode VJP with saved activations copied: the fork's transformer block updates one in place)."""
+    f, _sigma = _network(patcher, family, sigma_fraction)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    shape = (1, LATENT_CHANNELS[family], 16, 16)
+    with torch.inference_mode(False), torch.enable_grad():
+        params = {id(p): p.detach().clone() for p in patcher.model.parameters()}   # weights may be inference tensors
+        originals = []
+        for mod in patcher.model.modules():
+            for name, p in list(mod._parameters.items()):
+                if p is not None:
+                    originals.append((mod, name, p))
+                    mod._parameters[name] = torch.nn.Parameter(params[id(p)], requires_grad=False)
+        try:
+            xc = torch.randn(shape, generator=gen)
+            v = torch.randn(shape, generator=gen)
+            v = v / v.norm()
+            for _ in range(iterations):
+                _, jv = torch.func.jvp(f, (xc,), (v,))
+                xg = xc.clone().requires_grad_(True)
+                with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+                    out = f(xg)
+                w = torch.autograd.grad(out, xg, jv)[0]
+                v = w / w.norm()
+            _, jv = torch.func.jvp(f, (xc,), (v,))
+            return jv.norm().item()
+        finally:
+            for mod, name, p in originals:
+                mod._parameters[name] = p

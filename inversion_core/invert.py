@@ -18,6 +18,7 @@ from torch import Tensor
 from .denoiser import Denoiser, NonFiniteModelOutput
 from .record import InversionRecord, StepStats
 from .schedule import inversion_pairs
+from .steps import input_matched_guess
 
 
 @dataclass
@@ -34,8 +35,9 @@ class StepContext:
 class StepSolver(Protocol):
     def __call__(self, den: Denoiser, target: Tensor, guess: Tensor, sigma_lo: float, sigma_hi: float,
                  ctx: StepContext) -> tuple[Tensor, StepStats]:
-        """Return x_hi with S(x_hi; σ_hi → σ_lo) ≈ target. ``guess`` is the point the first model evaluation is made
-        at (x_i itself unless a hook changed the target)."""
+        """Return x_hi with S(x_hi; σ_hi → σ_lo) ≈ target. ``guess`` is the classic DDIM evaluation point for x_i
+        (steps.input_matched_guess: x_i rescaled to the network input it had at σ_lo), where a solver without a
+        better warm start makes its first model evaluation; f(guess) is plain DDIM inversion."""
 
 
 class StepHook(Protocol):
@@ -76,8 +78,9 @@ def invert(den: Denoiser, x0: Tensor, sampling_sigmas: Tensor, solver: StepSolve
         for hook in hooks:
             target = hook.before_step(ctx, target)
         f0, b0 = den.forward_evals, den.backward_evals
+        guess = input_matched_guess(x, sigma_lo, sigma_hi, den.input_scale)   # where DDIM evaluates the model
         try:
-            x_next, st = solver(den, target, x, sigma_lo, sigma_hi, ctx)
+            x_next, st = solver(den, target, guess, sigma_lo, sigma_hi, ctx)
         except NonFiniteModelOutput as e:
             raise StepFailed(f"inversion step {i + 1}/{total} (sigma {sigma_lo:.4g} -> {sigma_hi:.4g}): {e}") from e
         if not torch.isfinite(x_next).all():

@@ -1,7 +1,7 @@
 """Inversion nodes: declare inputs/outputs, pick the core step solver, hand over to the bridge."""
 from __future__ import annotations
 
-from ..inversion_core import ddim_step
+from ..inversion_core.solvers.ddim import CONVENTIONS, ddim_solver
 from ..inversion_core.methods import easyinv
 from ..inversion_core.solvers.fixed_point import PRESETS as SOLVER_PRESETS
 from ..inversion_core.solvers.fixed_point import FixedPointOptions, make_fixed_point_step
@@ -30,16 +30,26 @@ class _InvertNode:
 
     def invert(self, model, positive, negative, latent, steps, scheduler, cfg, denoise=1.0, sigmas=None, **params):
         schedule = schedule_from_inputs(model, steps, scheduler, sigmas, denoise)
-        out = run_inversion(model, positive, negative, cfg, latent, schedule, self.sampler(model, **params))
+        out = run_inversion(model, positive, negative, cfg, latent, schedule, self.sampler(model, **params),
+                            partial=sigmas is None and float(denoise) < 1.0)
         return out, schedule.clone()
+
+
+CONVENTION_INPUT = ("convention", (list(CONVENTIONS), {"default": "current level", "tooltip": (
+    "Where the one model evaluation per step is taken. current level: at the current latent, labelled with its own "
+    "sigma - exactly ComfyUI's FlipSigmas + euler unsampling. input-matched: the classic DDIM inversion of "
+    "diffusers / EasyInv / PnP - the network sees the current latent at its own input scale, labelled with the next, "
+    "noisier sigma. Neither wins everywhere: on the reference model input-matched is +1.0 dB at T=10 on "
+    "ddim_uniform but -0.6 to -1.6 dB at T=4 (README, Results); current level never does worse than stock.")}))
 
 
 class DDIMInvert(_InvertNode):
     DESCRIPTION = ("Plain deterministic DDIM inversion: one model evaluation per step, the baseline every other "
                    "method is measured against.")
+    EXTRA = dict([CONVENTION_INPUT])
 
-    def sampler(self, model, **params):
-        return InversionSampler(ddim_step, "ddim", {})
+    def sampler(self, model, convention="current level"):
+        return InversionSampler(ddim_solver(convention), "ddim", {"convention": convention})
 
 
 EASYINV_PRESETS = ["auto", *easyinv.PRESETS, "custom"]
@@ -61,21 +71,27 @@ class EasyInvInvert(_InvertNode):
         "variant": (list(easyinv.VARIANTS), {"default": "paper", "tooltip": (
             "paper: the model sees the unblended latent and the step starts from the blended one. output: the step "
             "outputs are blended (the reference repository's short example).")}),
+        "convention": (list(CONVENTIONS), {"default": "input-matched", "tooltip": (
+            "Where DDIM's model evaluation is taken (see DDIM Invert). input-matched is EasyInv's own (diffusers "
+            "inverse DDIM); current level is ComfyUI's FlipSigmas + euler.")}),
     }
 
-    def sampler(self, model, preset, eta, window_start, window_end, variant):
+    def sampler(self, model, preset, eta, window_start, window_end, variant, convention="input-matched"):
+        step = ddim_solver(convention)
         if preset == "auto" and model is not None:
             preset = "SDXL" if model_family(model) == "SDXL" else "SD1.x / SD2.x"
         elif preset == "auto":   # SAMPLER twin: no model yet; the sampler resolves the family when it runs
             hook = easyinv.EasyInvBlend(variant=variant)
-            return InversionSampler(ddim_step, "easyinv", {"preset": "auto", "variant": variant}, hooks=[hook],
+            return InversionSampler(step, "easyinv", {"preset": "auto", "variant": variant,
+                                                      "convention": convention}, hooks=[hook],
                                     resolve_family=lambda fam: hook.use_preset("SDXL" if fam == "SDXL"
                                                                                else "SD1.x / SD2.x"))
         if preset != "custom":
             eta, (window_start, window_end) = easyinv.PRESETS[preset]["eta"], easyinv.PRESETS[preset]["window"]
         hook = easyinv.EasyInvBlend(eta=eta, window=(window_start, window_end), variant=variant)
-        params = {"eta": hook.eta, "window": list(hook.window), "variant": variant, "preset": preset}
-        return InversionSampler(ddim_step, "easyinv", params, hooks=[hook])
+        params = {"eta": hook.eta, "window": list(hook.window), "variant": variant, "preset": preset,
+                  "convention": convention}
+        return InversionSampler(step, "easyinv", params, hooks=[hook])
 
 
 EXACT_PRESETS = [*SOLVER_PRESETS, "custom"]
@@ -88,9 +104,9 @@ class ExactInvert(_InvertNode):
         "preset": (EXACT_PRESETS, {"default": "balanced", "tooltip": (
             "fast: 2 model evaluations per step; balanced: 3; exact: iterate to the tolerance (up to 40). "
             "custom: use the inputs below.")}),
-        "tolerance": ("FLOAT", {"default": 1e-4, "min": 0.0, "max": 1.0, "step": 1e-6, "round": False,
+        "tolerance": ("FLOAT", {"default": 1e-4, "min": 1e-9, "max": 1.0, "step": 1e-6, "round": False,
                                 "tooltip": "RMS residual (latent units) at which a step stops. Used with custom."}),
-        "budget": ("INT", {"default": 3, "min": 0, "max": 200,
+        "budget": ("INT", {"default": 3, "min": 1, "max": 200,
                            "tooltip": "Maximum model evaluations per step. Used with custom."}),
         "memory": ("INT", {"default": 3, "min": 0, "max": 20,
                            "tooltip": "Anderson memory (0 = plain fixed point). Used with custom."}),

@@ -1,10 +1,15 @@
 #!/usr/bin/env python
 """Quality against cost for every inversion method of the pack, on the reference model's held-out images.
 
-    bash scripts/benchmark.sh                 # full table: methods x T in {50, 10, 4, 2} x {fp32, bf16}
-    bash scripts/benchmark.sh --quick         # a < 1 min subset (used by the tests)
-    bash scripts/benchmark.sh --device cuda   # the same on a GPU (fp16 instead of bf16)
+    bash scripts/benchmark.sh                 # full table: every reference model x methods x T in {10, 4, 2}, fp32
+    bash scripts/benchmark.sh --quick         # a few-minute subset (used by the tests)
+    bash scripts/benchmark.sh --precision both --device cuda   # fp32 and fp16 on a GPU
+    bash scripts/benchmark.sh --edits         # the edit engine's benchmark (scripts/benchmark_edits.py)
 
+Every shipped reference model is measured (the header says which). The first row of each block is ComfyUI's own
+unsampling (BasicScheduler -> FlipSigmas -> SamplerCustom euler, then euler back), run through the host's nodes, the
+baseline every "dB vs stock" figure is relative to. Each method runs with its node's default inputs (what a user who
+drops the node in gets) unless its label names a change.
 Each cell inverts all held-out images as one batch with the empty source prompt at cfg 1 (the usual setting), replays
 them with the Inverted Latent Sampler's code path, decodes, and measures: image PSNR and SSIM (pixels in [0, 1]),
 latent RMSE, model forward / backward evaluations per image, seconds, seconds relative to DDIM at the same T and
@@ -29,29 +34,39 @@ sys.path.insert(0, str(ROOT / "tests"))          # tests/host.py starts the real
 
 import torch  # noqa: E402
 
-METHODS = [  # (label, node class, widget params)
+STOCK = "stock FlipSigmas+euler"
+METHODS = [  # (label, node class, widget values that differ from the node's defaults)
+    (STOCK, None, {}),          # ComfyUI's own unsampling: BasicScheduler -> FlipSigmas -> euler (no noise)
     ("DDIM", "DDIMInvert", {}),
-    ("EasyInv", "EasyInvInvert", {"preset": "auto", "eta": 0.5, "window_start": 0.05, "window_end": 0.25,
-                                  "variant": "paper"}),
-    ("Exact fast", "ExactInvert", {"preset": "fast", "tolerance": 1e-4, "budget": 2, "memory": 3}),
-    ("Exact balanced", "ExactInvert", {"preset": "balanced", "tolerance": 1e-4, "budget": 3, "memory": 3}),
-    ("Exact exact", "ExactInvert", {"preset": "exact", "tolerance": 1e-6, "budget": 40, "memory": 5}),
-    ("GNRI paper", "GNRIInvert", {"lambda": 0.1, "tolerance": 1e-4, "max_iterations": 5, "variant": "paper"}),
-    ("GNRI anderson", "GNRIInvert", {"lambda": 0.1, "tolerance": 1e-4, "max_iterations": 3, "variant": "anderson"}),
-    ("GNRI reference code", "GNRIInvert", {"lambda": 0.1, "tolerance": 1e-4, "max_iterations": 2,
-                                           "variant": "reference code"}),
-    ("PreciseInv fast", "PreciseInvInvert", {"threshold_preset": "fast (1e-2)", "custom_threshold": 1e-4,
-                                             "max_iterations": 100, "step_size": 1.0}),
-    ("PreciseInv precise", "PreciseInvInvert", {"threshold_preset": "precise (1e-5)", "custom_threshold": 1e-4,
-                                                "max_iterations": 100, "step_size": 1.0}),
-    ("PreciseInv precise, exact init", "PreciseInvInvert", {
-        "threshold_preset": "precise (1e-5)", "custom_threshold": 1e-4, "max_iterations": 100, "step_size": 1.0,
-        "initialiser": "exact"}),
+    ("DDIM input-matched", "DDIMInvert", {"convention": "input-matched"}),
+    ("EasyInv", "EasyInvInvert", {}),
+    ("Exact fast", "ExactInvert", {"preset": "fast"}),
+    ("Exact balanced", "ExactInvert", {}),
+    ("Exact exact", "ExactInvert", {"preset": "exact"}),
+    ("GNRI quasi-newton", "GNRIInvert", {}),
+    ("GNRI newton", "GNRIInvert", {"variant": "newton"}),
+    ("GNRI reference code", "GNRIInvert", {"variant": "reference code"}),
+    ("PreciseInv fast", "PreciseInvInvert", {"threshold_preset": "fast (1e-2)"}),
+    ("PreciseInv precise", "PreciseInvInvert", {}),
+    ("PreciseInv precise, ddim init", "PreciseInvInvert", {"initialiser": "ddim"}),
 ]
-QUICK_METHODS = ("DDIM", "EasyInv", "Exact balanced", "GNRI reference code", "PreciseInv fast")
+QUICK_METHODS = (STOCK, "DDIM", "EasyInv", "Exact balanced", "GNRI quasi-newton", "GNRI reference code",
+                 "PreciseInv fast")
 # Methods that differentiate through the model: in bf16 on a CPU this costs many minutes per cell, so a CPU run
 # measures them in fp32 only (the table says so); --all-half or --device cuda measures them too.
-GRADIENT_METHODS = ("GNRI paper", "PreciseInv precise", "PreciseInv precise, exact init")
+GRADIENT_METHODS = ("PreciseInv precise", "PreciseInv precise, ddim init")
+
+
+def node_params(pack, node_name: str, overrides: dict) -> dict:
+    """The node's own default widget values (what a user who drops it in gets), with ``overrides``."""
+    spec = pack.NODE_CLASS_MAPPINGS[node_name].INPUT_TYPES()["required"]
+    shared = ("model", "positive", "negative", "latent", "steps", "scheduler", "cfg", "denoise")
+    params = {k: v[1]["default"] for k, v in spec.items()
+              if k not in shared and len(v) > 1 and isinstance(v[1], dict) and "default" in v[1]}
+    unknown = set(overrides) - set(spec)
+    if unknown:
+        raise KeyError(f"{node_name} has no inputs {sorted(unknown)}")
+    return {**params, **overrides}
 
 
 class PeakMemory:
@@ -88,16 +103,16 @@ class PeakMemory:
             self.added_mb = self._status("VmHWM") - self.base
 
 
-def reference(dtype: torch.dtype, half_compute: bool = False):
-    """(model, clip, vae) of the shipped reference model with its UNet weights in ``dtype``; ``half_compute`` also
-    computes in ``dtype`` (on a CPU the host keeps half weights but computes in fp32)."""
+def reference(dtype: torch.dtype, half_compute: bool = False, name: str = "sd-unet-eps"):
+    """(model, clip, vae, module) of the shipped reference model ``name`` with its network weights in ``dtype``;
+    ``half_compute`` also computes in ``dtype`` (on a CPU the host keeps half weights but computes in fp32)."""
     import host
     rm = sys.modules[host.pack_module().__name__ + ".nodes.reference_model"]
-    model, clip, vae = rm.load_reference_model()
+    model, clip, vae = rm.load_reference_model(name)
     if dtype != torch.float32:
         from safetensors.torch import load_file
-        meta = rm.reference_metadata()
-        tensors = load_file(str(rm.reference_model_path()))
+        meta = rm.reference_metadata(name)
+        tensors = load_file(str(rm.reference_model_path(name)))
         tensors.pop(rm.EMBEDDINGS_KEY)
         model = rm.build_model_patcher(meta["unet_config"], tensors, meta.get("model_type", "eps"),
                                        prefix=rm.UNET_PREFIX, sampling_settings=meta["sampling_settings"],
@@ -107,29 +122,63 @@ def reference(dtype: torch.dtype, half_compute: bool = False):
     return model, clip, vae, rm
 
 
+def model_names(pack, wanted: str | None) -> list:
+    rm = sys.modules[pack.__name__ + ".nodes.reference_model"]
+    names = rm.reference_model_names() if hasattr(rm, "reference_model_names") else ["sd-unet-eps"]
+    available = [n for n in names if rm.reference_model_path(n).is_file()]
+    if wanted:
+        bad = set(wanted.split(",")) - set(names)
+        if bad:
+            raise SystemExit(f"--model: unknown {sorted(bad)}; choose from {names}")
+        return [n for n in names if n in wanted.split(",")]
+    return available
+
+
 def encode(clip, text: str):
     tokens = clip.tokenize(text)
     cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
     return [[cond, {"pooled_output": pooled}]]
 
 
+def stock_unsampling(model, empty, latent, schedule, device):
+    """ComfyUI's own round trip, through its own nodes: FlipSigmas + SamplerCustom(euler, add_noise off) up, then
+    SamplerCustom(euler) down the same schedule. Returns (top latent dict, seconds up, reconstructed latent dict)."""
+    import host
+    custom, flip = host.node_class("SamplerCustom")(), host.node_class("FlipSigmas")()
+    euler = host.node_class("KSamplerSelect")().get_sampler("euler")[0]
+    start = time.perf_counter()
+    up = custom.sample(model, False, 0, 1.0, empty, empty, euler, flip.get_sigmas(schedule)[0], latent)[0]
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    down = custom.sample(model, False, 0, 1.0, empty, empty, euler, schedule, up)[0]
+    return up, seconds, down
+
+
 def run_cell(pack, label, node_name, params, model, clip, vae, images, steps, device):
     bridge = sys.modules[pack.__name__ + ".nodes.bridge"]
+    common = sys.modules[pack.__name__ + ".nodes.common"]
     metrics = sys.modules[pack.__name__ + ".inversion_core.metrics"]
     empty = encode(clip, "")
     with torch.inference_mode():
         latent = {"samples": vae.encode(images)}
-        schedule = bridge.schedule_from_inputs(model, steps, "ddim_uniform", None)
-        sampler = pack.NODE_CLASS_MAPPINGS[node_name]().sampler(model, **params)
+        schedule = bridge.schedule_from_inputs(model, steps, common.DEFAULT_SCHEDULER, None)
         with PeakMemory(device) as mem:
-            start = time.perf_counter()
-            inv = bridge.run_inversion(model, empty, empty, 1.0, latent, schedule, sampler)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-        back = bridge.run_replay(model, empty, empty, 1.0, inv)
+            if node_name is None:
+                _, seconds, back = stock_unsampling(model, empty, latent, schedule, device)
+                st = {"forward_evals": float(steps), "backward_evals": 0.0, "model_seconds": float("nan"),
+                      "seconds": seconds, "unconverged_steps": [], "ddim_residual": []}
+            else:
+                sampler = pack.NODE_CLASS_MAPPINGS[node_name]().sampler(model, **node_params(pack, node_name, params))
+                start = time.perf_counter()
+                inv = bridge.run_inversion(model, empty, empty, 1.0, latent, schedule, sampler)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - start
+                st = inv["inversion"]["stats"]
+        if node_name is not None:
+            back = bridge.run_replay(model, empty, empty, 1.0, inv)
         recon = vae.decode(back["samples"])
-    st = inv["inversion"]["stats"]
     unconverged = len(st["unconverged_steps"])
     return {
         "method": label, "T": len(schedule) - 1, "psnr": sum(metrics.psnr(images, recon)) / len(images),
@@ -147,7 +196,7 @@ def extras(pack, model, clip, vae, images, device) -> str:
     lines = ["", "### Throughput (T = 10, fp32): seconds per image against batch size", "",
              "| method | batch 1 | batch 4 | batch 16 |", "|---|---|---|---|"]
     for label, node_name, params in METHODS:
-        if label not in ("DDIM", "Exact balanced", "GNRI anderson") or node_name not in pack.NODE_CLASS_MAPPINGS:
+        if label not in ("DDIM", "Exact balanced", "GNRI quasi-newton") or node_name not in pack.NODE_CLASS_MAPPINGS:
             continue
         cells = []
         for b in (1, 4, 16):
@@ -167,13 +216,14 @@ def extras(pack, model, clip, vae, images, device) -> str:
                   f"{full['peak_mb'] / max(single['peak_mb'], 1e-9):.2f} (target <= 1.2)."]
     # the host's executor around the same node call
     prompt = {
-        "load": {"class_type": "InversionReferenceModelLoader", "inputs": {}},
+        "load": {"class_type": "InversionReferenceModelLoader", "inputs": {"model": "sd-unet-eps"}},
         "empty": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["load", 1]}},
         "lat": {"class_type": "InversionTestLatent", "inputs": {"seed": 0, "batch": len(images), "channels": 3,
                                                                 "size": 32}},
         "inv": {"class_type": "DDIMInvert", "inputs": {
             "model": ["load", 0], "positive": ["empty", 0], "negative": ["empty", 0], "latent": ["lat", 0],
-            "steps": 10, "scheduler": "ddim_uniform", "cfg": 1.0, "denoise": 1.0}},
+            "steps": 10, "scheduler": sys.modules[pack.__name__ + ".nodes.common"].DEFAULT_SCHEDULER, "cfg": 1.0,
+            "denoise": 1.0}},
     }
     host.run_workflow(prompt)                                    # warm: model loaded, caches filled
     start = time.perf_counter()
@@ -189,7 +239,7 @@ def extras(pack, model, clip, vae, images, device) -> str:
 def plot(rows, path: Path):
     """PSNR against seconds, one line per method (log-x), drawn with PIL (no plotting library needed)."""
     from PIL import Image, ImageDraw
-    W, H, L, B, T_, R = 900, 520, 70, 60, 30, 230
+    W, H, L, B, T_, R = 1100, 640, 70, 60, 30, 380
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
     xs = [math.log10(max(r["seconds"], 1e-3)) for r in rows]
@@ -205,30 +255,32 @@ def plot(rows, path: Path):
         if y0 <= v <= y1:
             d.text((8, py(v) - 6), f"{v} dB", fill="black")
     colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-               (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+               (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 0), (90, 60, 150),
+               (200, 80, 0)]
     groups = {}
     for r, x, y in zip(rows, xs, ys):
-        groups.setdefault((r["method"], r["precision"]), []).append((x, y, r["T"]))
-    for i, ((method, prec), pts) in enumerate(sorted(groups.items())):
+        groups.setdefault((r["model"], r["method"], r["precision"]), []).append((x, y, r["T"]))
+    for i, ((model, method, prec), pts) in enumerate(sorted(groups.items())):
         c = colours[i % len(colours)]
         pts.sort()
         d.line([(px(x), py(y)) for x, y, _ in pts], fill=c, width=2) if len(pts) > 1 else None
         for x, y, t in pts:
             d.ellipse([px(x) - 3, py(y) - 3, px(x) + 3, py(y) + 3], fill=c)
             d.text((px(x) + 4, py(y) - 12), f"T{t}", fill=c)
-        d.text((W - R + 10, T_ + 16 * i), f"{method} ({prec})", fill=c)
-    d.text((L, 8), "reconstruction PSNR vs inversion seconds (reference model, held-out images)", fill="black")
+        d.text((W - R + 10, T_ + 14 * i), f"{model}: {method}" + (f" ({prec})" if prec != "fp32" else ""), fill=c)
+    d.text((L, 8), "reconstruction PSNR vs inversion seconds (reference models, held-out images)", fill="black")
     img.save(path)
 
 
 def table(rows) -> str:
-    head = ("| method | precision | T | PSNR dB | SSIM | latent RMSE | fwd/img | bwd/img | s | x DDIM | overhead | "
-            "peak MB | missed tol |")
+    head = ("| model | method | precision | T | PSNR dB | dB vs stock | SSIM | latent RMSE | fwd/img | bwd/img | s | "
+            "x DDIM | overhead | peak MB | missed tol |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        out.append(f"| {r['method']} | {r['precision']} | {r['T']} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
-                   f"{r['latent_rmse']:.2e} | {r['fwd']:.1f} | {r['bwd']:.1f} | {r['seconds']:.2f} | "
-                   f"{r['x_ddim']:.2f} | {100 * r['overhead']:.0f}% | {r['peak_mb']:.0f} | {r['unconverged']} |")
+        out.append(f"| {r['model']} | {r['method']} | {r['precision']} | {r['T']} | {r['psnr']:.2f} | "
+                   f"{r['vs_stock']:+.2f} | {r['ssim']:.4f} | {r['latent_rmse']:.2e} | {r['fwd']:.1f} | "
+                   f"{r['bwd']:.1f} | {r['seconds']:.2f} | {r['x_ddim']:.2f} | {100 * r['overhead']:.0f}% | "
+                   f"{r['peak_mb']:.0f} | {r['unconverged']} |")
     return "\n".join(out)
 
 
@@ -247,76 +299,87 @@ def update_readme(results: str) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a < 1 min subset: T in {10, 4}, fp32, 5 methods")
+    ap.add_argument("--quick", action="store_true",
+                    help="a few-minute subset: T in {10, 4}, fp32, the quick methods, 2 images, every model")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--out", default=str(ROOT / "out" / "benchmark"))
-    ap.add_argument("--steps", default=None, help="comma-separated T values (default 50,10,4,2)")
+    ap.add_argument("--model", default=None,
+                    help="comma-separated reference model names (default: every shipped one)")
+    ap.add_argument("--steps", default=None, help="comma-separated T values (default 10,4,2)")
     ap.add_argument("--methods", default=None, help="comma-separated method labels to run")
-    ap.add_argument("--precision", default=None, choices=["fp32", "half"],
-                    help="only this precision (default: both; --quick: fp32)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "half", "both"],
+                    help="fp32 (default), half (bf16 weights on CPU, fp16 on CUDA) or both")
     ap.add_argument("--half-compute", action="store_true",
                     help="on CPU, compute in bf16 too (the host computes in fp32 there; ~36x slower)")
     ap.add_argument("--all-half", action="store_true",
                     help="on CPU, also run the gradient methods in bf16 (slow: many minutes per cell)")
+    ap.add_argument("--extras", action="store_true",
+                    help="also measure throughput vs batch, PreciseInv memory and executor overhead")
     ap.add_argument("--update-readme", action="store_true",
                     help="replace README.md's results section with this run's table (full runs only)")
     args = ap.parse_args(argv)
 
     import host
-    if args.device == "cpu":
-        host.engine()
-    else:
+    if args.device != "cpu":
         import comfy.cli_args
         comfy.cli_args.args.cpu = False
-        host.engine()
+    host.engine()
     pack = host.pack_module()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    steps = [int(s) for s in args.steps.split(",")] if args.steps else ([10, 4] if args.quick else [50, 10, 4, 2])
+    steps = [int(s) for s in args.steps.split(",")] if args.steps else ([10, 4] if args.quick else [10, 4, 2])
     half = torch.float16 if args.device == "cuda" else torch.bfloat16
     half_compute = args.half_compute or args.device == "cuda"
     half_name = str(half)[6:] if half_compute else "bf16 weights"
-    precisions = [("fp32", torch.float32)] if args.quick else [("fp32", torch.float32), (half_name, half)]
-    if args.precision:
-        precisions = [p for p in precisions if (p[1] == torch.float32) == (args.precision == "fp32")]
+    precisions = {"fp32": [("fp32", torch.float32)], "half": [(half_name, half)],
+                  "both": [("fp32", torch.float32), (half_name, half)]}[args.precision]
     wanted = set(args.methods.split(",")) if args.methods else (set(QUICK_METHODS) if args.quick else None)
-    methods = [m for m in METHODS if m[1] in pack.NODE_CLASS_MAPPINGS and (wanted is None or m[0] in wanted)]
-    skipped = [m[0] for m in METHODS if m[1] not in pack.NODE_CLASS_MAPPINGS]
+    methods = [m for m in METHODS if (m[1] is None or m[1] in pack.NODE_CLASS_MAPPINGS)
+               and (wanted is None or m[0] in wanted)]
+    skipped = [m[0] for m in METHODS if m[1] is not None and m[1] not in pack.NODE_CLASS_MAPPINGS]
+    names = model_names(pack, args.model)
+    print(f"reference models: {', '.join(names)}", flush=True)
 
     rows = []
     half_skipped: set = set()
-    half_grad = sum(m[0] in GRADIENT_METHODS for m in methods) if args.device == "cpu" and not args.all_half else 0
-    cells = len(steps) * sum(len(methods) - (half_grad if d != torch.float32 else 0) for _, d in precisions)
-    done = 0
     start_all = time.perf_counter()
-    for prec_name, dtype in precisions:
-        model, clip, vae, rm = reference(dtype, half_compute)
-        images = torch.cat([img for _, _, img in rm.heldout_images()])
-        for t in steps:
-            ddim_seconds = None
-            for label, node_name, params in methods:
-                if (dtype != torch.float32 and args.device == "cpu" and not args.all_half
-                        and label in GRADIENT_METHODS):
-                    half_skipped.add(label)
-                    continue
-                r = run_cell(pack, label, node_name, params, model, clip, vae, images, t, args.device)
-                r["precision"] = prec_name
-                if label == "DDIM":
-                    ddim_seconds = r["seconds"]
-                r["x_ddim"] = r["seconds"] / ddim_seconds if ddim_seconds else float("nan")
-                rows.append(r)
-                done += 1
-                print(f"[{done}/{cells}] {label:20s} {prec_name} T={t:3d}  PSNR {r['psnr']:6.2f} dB  "
-                      f"{r['seconds']:7.2f} s  x{r['x_ddim']:.2f} DDIM", flush=True)
+    for name in names:
+        for prec_name, dtype in precisions:
+            model, clip, vae, rm = reference(dtype, half_compute, name)
+            images = torch.cat([img for _, _, img in rm.heldout_images()])
+            if args.quick:
+                images = images[:2]
+            for t in steps:
+                base = {}
+                for label, node_name, params in methods:
+                    if (dtype != torch.float32 and args.device == "cpu" and not args.all_half
+                            and label in GRADIENT_METHODS):
+                        half_skipped.add(label)
+                        continue
+                    r = run_cell(pack, label, node_name, params, model, clip, vae, images, t, args.device)
+                    r.update(model=name, precision=prec_name)
+                    if label in (STOCK, "DDIM"):
+                        base[label] = r
+                    ddim, stock = base.get("DDIM"), base.get(STOCK)
+                    r["x_ddim"] = r["seconds"] / ddim["seconds"] if ddim else float("nan")
+                    r["vs_stock"] = r["psnr"] - stock["psnr"] if stock else float("nan")
+                    rows.append(r)
+                    print(f"[{name}] {label:30s} {prec_name} T={r['T']:3d}  PSNR {r['psnr']:6.2f} dB "
+                          f"({r['vs_stock']:+6.2f} vs stock)  {r['seconds']:7.2f} s  x{r['x_ddim']:.2f} DDIM",
+                          flush=True)
     md = table(rows)
-    if not args.quick:
+    if args.extras:
         model, clip, vae, rm = reference(torch.float32)
         images = torch.cat([img for _, _, img in rm.heldout_images()])
         md += "\n" + extras(pack, model, clip, vae, images, args.device)
-    note = (f"\n\n{len(images)} held-out 32x32 images, batch {len(images)}, device {args.device}, "
+    scheduler = sys.modules[pack.__name__ + ".nodes.common"].DEFAULT_SCHEDULER
+    note = (f"\n\nReference models {', '.join(names)}; {len(images)} held-out 32x32 images each, one batch, the "
+            f"nodes' default inputs (scheduler {scheduler}, empty prompt, cfg 1) unless the label says otherwise; "
+            f"'dB vs stock' = PSNR minus ComfyUI's own FlipSigmas + euler round trip in the same run; device "
+            f"{args.device}, "
             + ("'bf16 weights' = half-precision weights with fp32 arithmetic, what ComfyUI does on a CPU; "
-               "--half-compute measures bf16 arithmetic. " if not half_compute else "")
+               "--half-compute measures bf16 arithmetic. " if not half_compute and args.precision != "fp32" else "")
             + f"torch {torch.__version__}, {os.environ.get('OMP_NUM_THREADS')} thread(s); total "
             f"{time.perf_counter() - start_all:.0f} s." + (f" Not registered (skipped): {', '.join(skipped)}."
                                                              if skipped else "")

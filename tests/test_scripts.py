@@ -41,8 +41,12 @@ def test_benchmark_quick_mode_prints_every_column(tmp_path, capsys):
     rows = benchmark.main(["--quick", "--out", str(tmp_path)])
     assert (tmp_path / "results.csv").is_file() and (tmp_path / "psnr_vs_seconds.png").is_file()
     md = (tmp_path / "results.md").read_text()
-    assert "| method | precision | T |" in md
-    by = {(r["method"], r["T"]): r for r in rows}
-    assert by[("DDIM", 10)]["x_ddim"] == 1.0
-    assert by[("Exact balanced", 10)]["psnr"] > by[("DDIM", 10)]["psnr"]
+    assert "| model | method | precision | T | PSNR dB | dB vs stock |" in md
+    rm = sys.modules[host.PACK_DIR_NAME + ".nodes.reference_model"]
+    assert {r["model"] for r in rows} == set(rm.reference_model_names())      # every shipped model, named
+    for model in {r["model"] for r in rows}:
+        by = {(r["method"], r["T"]): r for r in rows if r["model"] == model}
+        assert by[("DDIM", 10)]["x_ddim"] == 1.0
+        assert by[("stock FlipSigmas+euler", 10)]["vs_stock"] == 0.0
+        assert by[("Exact balanced", 10)]["psnr"] > by[("DDIM", 10)]["psnr"]
     assert all(r["psnr"] > 10 and r["fwd"] > 0 for r in rows)

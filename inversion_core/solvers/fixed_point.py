@@ -108,6 +108,7 @@ def make_fixed_point_step(options: FixedPointOptions = FixedPointOptions(), corr
         g_hist: list[Tensor] = []
         valid = torch.zeros(batch, 0, dtype=torch.bool, device=target.device)  # usable history columns per item
         evals = 0
+        ddim_rn = None       # from the guess, iterate 1 is f(guess) = the DDIM result: its residual is DDIM's
         for k in range(int(opt.max_evals)):
             denoised = den(z, sigma_hi, active)
             evals += 1
@@ -115,6 +116,8 @@ def make_fixed_point_step(options: FixedPointOptions = FixedPointOptions(), corr
             rn = residual_rms(g - z)
             if correction is not None:
                 g = g + correction(z, g - z, ctx, sigma_hi)
+            if k == 1 and warm is None and correction is None:
+                ddim_rn = torch.where(active, rn, best_rn).tolist()   # an item done at k = 0 was already exact
             rn = torch.where(active, rn, best_rn)
             improved = active & (rn < best_rn)
             sel = improved.view(-1, *([1] * (target.ndim - 1)))
@@ -139,7 +142,8 @@ def make_fixed_point_step(options: FixedPointOptions = FixedPointOptions(), corr
             fallback = grew.view(-1, *([1] * (target.ndim - 1)))
             z = torch.where(fallback, best_g, z_next)
         st = StepStats(sigma_lo=sigma_lo, sigma_hi=sigma_hi, iterations=evals,
-                       residual=best_rn.tolist(), converged=bool((best_rn <= opt.tol).all()))
+                       residual=best_rn.tolist(), converged=bool((best_rn <= opt.tol).all()),
+                       ddim_residual=ddim_rn)
         return best_g, st
 
     return solve

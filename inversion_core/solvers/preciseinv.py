@@ -186,5 +186,7 @@ class PreciseInvSolver:
                            "sigma_hi": sigma_hi, "losses": history, "updates": updates.tolist(),
                            "diverged": diverged.tolist()})
         converged = bool(((best_loss < self.threshold) & ~diverged).all())
+        ddim = [h[0] ** 0.5 if h else None for h in history] if self._exact_init is None else None
         return x.detach(), StepStats(sigma_lo=sigma_lo, sigma_hi=sigma_hi, iterations=int(updates.max()),
-                                     residual=[float(v) ** 0.5 for v in best_loss], converged=converged, note=note)
+                                     residual=[float(v) ** 0.5 for v in best_loss], converged=converged, note=note,
+                                     ddim_residual=ddim)

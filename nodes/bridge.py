@@ -72,6 +72,9 @@ def _uniform_conditioning(model_wrap) -> bool:
     return True
 
 
+PROGRESS_INTERVAL = 0.25   # seconds between progress updates inside one step
+
+
 class StepProgress:
     """The host's progress callback ``(step index, x0, x, total)``, driven per step *and* per model evaluation.
 
@@ -82,8 +85,9 @@ class StepProgress:
     they preview the last finished state (no tensor of the running solve leaves it).
     """
 
-    def __init__(self, callback, total: int, interval: float = 0.25):
-        self.callback, self.total, self.interval = callback, int(total), float(interval)
+    def __init__(self, callback, total: int, interval: Optional[float] = None):
+        self.callback, self.total = callback, int(total)
+        self.interval = PROGRESS_INTERVAL if interval is None else float(interval)
         self.done, self.evals, self.last_sent = 0, 0, time.perf_counter()
         self.preview: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
@@ -186,6 +190,7 @@ class InversionSampler(comfy.samplers.Sampler):
         progress = StepProgress(callback, len(schedule) - 1)
         progress.start(x0)
         den = _denoiser(model_wrap, extra_args, on_eval=progress.on_eval)
+        self.denoiser = den                      # its counts, even when the run fails (grad_mode retries count them)
         if self.resolve_family is not None:
             self.resolve_family(model_family(model_wrap.inner_model))
         ms = model_wrap.inner_model.model_sampling

@@ -12,13 +12,15 @@ Three things stand between a sampler and ``torch.autograd`` there, measured on t
    for the duration. Everything is restored on exit, error or not — the host's ModelPatcher finds exactly the objects
    it put there. Cost: one extra copy of the weights for the duration of the solve (``GradModeReport.extra_bytes``;
    1× the model's weight size on its device — e.g. ~1.7 GB for an fp16 SD1.5 UNet, ~5 GB for SDXL).
-3. In-place updates of saved activations in some host versions (the PyPI fork's BasicTransformerBlock does
-   ``x += n`` after LayerNorm saved ``x``; upstream has since changed this to ``x = n + x``): reverse mode then fails
-   with "modified by an inplace operation". → ``protect_saved=True`` installs saved-tensor hooks that copy every
+3. In-place updates of saved activations in some host blocks (the PyPI fork's BasicTransformerBlock does
+   ``x += n`` after LayerNorm saved ``x``; upstream's own UNet block has since changed to ``x = n + x``, but its Flux
+   blocks still add in place): reverse mode then fails with "modified by an inplace operation". → ``protect_saved=True`` installs saved-tensor hooks that copy every
    saved tensor which is part of the graph (requires grad) when it is saved, and version-check the others on use
    (identity hooks alone would silently skip autograd's own check and return a wrong gradient — seen on the fork).
    Costs one copy of the saved activations, so ``GradInversionSampler`` first runs without it and retries with it
-   only when the host raises that error (it does so at the first backward pass, after two model evaluations).
+   only when the host raises that error (it does so at the first backward pass, after a few model evaluations).
+   The aborted attempt's model evaluations are counted in the record (added to its first step, with a note) and
+   ``params["derivatives"]`` says which derivative path ran, so the report shows both.
    Forward-mode AD (GNRI's Jacobian-vector products) is unaffected by in-place updates.
 
 The sampler's tensor inputs (noise, latent, sigmas, mask) are inference tensors too; they are cloned inside the
@@ -164,6 +166,7 @@ class GradInversionSampler(InversionSampler):
         if not self.needs_grad:
             return super().sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
                                   disable_pbar)
+        aborted = None
         for protect in (False, True):
             try:
                 with grad_mode(model_wrap, protect_saved=protect) as report:
@@ -172,10 +175,34 @@ class GradInversionSampler(InversionSampler):
             except RuntimeError as e:
                 if protect or INPLACE_ERROR not in str(e):
                     raise
+                den = getattr(self, "denoiser", None)
+                aborted = (den.forward_evals, den.backward_evals) if den is not None else (0.0, 0.0)
                 continue
             self.report = report
             self.params["grad_mode"] = report.as_dict()
+            self.params["derivatives"] = derivative_path(report, aborted)
             if self.record is not None:
                 self.record.params["grad_mode"] = report.as_dict()
+                self.record.params["derivatives"] = self.params["derivatives"]
+                if aborted is not None and self.record.steps:
+                    first = self.record.steps[0]
+                    first.forward_evals += aborted[0]
+                    first.backward_evals += aborted[1]
+                    first.note = (first.note + "; " if first.note else "") + (
+                        f"includes {aborted[0]:g} forward / {aborted[1]:g} backward evaluations of an attempt "
+                        "aborted by the host's in-place update, retried with saved-activation copies")
             return out
         raise AssertionError("unreachable")
+
+
+def derivative_path(report: GradModeReport, aborted: Optional[tuple[float, float]]) -> str:
+    """One line for the report: how gradients through the model were obtained, and what that cost."""
+    words = "reverse-mode autograd through the model"
+    if report.cloned_tensors:
+        words += f", weights copied out of inference mode (+{report.extra_bytes / 2 ** 20:.1f} MiB)"
+    if report.protect_saved:
+        words += (f", saved activations copied ({report.saved_copies} tensors, "
+                  f"{report.saved_copy_bytes / 2 ** 20:.1f} MiB in all) because the host updates them in place")
+    if aborted is not None:
+        words += f"; a first attempt without copies was aborted after {aborted[0]:g} forward evaluations (counted)"
+    return words

@@ -13,6 +13,8 @@ from analytic import eps_denoiser, flow_denoiser, nonlinear_denoiser
 from analytic import flow_schedule, image, karras
 from test_gnri import _prompt
 
+import sys
+
 import host
 
 
@@ -207,7 +209,7 @@ def test_protected_backward_gives_the_true_gradient_through_the_host_unet():
 def test_preciseinv_node_runs_in_the_host_executor():
     out = host.run_workflow(_prompt("PreciseInvInvert", {"threshold_preset": "precise (1e-5)",
                                                          "custom_threshold": 1e-4, "max_iterations": 30,
-                                                         "step_size": 1.0}, kind="flow"))
+                                                         "step_size": 1.0, "initialiser": "ddim"}, kind="flow"))
     inverted, sigmas = out["invert"]
     entry = inverted["inversion"]
     assert entry["method"] == "preciseinv" and entry["params"]["threshold"] == 1e-5
@@ -231,3 +233,28 @@ def test_exact_initialiser_starts_closer_and_needs_fewer_gradient_steps():
         assert (back - x0).pow(2).mean().sqrt() < 2e-3
     with pytest.raises(ValueError, match="initialiser"):
         PreciseInvSolver(init="zeros")
+
+
+def test_every_model_evaluation_is_counted_including_an_aborted_attempt():
+    """The fork's BasicTransformerBlock adds in place: the first backward fails and the solve is retried with
+    saved-activation copies. The aborted attempt's evaluations are in the record, and the derivative path is named."""
+    pack = host.pack_module()
+    bridge = sys.modules[pack.__name__ + ".nodes.bridge"]
+    model, cond, latent = host.tiny_model("eps", inference_mode=True), host.tiny_conditioning(), host.tiny_latent(size=8)
+    calls = []
+
+    def counting(apply_model, args):            # the host's own wrapper hook: sees every call of the network
+        calls.append(args["input"].shape[0])
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    model = model.clone()
+    model.set_model_unet_function_wrapper(counting)
+    node = pack.NODE_CLASS_MAPPINGS["PreciseInvInvert"]()
+    with torch.inference_mode():
+        sampler = node.sampler(model, "precise (1e-5)", 1e-4, 10, 1.0, "ddim")
+        schedule = bridge.schedule_from_inputs(model, 3, "karras", None)
+        out = bridge.run_inversion(model, cond, cond, 1.0, latent, schedule, sampler)
+    entry = out["inversion"]
+    assert "aborted" in entry["params"]["derivatives"] and "saved activations copied" in entry["params"]["derivatives"]
+    assert "aborted by the host's in-place update" in entry["step_stats"][0]["note"]
+    assert entry["stats"]["forward_evals"] == pytest.approx(len(calls))       # batch 1: one call = one evaluation

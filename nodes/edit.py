@@ -61,6 +61,26 @@ def unet_layers(diffusion_model) -> list:
     return out
 
 
+def dit_layers(diffusion_model) -> list:
+    """The joint blocks of a host MMDiT (SD3) as ("joint", i, 0)."""
+    return [("joint", i, 0) for i in range(len(getattr(diffusion_model, "joint_blocks", [])))]
+
+
+class _JointBlockWithInjection(torch.nn.Module):
+    """Stands in for one MMDiT JointBlock through the patcher's ``add_object_patch``: the same ``context_block`` /
+    ``x_block`` submodules (so weight keys and LoRA patches are unchanged), forward through the engine."""
+
+    def __init__(self, block, engine: "EditEngine", layer: tuple):
+        super().__init__()
+        self.context_block, self.x_block = block.context_block, block.x_block
+        object.__setattr__(self, "_original", block)
+        object.__setattr__(self, "_engine", engine)
+        self._layer = layer
+
+    def forward(self, context, x, c=None, **kwargs):
+        return self._engine.joint_block(self._original, self._layer, context, x, c, **kwargs)
+
+
 class _Context:
     """What the wrapper tells the patches for one model call (lives in transformer_options[KEY])."""
 
@@ -77,6 +97,7 @@ class EditEngine:
         self.settings, self.schedule, self.states_down = settings, schedule, states_down
         self.source_cond, self.mask, self.branch = source_cond, mask, branch
         self.cache: dict = {}
+        self.current: Optional[_Context] = None     # the DiT blocks' channel (the host's MMDiT passes no options)
         self._src_conds: dict = {}
         self.stats = {"calls": 0, "source_calls": 0, "seconds": 0.0}
 
@@ -119,15 +140,17 @@ class EditEngine:
                 opts["cond_or_uncond"] = cou + cou
                 opts[KEY] = _Context(k, "batched", n, b, cou)
                 c_all["transformer_options"] = opts
+                self.current = opts[KEY]
                 out = apply_model(torch.cat([x_src, x]), torch.cat([t, t]), **c_all)
                 return out[n:]
             opts = dict(c.get("transformer_options", {}))
-            opts[KEY] = _Context(k, "capture", n, b, cou)
+            opts[KEY] = self.current = _Context(k, "capture", n, b, cou)
             apply_model(x_src, t, **dict(c_src, transformer_options=opts))
             opts = dict(c.get("transformer_options", {}))
-            opts[KEY] = _Context(k, "inject", n, b, cou)
+            opts[KEY] = self.current = _Context(k, "inject", n, b, cou)
             return apply_model(x, t, **dict(c, transformer_options=opts))
         finally:
+            self.current = None
             self.cache.clear()
             self.stats["seconds"] += time.perf_counter() - start
 
@@ -225,6 +248,33 @@ class EditEngine:
         out[idx + offset] = p2p.to(out.dtype)
         return out
 
+    def joint_block(self, block, layer: tuple, context, x, c, **kwargs):
+        """One MMDiT joint block with the source's keys/values in the image tokens (the block's own pre/post
+        attention, the host's attention function; text tokens untouched)."""
+        ctx, s = self.current, self.settings
+        inject = ctx is not None and s.self_steps[ctx.step] and layer in s.self_layers
+        masked = ctx is not None and self.mask is not None and s.mask_steps[ctx.step] and layer in s.mask_layers
+        if not (inject or masked):
+            return block(context, x, c=c, **kwargs)
+        attention = _host_attention()
+        cb, xb = block.context_block, block.x_block
+        c_qkv, c_rest = cb.pre_attention(context, c)
+        x_qkv, x_rest = xb.pre_attention(x, c)
+        x_qkv = tuple(t.reshape(t.shape[0], t.shape[1], -1) for t in x_qkv)   # v comes as [B, L, heads, dim]
+        c_qkv = tuple(t.reshape(t.shape[0], t.shape[1], -1) for t in c_qkv)
+        src, edit = self._split(ctx, layer, "joint", *x_qkv)
+        if src is not None:
+            keep = token_mask_for_layer(self.mask.to(x.device), x.shape[1], edit[0].shape[0]) if masked else None
+            qe, ke, ve = inject_self_attention(*edit, *src, use_q=inject and s.use_q, use_k=inject and s.use_k,
+                                               use_v=inject and s.use_v, strength=s.strength, keep=keep)
+            x_qkv = (qe, ke, ve) if ctx.phase == "inject" else tuple(
+                torch.cat([a, e]) for a, e in zip(src, (qe, ke, ve)))
+        qkv = [torch.cat((c_qkv[i], x_qkv[i]), dim=1) for i in range(3)]
+        out = attention.optimized_attention(qkv[0], qkv[1], qkv[2], xb.attn.num_heads)
+        split = c_qkv[0].shape[1]
+        context = None if cb.pre_only else cb.post_attention(out[:, :split], *c_rest)
+        return context, xb.post_attention(out[:, split:], *x_rest)
+
     def output_block(self, h, hsp, transformer_options):
         ctx: Optional[_Context] = transformer_options.get(KEY)
         s = self.settings
@@ -268,18 +318,29 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
         raise ValueError("inverted_latent: the edit engine needs the stored trajectory, which this latent lacks; "
                          "connect an inversion node's output directly")
     diffusion_model = model.model.diffusion_model
-    layers_available = unet_layers(diffusion_model)
+    dit = bool(dit_layers(diffusion_model))
+    layers_available = dit_layers(diffusion_model) if dit else unet_layers(diffusion_model)
     if not layers_available:
-        raise ValueError(f"model: no UNet transformer blocks found in {type(diffusion_model).__name__}; the engine "
-                         "handles SD-style UNets (SD1.x / SD2.x / SDXL and the reference model) on this host")
+        raise ValueError(f"model: no UNet transformer blocks or MMDiT joint blocks found in "
+                         f"{type(diffusion_model).__name__}; the engine handles SD-style UNets (SD1.x / SD2.x / SDXL, "
+                         "the reference model) and SD3's MMDiT on this host")
+    if dit and not hasattr(model, "add_object_patch"):
+        raise RuntimeError("Inversion Edit Engine: this ComfyUI's ModelPatcher lacks add_object_patch (needed for "
+                           "MMDiT blocks)")
     m = _mask_for(mask, samples, "mask")
     settings = resolve_settings(mode, model_family(model), total, layers_available, window_start=window_start,
                                 window_end=window_end, layers=layers, strength=strength, residual=residual_features,
-                                reweight=reweight, tokens=tokens, masked=m is not None, dit=False)
+                                reweight=reweight, tokens=tokens, masked=m is not None, dit=dit)
     engine = EditEngine(settings, schedule, states_down, source_conditioning, m, source_branch)
     patched = model.clone()
     # the patches are installed even for an empty window: outside the window every call takes the host's own path
     patched.set_model_unet_function_wrapper(engine)
+    if dit:
+        for layer in layers_available:
+            block = diffusion_model.joint_blocks[layer[1]]
+            patched.add_object_patch(f"diffusion_model.joint_blocks.{layer[1]}",
+                                     _JointBlockWithInjection(block, engine, layer))
+        return patched, engine
     for layer in layers_available:
         patched.set_model_attn1_replace(engine.attn1, layer[0], layer[1], layer[2])
         if settings.cross_steps:
@@ -299,7 +360,7 @@ class InversionEditEngine:
         "inverted latent's stored trajectory (the image's own denoising path, exact at every step) running next to "
         "the edit, and the edit borrowing the source's attention. Connect the patched MODEL, the edit prompt and the "
         "same inverted latent to the Inverted Latent Sampler (or the Inverted Replay SAMPLER). Modes: "
-        + " ".join(f"{m}: {h}" for m, h in MODE_HELP.items() if m != "dit_kv")
+        + " ".join(f"{m}: {h}" for m, h in MODE_HELP.items())
         + " With the source prompt (and source correction 1) the edit reconstructs the image.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL",)
@@ -317,8 +378,9 @@ class InversionEditEngine:
                     "the source branch. Give the sampler the same latent.")}),
                 "source_conditioning": ("CONDITIONING", {"tooltip": (
                     "The prompt the image was inverted with (the source branch's prompt).")}),
-                "mode": ([m for m in MODES if m != "dit_kv"], {"default": "pnp", "tooltip": " ".join(
-                    f"{m}: {h}" for m, h in MODE_HELP.items() if m != "dit_kv")}),
+                "mode": (list(MODES), {"default": "pnp", "tooltip": " ".join(
+                    f"{m}: {h}" for m, h in MODE_HELP.items()) + " UNet models take pnp / masactrl / p2p, SD3 "
+                    "(MMDiT) takes dit_kv."}),
                 "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": (
                     "How far the injected features move towards the source's (1 = replaced). Lower keeps less "
                     "structure and lets the prompt change more.")}),

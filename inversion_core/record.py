@@ -108,12 +108,12 @@ def top_fraction(sigmas: Tensor, sigma_max: Optional[float]) -> Optional[float]:
     return float(sigmas.max()) / float(sigma_max)
 
 
-def noise_share(sigma: float, model_kind: str) -> float:
-    """The noise's share of a latent at level σ: σ for flow models (x = (1−σ)x0 + σε), σ/√(1+σ²) for EPS/V
-    (x = x0 + σε, in units of the latent's total RMS)."""
+def image_share(sigma: float, model_kind: str) -> float:
+    """The image's share of a latent at level σ: 1 − σ for flow models (x = (1−σ)x0 + σε), 1/√(1+σ²) for EPS/V
+    (x = x0 + σε, relative to the latent's RMS for a unit-variance image)."""
     if model_kind == "CONST":
-        return float(sigma)
-    return float(sigma) / (1.0 + float(sigma) ** 2) ** 0.5
+        return max(0.0, 1.0 - float(sigma))
+    return 1.0 / (1.0 + float(sigma) ** 2) ** 0.5
 
 
 def reach_message(sigmas: Tensor, sigma_max: Optional[float], model_kind: str) -> Optional[str]:
@@ -122,9 +122,12 @@ def reach_message(sigmas: Tensor, sigma_max: Optional[float], model_kind: str) -
     if frac is None or frac >= REACHES_TOP:
         return None
     top = float(sigmas.max())
-    return (f"the inversion stops at sigma {top:.4g}, {100 * frac:.1f}% of the model's sigma_max {float(sigma_max):.4g} "
-            f"(noise share {100 * noise_share(top, model_kind):.0f}% vs {100 * noise_share(sigma_max, model_kind):.0f}% "
-            "at the top): the inverted latent is not the model's noise, so edits change little")
+    share, share_max = image_share(top, model_kind), image_share(float(sigma_max), model_kind)
+    msg = (f"the inversion stops at sigma {top:.4g}, {100 * frac:.1f}% of the model's sigma_max {float(sigma_max):.4g} "
+           f"(the image is {100 * share:.0f}% of the latent there, {100 * share_max:.0f}% at sigma_max)")
+    if share >= 0.2:
+        msg += ": the inverted latent is still largely the image, so edits change little"
+    return msg
 
 
 def describe_change(top: Tensor, samples: Tensor, rtol: float = 1e-3) -> Optional[str]:

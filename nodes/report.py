@@ -22,7 +22,7 @@ import torch
 
 from ..inversion_core import LATENT_KEY
 from ..inversion_core.metrics import psnr, ssim
-from ..inversion_core.record import describe_change, noise_share
+from ..inversion_core.record import describe_change, image_share
 from .bridge import warn
 from .common import CATEGORY
 
@@ -107,7 +107,7 @@ def report_table(original: torch.Tensor, reconstructed: torch.Tensor, entry: Opt
     if top is not None and smax:
         kind = entry.get("model_kind", "")
         lines.append(f"schedule: sigma 0 -> {top:.4g}, {100 * top / smax:.1f}% of the model's sigma_max {smax:.4g} "
-                     f"(noise share at the top {100 * noise_share(top, kind):.0f}%)")
+                     f"(the image's share of the latent there: {100 * image_share(top, kind):.0f}%)")
     lines += [f"WARNING: {w}" for w in list(entry.get("warnings") or []) + list(notes)]
     lines.append("per-step residual (RMS, latent units, inversion order): "
                  + (", ".join(f"{r:.2e}" for r in residual) if residual else "not measured by this method"))

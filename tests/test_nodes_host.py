@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -217,3 +218,113 @@ def test_easyinv_auto_preset_runs_with_ddim_cost():
     ddim = run_workflow(invert_and_replay(steps=20))
     assert rms(out["invert"][0]["samples"], ddim["invert"][0]["samples"]) > 1e-4    # the blend acted
     assert torch.isfinite(out["replay"][0]["samples"]).all()
+
+
+# ---------------------------------------------------------------------------- issue 15: reach sigma_max, progress
+INVERT_NODES = {
+    "DDIMInvert": {},
+    "EasyInvInvert": {"preset": "auto"},
+    "ExactInvert": {"preset": "balanced"},
+    "GNRIInvert": {"max_iterations": 2},
+    "PreciseInvInvert": {"max_iterations": 3},
+}
+
+
+def default_inversion(method, kind="eps", steps=1, **extra):
+    """An inversion node with only ``steps`` (and ``extra``) set: every other input at its declared default."""
+    prompt = tiny_inputs(kind)
+    prompt["invert"] = with_defaults({"class_type": method, "inputs": {
+        "model": ["model", 0], "positive": ["positive", 0], "negative": ["negative", 0], "latent": ["latent", 0],
+        "steps": steps, **extra}})
+    return prompt
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("steps", [1, 2, 4, 10])
+def test_ddim_invert_with_only_steps_set_reaches_the_models_sigma_max(kind, steps, caplog):
+    caplog.clear()
+    out = run_workflow(default_inversion("DDIMInvert", kind, steps))
+    sigma_max = float(out["model"][0].get_model_object("model_sampling").sigma_max)
+    sigmas = out["invert"][1]
+    assert len(sigmas) == steps + 1
+    assert float(sigmas[0]) == pytest.approx(sigma_max, rel=1e-5), (float(sigmas[0]), sigma_max)
+    entry = out["invert"][0]["inversion"]
+    assert entry["stats"]["reach"] == pytest.approx(1.0, rel=1e-5) and entry["warnings"] == []
+    assert not [r for r in caplog.records if r.name == "comfyui-inversion"]
+
+
+@pytest.mark.parametrize("method", sorted(INVERT_NODES))
+def test_every_inversion_node_reaches_sigma_max_by_default(method):
+    out = run_workflow(default_inversion(method, "eps", 1, **INVERT_NODES[method]))
+    sigma_max = float(out["model"][0].get_model_object("model_sampling").sigma_max)
+    assert float(out["invert"][1][0]) == pytest.approx(sigma_max, rel=1e-5)
+
+
+def test_a_schedule_that_stops_short_is_warned_and_recorded(caplog):
+    caplog.clear()
+    out = run_workflow(default_inversion("DDIMInvert", "eps", 1, scheduler="ddim_uniform"))
+    entry = out["invert"][0]["inversion"]
+    sigma_max = entry["stats"]["model_sigma_max"]
+    assert entry["stats"]["top_sigma"] == pytest.approx(0.0413, abs=5e-4)
+    assert entry["stats"]["reach"] == pytest.approx(entry["stats"]["top_sigma"] / sigma_max)
+    want = (f"the inversion stops at sigma 0.04131, 0.3% of the model's sigma_max {sigma_max:.4g} (the image is 100% "
+            f"of the latent there, {100 / (1 + sigma_max ** 2) ** 0.5:.0f}% at sigma_max): the inverted latent is still "
+            "largely the image, so edits change little")
+    assert entry["warnings"] and entry["warnings"][0].startswith(want), entry["warnings"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "comfyui-inversion" and r.levelname == "WARNING"]
+    assert logged == [f"[comfyui-inversion] ddim inversion: {entry['warnings'][0]}"], logged
+    # a SIGMAS input that stops short: the same
+    prompt = default_inversion("DDIMInvert", "eps", 4)
+    prompt["sched"] = {"class_type": "BasicScheduler", "inputs": {
+        "model": ["model", 0], "scheduler": "karras", "steps": 8, "denoise": 1.0}}
+    prompt["split"] = {"class_type": "SplitSigmas", "inputs": {"sigmas": ["sched", 0], "step": 4}}
+    prompt["invert"]["inputs"]["sigmas"] = ["split", 1]
+    caplog.clear()
+    out = run_workflow(prompt)
+    assert out["invert"][0]["inversion"]["stats"]["reach"] < 0.2
+    assert any("the inversion stops at sigma" in r.getMessage() for r in caplog.records)
+    # denoise < 1 is a partial inversion on purpose: recorded, not warned
+    caplog.clear()
+    out = run_workflow(default_inversion("DDIMInvert", "eps", 4, denoise=0.5))
+    entry = out["invert"][0]["inversion"]
+    assert entry["warnings"][0].startswith("partial inversion (denoise < 1): the inversion stops at sigma")
+    assert not [r for r in caplog.records if r.name == "comfyui-inversion"]
+
+
+@pytest.fixture
+def progress_every_evaluation():
+    bridge = sys.modules[f"{host.PACK_DIR_NAME}.nodes.bridge"]
+    old = bridge.PROGRESS_INTERVAL
+    bridge.PROGRESS_INTERVAL = 0.0
+    yield
+    bridge.PROGRESS_INTERVAL = old
+
+
+@pytest.mark.parametrize("method, extra, evals_per_step", [
+    ("ExactInvert", {"preset": "balanced"}, 3),
+    ("GNRIInvert", {"max_iterations": 2}, None),
+    ("PreciseInvInvert", {"max_iterations": 4}, None),
+])
+def test_progress_moves_inside_a_step(method, extra, evals_per_step, progress_every_evaluation):
+    """The bar moves per model evaluation (Denoiser.on_eval -> host progress), not only when a step ends."""
+    out = run_workflow(default_inversion(method, "eps", 3, scheduler="karras", **extra))
+    values = [v for v, m in out.progress_for("invert")]
+    assert all(m == 3 for _, m in out.progress_for("invert"))
+    # the gradient methods may restart once on this host (grad_mode's saved-tensor retry): the bar then starts over
+    drops = [i for i in range(1, len(values)) if values[i] < values[i - 1]]
+    run = values[drops[-1]:] if drops else values
+    assert len(drops) <= (0 if evals_per_step else 1), values
+    assert run == sorted(run) and run[-1] == 3                         # monotonic, ends at the last step
+    assert [v for v in run if v == int(v)] == [1, 2, 3]
+    for step in range(3):                                              # fractional updates inside every step
+        assert [v for v in run if step < v < step + 1], (step, values)
+    fwd = out["invert"][0]["inversion"]["stats"]["forward_evals"]
+    fractional = [v for v in values if v != int(v)]                   # one update per model evaluation (the
+    assert len(fractional) == fwd, (len(fractional), fwd, values)     # record counts an aborted attempt's too)
+    if evals_per_step:
+        assert fwd == 3 * evals_per_step
+
+
+def test_progress_inside_a_step_is_throttled_by_default():
+    out = run_workflow(default_inversion("ExactInvert", "eps", 3, scheduler="karras", preset="balanced"))
+    assert [v for v, _ in out.progress_for("invert")] == [1, 2, 3]    # fast steps: no extra messages

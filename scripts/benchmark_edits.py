@@ -42,11 +42,28 @@ import torch  # noqa: E402
 FEATURE_SIGMA = 0.2
 CLASSIFIER_SIGMAS = (0.3, 0.7, 1.5, 3.0)
 CLASSIFIER_SEEDS = (0, 1)
-MODELS = ("reference", "sd3-mmdit-flow")
+MODELS = ("sd-unet-eps", "sd3-mmdit-flow")   # the reference models (nodes/reference_model.py); "reference" = the first
+
+
+def dit_settings(quick: bool) -> list[tuple[str, dict]]:
+    """The DiT (SD3 MMDiT) rows: dit_kv over its window range, and the masked rows."""
+    E = lambda **k: {"engine": dict(mode="dit_kv", **k)}  # noqa: E731
+    rows = [("plain replay", {}), ("replay + source correction", {"correction": 1.0})]
+    for end in ((0.3, 1.0) if quick else (0.1, 0.2, 0.3, 0.5, 1.0)):
+        rows.append((f"dit_kv 0-{end:g}", E(window_start=0.0, window_end=end)))
+    if not quick:
+        rows.append(("dit_kv 0-1 strength 0.5", E(window_start=0.0, window_end=1.0, strength=0.5)))
+        rows.append(("dit_kv 0.2-1", E(window_start=0.2, window_end=1.0)))
+    rows += [("masked: plain replay, latent pin", {"mask": "pin"}),
+             ("masked: dit_kv 0-1, KV mask only", {"mask": "kv", **E(window_start=0.0, window_end=1.0)}),
+             ("masked: dit_kv 0-1, KV mask + latent pin", {"mask": "both", **E(window_start=0.0, window_end=1.0)})]
+    if not quick:
+        rows.insert(-3, ("masked: plain replay, no mask", {"mask": "none"}))
+    return rows
 
 
 def settings(quick: bool) -> list[tuple[str, dict]]:
-    """(label, replay/engine parameters); ``engine`` None = no engine."""
+    """(label, replay/engine parameters); no ``engine`` = no engine."""
     rows = [("plain replay", {}), ("replay + source correction", {"correction": 1.0})]
     E = lambda **k: {"engine": k}  # noqa: E731
     for end in ((0.5,) if quick else (0.25, 0.5, 1.0)):
@@ -80,7 +97,7 @@ def settings(quick: bool) -> list[tuple[str, dict]]:
 
 # ---------------------------------------------------------------------------------------------------- the model
 def load_model(name: str, rm):
-    if name == "reference":
+    if name in ("reference", MODELS[0]):
         return rm.load_reference_model()
     try:
         return rm.load_reference_model(name)
@@ -103,14 +120,18 @@ class Judge:
     def __init__(self, model, clip, vocab: list[str], edit_metrics):
         self.model, self.base, self.m = model, model.model, edit_metrics
         self.ms = model.get_model_object("model_sampling")
-        self.table = torch.cat([clip.encode_from_tokens(clip.tokenize(p)) for p in vocab])   # [V, T, D]
+        enc = [clip.encode_from_tokens(clip.tokenize(p), return_pooled=True) for p in vocab]
+        self.table = torch.cat([c for c, _ in enc])                                        # [V, T, D]
+        self.pooled = torch.cat([p for _, p in enc])                                      # [V, D]
         self.vocab = vocab
-        self.feature_block = None
+        self.dit = hasattr(self.base.diffusion_model, "joint_blocks")
 
-    def _apply(self, x, sigma: float, context, patches=None):
+    def _apply(self, x, sigma: float, p: int, patches=None):
         s = torch.full((x.shape[0],), float(sigma))
         opts = {"patches": patches} if patches else {}
-        return self.base.apply_model(x, s, c_crossattn=context, transformer_options=opts)
+        context = self.table[p:p + 1].expand(x.shape[0], -1, -1)
+        extra = {"y": self.pooled[p:p + 1].expand(x.shape[0], -1)} if self.dit else {}
+        return self.base.apply_model(x, s, c_crossattn=context, transformer_options=opts, **extra)
 
     def _noised(self, x0, sigma: float, seed: int):
         gen = torch.Generator().manual_seed(seed)
@@ -118,20 +139,31 @@ class Judge:
         return self.ms.noise_scaling(torch.tensor(sigma), eps, x0), eps
 
     def features(self, latents) -> torch.Tensor:
-        """Decoder activations entering the middle output block at σ = FEATURE_SIGMA, empty prompt, fixed noise."""
-        blocks = len(getattr(self.base.diffusion_model, "output_blocks", []))
-        if not blocks:
-            raise RuntimeError("feature extraction is implemented for UNets")
-        want, got = blocks // 2, {}
+        """At σ = FEATURE_SIGMA, empty prompt, fixed noise: UNet — the decoder activations entering the middle
+        output block (captured with the host's output_block_patch); MMDiT — the image tokens leaving the middle
+        joint block (a forward hook on that block instance, measurement only), as a [B, C, h, w] grid."""
+        x, _ = self._noised(latents, FEATURE_SIGMA, 1234)
+        got = {}
+        if self.dit:
+            blocks = self.base.diffusion_model.joint_blocks
+            handle = blocks[len(blocks) // 2].register_forward_hook(
+                lambda mod, args, out: got.__setitem__("h", out[1].detach().float().clone()))
+            try:
+                self._apply(x, FEATURE_SIGMA, 0)
+            finally:
+                handle.remove()
+            tokens = got["h"]
+            h, w = latents.shape[-2:]
+            gh = int(round((tokens.shape[1] * h / w) ** 0.5))
+            return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], gh, tokens.shape[1] // gh)
+        want = len(self.base.diffusion_model.output_blocks) // 2
 
         def capture(h, hsp, opts):
             if opts.get("block") == ("output", want):
                 got["h"] = h.detach().float().clone()
             return h, hsp
 
-        x, _ = self._noised(latents, FEATURE_SIGMA, 1234)
-        ctx = self.table[0:1].expand(latents.shape[0], -1, -1)
-        self._apply(x, FEATURE_SIGMA, ctx, {"output_block_patch": [capture]})
+        self._apply(x, FEATURE_SIGMA, 0, {"output_block_patch": [capture]})
         return got["h"]
 
     def classifier(self, latents) -> torch.Tensor:
@@ -143,8 +175,7 @@ class Judge:
             for seed in CLASSIFIER_SEEDS:
                 x, eps = self._noised(latents, sigma, seed)
                 for p in range(len(self.vocab)):
-                    ctx = self.table[p:p + 1].expand(latents.shape[0], -1, -1)
-                    den = self._apply(x, sigma, ctx)
+                    den = self._apply(x, sigma, p)
                     eps_hat = (x - alpha(sigma) * den) / sigma
                     total[:, p] += (eps_hat - eps).pow(2).flatten(1).mean(1)
                 n += 1
@@ -186,7 +217,7 @@ def run_model(name: str, quick: bool, steps: int, cfg: float, pack, out_dir: Pat
         for key, pix, sp, tp in (("plain", pixels, src_prompts, tgt_prompts),
                                  ("masked", composite, comp_src, comp_tgt)):
             latent = {"samples": vae.encode(pix)}
-            schedule = bridge.schedule_from_inputs(model, steps, "ddim_uniform", None)
+            schedule = bridge.schedule_from_inputs(model, steps, "simple" if judge.dit else "ddim_uniform", None)
             sampler = pack.NODE_CLASS_MAPPINGS["ExactInvert"]().sampler(
                 model, preset="balanced", tolerance=1e-4, budget=3, memory=3)
             src, tgt = conditioning(clip, sp), conditioning(clip, tp)
@@ -196,7 +227,7 @@ def run_model(name: str, quick: bool, steps: int, cfg: float, pack, out_dir: Pat
                              tgt_idx=torch.tensor([vocab.index(p) for p in tp]),
                              feats=judge.features(latent["samples"]))
         rows, examples = [], {}
-        for label, spec in settings(quick):
+        for label, spec in (dit_settings(quick) if judge.dit else settings(quick)):
             job = jobs["masked" if "mask" in spec else "plain"]
             mode = spec.get("mask", "none")
             start = time.perf_counter()
@@ -231,7 +262,8 @@ def run_model(name: str, quick: bool, steps: int, cfg: float, pack, out_dir: Pat
         src_errs = judge.classifier(jobs["plain"]["latent"])
         src_margin = 1000.0 * (src_errs.gather(1, jobs["plain"]["src_idx"][:, None])
                                - src_errs.gather(1, jobs["plain"]["tgt_idx"][:, None]))[:, 0]
-        cost = measure_cost(model, jobs["plain"], empty, cfg, bridge, edit, PeakMemory)
+        cost = measure_cost(model, jobs["plain"], empty, cfg, bridge, edit, PeakMemory,
+                            "dit_kv" if judge.dit else "masactrl")
     plain = rows[0]
     for r in rows:
         r["edit %"] = 100.0 * r["edit score"] / plain["edit score"] if plain["edit score"] else float("nan")
@@ -242,14 +274,14 @@ def run_model(name: str, quick: bool, steps: int, cfg: float, pack, out_dir: Pat
     return result
 
 
-def measure_cost(model, job, empty, cfg, bridge, edit, PeakMemory) -> dict:
+def measure_cost(model, job, empty, cfg, bridge, edit, PeakMemory, mode: str = "masactrl") -> dict:
     """Seconds and peak memory of one replay (batch of all images): plain, engine batched, engine cached (full window,
     MasaCtrl: every step pays the source branch)."""
     out = {}
     for label, branch in (("plain", None), ("batched", "batched"), ("cached", "cached")):
         use = model
         if branch:
-            use, _ = edit.build_engine_patch(model, job["inv"], job["src"], "masactrl", window_start=0.0,
+            use, _ = edit.build_engine_patch(model, job["inv"], job["src"], mode, window_start=0.0,
                                              window_end=1.0, source_branch=branch)
         bridge.run_replay(use, job["tgt"], empty, cfg, job["inv"])          # warm-up
         with PeakMemory("cpu") as mem:
@@ -297,7 +329,7 @@ def verdict(result: dict) -> list[str]:
     out.append("masked edits with background PSNR >= 35 dB: " + (", ".join(
         f"{r['setting']} ({r['background PSNR']:.1f} dB)" for r in masked) or "none"))
     c = result["cost"]
-    out.append("source branch cost (one replay of the batch, MasaCtrl on every step): "
+    out.append("source branch cost (one replay of the batch, injection on every step): "
                + ", ".join(f"{k} {v['seconds']:.2f} s / +{v['peak_mb']:.0f} MB peak" for k, v in c.items()))
     return out
 
@@ -378,7 +410,7 @@ def _examples(res: dict, path: Path) -> None:
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="4 images, fewer settings (about a minute)")
-    ap.add_argument("--model", default="all", choices=MODELS + ("all",))
+    ap.add_argument("--model", default="all", choices=MODELS + ("reference", "all"))
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--out", default=str(ROOT / "out" / "edits"))
@@ -396,7 +428,7 @@ def main(argv=None) -> list[dict]:
         try:
             results.append(run_model(name, args.quick, args.steps, args.cfg, pack, Path(args.out), log))
         except RuntimeError as e:
-            if args.model != "all" or name == "reference":
+            if args.model != "all" or name == MODELS[0]:
                 raise
             print(f"\n## {name}\n\nskipped: {e}\n")
     write_outputs(results, Path(args.out), args.docs)

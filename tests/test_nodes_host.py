@@ -328,3 +328,19 @@ def test_progress_moves_inside_a_step(method, extra, evals_per_step, progress_ev
 def test_progress_inside_a_step_is_throttled_by_default():
     out = run_workflow(default_inversion("ExactInvert", "eps", 3, scheduler="karras", preset="balanced"))
     assert [v for v, _ in out.progress_for("invert")] == [1, 2, 3]    # fast steps: no extra messages
+
+
+@pytest.mark.parametrize("name, value, words", [("tolerance", 0.0, "tolerance"), ("budget", 0, "budget")])
+def test_exact_custom_widgets_reject_values_that_would_fail(name, value, words):
+    prompt = invert_and_replay(method="ExactInvert", extra={
+        "preset": "custom", "tolerance": 1e-4, "budget": 3, "memory": 3, name: value})
+    with pytest.raises(WorkflowValidationError) as err:               # refused before anything runs
+        run_workflow(prompt)
+    assert words in str(err.value) and "invert" in str(err.value)
+
+
+def test_missing_schedule_message_lists_every_inversion_node():
+    prompt = invert_and_replay()
+    prompt["replay"]["inputs"]["inverted_latent"] = ["latent", 0]
+    err = expect_error(prompt, "inverted_latent: this LATENT carries no inversion schedule")
+    assert "(DDIM / EasyInv / Exact / GNRI / PreciseInv Invert)" in str(err)

@@ -127,3 +127,13 @@ def test_short_schedule_and_changed_latent_are_reported():
     assert "WARNING: the inversion stops at sigma 4.117, 28.2% of the model's sigma_max 14.61" in table, table
     assert ("WARNING: inverted_latent's samples are no longer the noise this record describes (flipped left-right)"
             in table), table
+
+
+def test_report_of_another_inversion_is_an_error():
+    prompt = reference_prompt("DDIMInvert", {}, steps=4)
+    prompt["two"] = {"class_type": "ImageBatch", "inputs": {"image1": ["img", 0], "image2": ["img", 0]}}
+    prompt["report"]["inputs"].update(original=["two", 0], reconstructed=["two", 0])
+    with pytest.raises(host.WorkflowError) as err:
+        run_workflow(prompt)
+    assert err.value.exception_message == ("inverted_latent: the inversion is of 1 image(s) but original has 2: the "
+                                           "record belongs to another inversion")

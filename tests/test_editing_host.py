@@ -297,3 +297,14 @@ def test_all_zero_mask_from_an_rgb_png_is_warned(caplog, tmp_path):
     assert float(out["img"][1].max()) == 0.0                        # the host's mask really is all 0
     assert any("mask: the mask is 0 everywhere, so nothing is edited" in w for w in warnings_of(caplog)), \
         warnings_of(caplog)
+
+
+def test_replay_with_a_model_on_another_noise_schedule_is_warned(caplog):
+    prompt = invert_and_replay(method="ExactInvert", extra=EXACT)
+    prompt["zsnr"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["model", 0], "sampling": "eps",
+                                                                        "zsnr": True}}
+    prompt["replay"]["inputs"]["model"] = ["zsnr", 0]
+    caplog.clear()
+    run_workflow(prompt)
+    found = warnings_of(caplog, "model: its noise schedule tops out at sigma")
+    assert len(found) == 1 and "the model this latent was inverted with at 14.61" in found[0], warnings_of(caplog)

@@ -137,3 +137,10 @@ def test_report_of_another_inversion_is_an_error():
         run_workflow(prompt)
     assert err.value.exception_message == ("inverted_latent: the inversion is of 1 image(s) but original has 2: the "
                                            "record belongs to another inversion")
+
+
+def test_gnri_reports_its_budget():
+    out = run_workflow(reference_prompt("GNRIInvert", {}))               # the node's defaults
+    table = out["report"][0]
+    assert "promise: at most 3 model evaluations per step (variant quasi-newton)" in table, table
+    assert "missed their tolerance" not in table and "bad steps: none" in table, table

@@ -29,10 +29,11 @@ from ..inversion_core import (LATENT_KEY, Denoiser, InversionRecord, MissingInve
                               invert, read_latent_entry, replay)
 from ..inversion_core.record import describe_change, reach_message
 from ..inversion_core.replay import source_offsets, step_weights
+from ..inversion_core.solvers.bdia import METHOD as BDIA, bdia_replay, bdia_source_offsets
 from ..inversion_core.invert import StepHook, StepSolver
 
 MODEL_KINDS = ("CONST", "EDM", "V_PREDICTION", "EPS")  # most specific first (V_PREDICTION subclasses EPS)
-INVERSION_NODES = "DDIM / EasyInv / Exact / GNRI / PreciseInv Invert"
+INVERSION_NODES = "DDIM / EasyInv / Exact / GNRI / PreciseInv / BDIA Invert"
 
 log = logging.getLogger("comfyui-inversion")
 
@@ -145,7 +146,21 @@ class _Inverted:
 
     def __init__(self, size: int = 16):
         self.items: collections.deque = collections.deque(maxlen=size)
+        self.bdia: collections.deque = collections.deque(maxlen=size)    # (top, pair state, gamma) of BDIA inversions
         self.lock = threading.Lock()
+
+    def mark_bdia(self, top: torch.Tensor, pair: torch.Tensor, gamma: float) -> None:
+        with self.lock:
+            self.bdia.append((top.detach().float().cpu().clone(), pair.detach().float().cpu().clone(), float(gamma)))
+
+    def bdia_for(self, x: torch.Tensor) -> Optional[tuple[torch.Tensor, float]]:
+        """(pair state, gamma) when ``x`` is the top of a recent BDIA inversion (which must be replayed with BDIA)."""
+        with self.lock:
+            items = list(self.bdia)
+        for top, pair, gamma in reversed(items):
+            if top.shape == x.shape and describe_change(top, x) is None:
+                return pair, gamma
+        return None
 
     def add(self, top: torch.Tensor, schedule: torch.Tensor) -> None:
         with self.lock:
@@ -223,9 +238,10 @@ class ReplaySampler(comfy.samplers.Sampler):
     no inversion's top (plain, changed after inversion, or from an earlier session) is replayed with a warning."""
 
     def __init__(self, offsets=None, weights=None, mask: Optional[torch.Tensor] = None, states_down=None,
-                 checked: bool = False):
+                 checked: bool = False, bdia: Optional[tuple] = None):
         self.offsets, self.weights, self.mask, self.states_down = offsets, weights, mask, states_down
         self.checked = checked
+        self.bdia = bdia        # (pair state or None, gamma): replay with the BDIA step (inversion_core/solvers/bdia.py)
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -234,10 +250,17 @@ class ReplaySampler(comfy.samplers.Sampler):
         if denoise_mask is not None and self.mask is None:
             raise ValueError("latent noise_mask: a masked edit needs the stored inversion trajectory; use the "
                              "Inverted Latent Sampler's mask input instead of SamplerCustomAdvanced")
+        bdia = self.bdia
         if not self.checked:
             check_replay_input(x_top, schedule)
+            bdia = bdia or INVERTED.bdia_for(x_top)     # a BDIA top is never replayed with the plain step
         den = _denoiser(model_wrap, extra_args)
-
+        if bdia is not None:
+            pair = None if bdia[0] is None else bdia[0].to(device=x_top.device)
+            out = bdia_replay(den, x_top, pair, schedule, bdia[1], callback=_host_progress(callback),
+                              offsets=self.offsets, weights=self.weights, mask=self.mask,
+                              states_down=self.states_down)
+            return out.to(device=x_top.device)
         out = replay(den, x_top, schedule, callback=_host_progress(callback), offsets=self.offsets,
                      weights=self.weights, mask=self.mask, states_down=self.states_down)
         return out.to(device=x_top.device)
@@ -271,8 +294,9 @@ def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor) -> None:
 class _OffsetSampler(comfy.samplers.Sampler):
     """Runs only the source branch over the stored trajectory to compute the DirectInversion offsets."""
 
-    def __init__(self, states_down, weights):
+    def __init__(self, states_down, weights, bdia_gamma: Optional[float] = None):
         self.states_down, self.weights, self.offsets = states_down, weights, None
+        self.bdia_gamma = bdia_gamma
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -281,6 +305,10 @@ class _OffsetSampler(comfy.samplers.Sampler):
         device = latent_image.device
         states = [s.to(device) for s in self.states_down]
 
+        if self.bdia_gamma is not None:
+            self.offsets = bdia_source_offsets(den, states, schedule, self.bdia_gamma, self.weights,
+                                               callback=_host_progress(callback))
+            return latent_image
         self.offsets = source_offsets(den, states, schedule, self.weights, callback=_host_progress(callback))
         return latent_image
 
@@ -424,6 +452,23 @@ def _mask_for(mask: Optional[torch.Tensor], samples: torch.Tensor, name: str) ->
     return m
 
 
+def _bdia_replay_state(entry: dict, states_down: list, total: int, change: Optional[str]) -> Optional[tuple]:
+    """(pair state z_{T-1} or None, gamma) for a BDIA record, None for every other method. Unchanged samples replay
+    from the stored pair; changed ones (variations) start with one plain step, as BDIA's sampler does from noise."""
+    if entry.get("method") != BDIA:
+        return None
+    gamma = (entry.get("params") or {}).get("gamma")
+    if gamma is None or len(states_down) != total + 1:
+        raise ValueError("inverted_latent: this BDIA inversion's record lacks its gamma or its stored trajectory (the "
+                         "pair state z_{T-1}); BDIA cannot be replayed without them and the plain step would not "
+                         "reconstruct. Connect the BDIA Invert node's LATENT directly")
+    if change is not None:
+        warn("Inverted Latent Sampler: BDIA's pair state z_{T-1} belongs to the noise that was inverted, not to these "
+             "changed samples, so the BDIA replay starts with one plain step from them (a generation)")
+        return None, float(gamma)
+    return states_down[1], float(gamma)
+
+
 def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_positive=None,
                correction_strength: float = 0.0, correction_start_step: int = 0, correction_end_step: int = -1,
                mask: Optional[torch.Tensor] = None) -> dict:
@@ -458,13 +503,14 @@ def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_po
         if uses:
             raise ValueError(
                 f"inverted_latent: its samples are no longer the noise that was inverted ({change}: a node between "
-                f"the inversion and this sampler changed them). {' and '.join(uses).capitalize()} replay the "
-                "stored trajectory of the original noise, which does not belong to these samples, so the result "
-                "would be wrong. Connect the inversion node's LATENT directly, or set correction_strength to 0 "
+                f"the inversion and this sampler changed them). {' and '.join(uses).capitalize()} "
+                f"{'use' if len(uses) > 1 else 'uses'} the stored trajectory of the original noise, which does not "
+                "belong to these samples, so the result would be wrong. Connect the inversion node's LATENT directly, or set correction_strength to 0 "
                 "and disconnect the mask to replay the changed noise without them")
         warn(f"Inverted Latent Sampler: inverted_latent's samples are no longer the noise that was inverted "
              f"({change}); replaying them on the stored schedule anyway (no reconstruction: fine for variations, "
              "otherwise connect the inversion node's LATENT directly)")
+    bdia = _bdia_replay_state(entry, states_down, total, change)     # BDIA records replay with the BDIA step
     offsets = None
     if any(weights):
         if source_positive is None:
@@ -474,11 +520,11 @@ def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_po
                 "source prompt itself, connect it to both positive and source_positive), or set "
                 "correction_strength to 0")
         check_conditioning(source_positive, samples.shape[0], "source_positive")
-        offset_sampler = _OffsetSampler(states_down, weights)
+        offset_sampler = _OffsetSampler(states_down, weights, None if bdia is None else bdia[1])
         _guide(model, source_positive, negative, cfg, samples, offset_sampler, schedule)
         offsets = offset_sampler.offsets
     m = _mask_for(mask_input, samples, "mask" if mask is not None else "inverted_latent noise_mask")
-    sampler = ReplaySampler(offsets, weights, m, states_down if m is not None else None, checked=True)
+    sampler = ReplaySampler(offsets, weights, m, states_down if m is not None else None, checked=True, bdia=bdia)
     out_samples = _guide(model, positive, negative, cfg, samples, sampler, schedule)
     out = {k: v for k, v in latent.items() if k not in ("samples", LATENT_KEY, "noise_mask")}
     out["samples"] = out_samples.to(samples.dtype).cpu()

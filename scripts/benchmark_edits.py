@@ -284,10 +284,15 @@ def measure_cost(model, job, empty, cfg, bridge, edit, PeakMemory, mode: str = "
             use, _ = edit.build_engine_patch(model, job["inv"], job["src"], mode, window_start=0.0,
                                              window_end=1.0, source_branch=branch)
         bridge.run_replay(use, job["tgt"], empty, cfg, job["inv"])          # warm-up
-        with PeakMemory("cpu") as mem:
-            start = time.perf_counter()
-            bridge.run_replay(use, job["tgt"], empty, cfg, job["inv"])
-            seconds = time.perf_counter() - start
+        times, peaks = [], []
+        for _ in range(3):      # a shared CPU is noisy: the fastest of three, the largest peak
+            with PeakMemory("cpu") as mem:
+                start = time.perf_counter()
+                bridge.run_replay(use, job["tgt"], empty, cfg, job["inv"])
+                times.append(time.perf_counter() - start)
+            peaks.append(mem.added_mb)
+        seconds = min(times)
+        mem.added_mb = max(peaks)
         out[label] = {"seconds": seconds, "peak_mb": mem.added_mb}
     return out
 

@@ -282,6 +282,12 @@ def inversion_methods(wf: Workflow, steps: int, scheduler: str = REFERENCE_SCHED
         methods.append(("GNRI", "GNRIInvert", dict(common)))
     if wf.has("PreciseInvInvert"):
         methods.append(("PreciseInv", "PreciseInvInvert", dict(common, threshold_preset="precise (1e-5)")))
+    known = {node for _t, node, _w in methods}
+    for name in sorted(wf.defs):       # any other inversion node of the pack, at its defaults
+        cls = wf.defs[name]
+        if (name.endswith("Invert") and name not in known and getattr(cls, "CATEGORY", "") == "sampling/inversion"
+                and tuple(getattr(cls, "RETURN_TYPES", ()))[:1] == ("LATENT",)):
+            methods.append((name[:-len("Invert")], name, dict(common)))
     return methods
 
 

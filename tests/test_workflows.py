@@ -32,6 +32,9 @@ CHECKPOINT = [p for p in WORKFLOWS if not p.name.startswith("reference_")]
 # workflow reconstruction (Exact, denoise 0.6) 61.8, edit 16.1; SamplerCustomAdvanced chain 56.5. Floors sit 5-9 dB
 # below.
 RECON_FLOOR = {"DDIM": 25.0, "EasyInv": 20.0, "Exact": 52.0, "GNRI": 52.0, "PreciseInv": 52.0}
+# The flow reference model (sd3-mmdit-flow, 10 steps, scheduler simple, cfg 1, 00_cat; measured 2026-12-02 on the
+# model trained at 16:06): DDIM 26.9, EasyInv 30.0, Exact 43.4, GNRI 43.3, PreciseInv 47.6. Floors 5 dB below.
+FLOW_FLOOR = {"DDIM": 21.0, "EasyInv": 25.0, "Exact": 38.0, "GNRI": 38.0, "PreciseInv": 42.0}
 PINNED_FLOOR = 60.0   # masked edit, outside the mask: pinned to the stored trajectory (measured 161.6)
 
 
@@ -319,7 +322,7 @@ def test_reference_reconstruct_all_methods(reference, defs):
         scores[tag] = psnr(img, original)
     print("reconstruction PSNR (dB):", {k: round(v, 2) for k, v in scores.items()})
     for tag, value in scores.items():
-        assert value >= RECON_FLOOR[tag], (tag, value, scores)
+        assert value >= RECON_FLOOR.get(tag, 0.0), (tag, value, scores)     # a method added since: no floor yet
     assert scores["Exact"] > scores["DDIM"] + 10, scores
     reports = [n for n in ui["nodes"] if n["type"] == "InversionReport"]
     for node in reports:
@@ -448,4 +451,6 @@ def test_reference_flow_workflow_runs_as_dropped(reference, defs):
             check_image(img)
             scores[tag] = psnr(img, original)
     print("flow reference reconstruction PSNR (dB):", {k: round(v, 2) for k, v in scores.items()})
-    assert scores["Exact"] > scores["DDIM"] + 5, scores
+    for tag, value in scores.items():
+        assert value >= FLOW_FLOOR.get(tag, 0.0), (tag, value, scores)
+    assert scores["Exact"] > scores["DDIM"] + 10, scores

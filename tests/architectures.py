@@ -14,11 +14,14 @@ sdxl      supported_models.SDXL           EPS, SDXL adm (y)       UNet 32/64 ch,
                                                                   label_emb on pooled + 6 size embeddings
 sd3       supported_models.SD3 (MMDiT)    CONST flow, shift 3     MMDiT depth 2 (hidden 128, 2 heads), patch 2,
                                                                   16 latent channels, pos_embed, y_embedder
+flux      supported_models.FluxSchnell    CONST flow, shift 1     1 double + 1 single block, hidden 64, 2 heads
+          (upstream only)                                         (rotary 4/14/14), vector_in on pooled output
 ========  ==============================  ======================  ===========================================
 
 SD2.x's v-prediction is normally detected from checkpoint weights; with no checkpoint, the family's config class
 is the host's ``SD20`` with ``model_type`` answering V_PREDICTION. Flux is absent from the PyPI fork (no
-``comfy/ldm/flux``); ``scripts/check_upstream.sh`` builds it against upstream.
+``comfy/ldm/flux``): ``flux`` builds only on upstream ComfyUI (``scripts/check_upstream.sh``); on the fork it is a
+clear error.
 
 Weights (``init_state_dict``): the host's layers skip initialisation (``comfy.ops.disable_weight_init``: whatever is
 in memory), so weights are drawn here, deterministically from ``seed``: the diffusion model is constructed once more
@@ -46,12 +49,13 @@ from typing import Sequence
 import torch
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = ("sd1", "sd2v", "sdxl", "sd3")
+FAMILIES = ("sd1", "sd2v", "sdxl", "sd3")     # what the PyPI fork has
+UPSTREAM_FAMILIES = ("flux",)                  # needs upstream ComfyUI (comfy/ldm/flux)
 CONTEXT_DIM = 32     # cross-attention token width (CLIP-L 768 / OpenCLIP-H 1024 / SDXL 2048 / SD3 4096 in real models)
 POOLED_DIM = 32      # pooled text embedding (SDXL, SD3: 1280 / 2048 in real models)
 SDXL_SIZE_EMBED = 6 * 256   # model_base.SDXL.encode_adm: 6 size/crop values, each a 256-wide Timestep embedding
-LATENT_CHANNELS = {"sd1": 4, "sd2v": 4, "sdxl": 4, "sd3": 16}
-MODEL_KIND = {"sd1": "EPS", "sd2v": "V_PREDICTION", "sdxl": "EPS", "sd3": "CONST"}
+LATENT_CHANNELS = {"sd1": 4, "sd2v": 4, "sdxl": 4, "sd3": 16, "flux": 16}
+MODEL_KIND = {"sd1": "EPS", "sd2v": "V_PREDICTION", "sdxl": "EPS", "sd3": "CONST", "flux": "CONST"}
 # Schedulers other than the inversion nodes' default (karras): for flow models the one the pack recommends (simple);
 # for the EPS UNets the classic DDIM grid (ddim_uniform, top sigma 5.1 at T=5), because with karras at T=5 the top
 # two steps (sigma 1.27 -> 4.80 -> 14.6) have no inverse on these random networks. Measured on sd1: along the
@@ -61,15 +65,16 @@ MODEL_KIND = {"sd1": "EPS", "sd2v": "V_PREDICTION", "sdxl": "EPS", "sd3": "CONST
 # with 100 evaluations per step still leaves residual 1.2 (12.3 dB, DDIM 10.7). On ddim_uniform the worst step's
 # constant is 3.6 and Exact's `exact` preset converges (117.9 dB). V-prediction (sd2v) scales the network's output
 # by c_in once more and inverts fine on karras; the flow model too.
-SCHEDULER = {"sd1": "ddim_uniform", "sdxl": "ddim_uniform", "sd3": "simple"}
+SCHEDULER = {"sd1": "ddim_uniform", "sdxl": "ddim_uniform", "sd3": "simple", "flux": "simple"}
 # The network's final layer (weight and bias) is scaled by OUTPUT_GAIN so that its input Jacobian (d output /
-# d scaled input) has the spectral norm of a trained denoiser: measured on the pack's trained reference model (EPS
-# UNet) 1.06-1.09 at sigma 0.57-5.1; on these random networks before scaling 2.24-2.33 (sd1, sd2v), 1.93-1.98
-# (sdxl), 1.10-1.17 (sd3); after: ~1.0-1.1 (``input_jacobian_norm``, asserted in the tests). With torch's default
-# init alone the UNets' Jacobian is 2x too large and random in sign, so an Euler step's inverse at T=5 is close to
-# singular (I - 0.55 J): no method can invert it, which says nothing about the methods.
-OUTPUT_LAYER = {"sd1": "out.2.", "sd2v": "out.2.", "sdxl": "out.2.", "sd3": "final_layer.linear."}
-OUTPUT_GAIN = {"sd1": 0.45, "sd2v": 0.45, "sdxl": 0.5, "sd3": 1.0}
+# d scaled input, at a unit-variance input) has the spectral norm of a trained denoiser: measured on the pack's
+# trained reference model (EPS UNet) 1.06-1.09 at sigma 0.57-5.1; on these random networks before scaling 2.24-2.33
+# (sd1, sd2v), 1.93-1.98 (sdxl), 1.10-1.17 (sd3), 1.70 (flux, upstream); after 0.8-1.2 (``input_jacobian_norm``,
+# asserted in the tests). Without it (gain 1) Exact's default gains +5 dB over DDIM on sd1 at T=5 instead of +11:
+# the step's inverse is worse conditioned, which says nothing about the methods.
+OUTPUT_LAYER = {"sd1": "out.2.", "sd2v": "out.2.", "sdxl": "out.2.", "sd3": "final_layer.linear.",
+                "flux": "final_layer.linear."}
+OUTPUT_GAIN = {"sd1": 0.45, "sd2v": 0.45, "sdxl": 0.5, "sd3": 1.0, "flux": 0.6}
 
 
 def _unet_base(**overrides) -> dict:
@@ -104,7 +109,14 @@ def unet_config(family: str) -> dict:
                 "context_embedder_config": {"target": "torch.nn.Linear",
                                             "params": {"in_features": CONTEXT_DIM, "out_features": hidden}},
                 "num_patches": 64, "pos_embed_max_size": 8, "pos_embed_scaling_factor": None}
-    raise ValueError(f"family: unknown architecture {family!r}; one of {FAMILIES}")
+    if family == "flux":
+        # Flux.1-schnell layout (model_detection's keys): 1 double + 1 single stream block, hidden 64, 2 heads of 32
+        # (rotary axes 4 + 14 + 14), no guidance embedding
+        return {"image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2,
+                "vec_in_dim": POOLED_DIM, "context_in_dim": CONTEXT_DIM, "hidden_size": 64, "mlp_ratio": 4.0,
+                "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [4, 14, 14], "theta": 10000,
+                "qkv_bias": True, "guidance_embed": False}
+    raise ValueError(f"family: unknown architecture {family!r}; one of {FAMILIES + UPSTREAM_FAMILIES}")
 
 
 def config_class(family: str) -> type:
@@ -129,7 +141,11 @@ def config_class(family: str) -> type:
         return TinySDXL
     if family == "sd3":
         return supported_models.SD3
-    raise ValueError(f"family: unknown architecture {family!r}; one of {FAMILIES}")
+    if family == "flux":
+        if not hasattr(supported_models, "FluxSchnell"):
+            raise ValueError("family: flux needs upstream ComfyUI (this host has no comfy/ldm/flux: the PyPI fork)")
+        return supported_models.FluxSchnell
+    raise ValueError(f"family: unknown architecture {family!r}; one of {FAMILIES + UPSTREAM_FAMILIES}")
 
 
 def _reference_model_module():
@@ -167,6 +183,17 @@ def init_state_dict(family: str, config: dict, seed: int = 0) -> dict:
 def _init_state_dict(family: str, config: dict, seed: int = 0) -> dict:
     ref = _reference_model_module()
     cfg = {k: v for k, v in config.items() if k not in ("dtype", "device", "operations")}
+    if family == "flux":
+        from comfy.ldm.flux.model import Flux
+
+        with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = Flux(**cfg, dtype=torch.float32, operations=ref._InitOps.get())
+            with torch.no_grad():
+                for mod in net.modules():            # Flux's own RMSNorm (q/k norms): torch.empty, no init
+                    if type(mod).__name__ == "RMSNorm" and isinstance(getattr(mod, "scale", None), torch.Tensor):
+                        mod.scale.fill_(1.0)
+            return {k: v.detach().clone() for k, v in net.state_dict().items()}
     if family != "sd3":
         return _check_weights(ref.init_unet_state_dict(cfg, seed), family)
 
@@ -224,8 +251,8 @@ def parse_seeds(seeds) -> list[int]:
 
 def make_conditioning(family: str, seeds="1", tokens: int = 4, width: int = 128, height: int = 128) -> list:
     """CONDITIONING as the family's text encoder would give it; row i of the batch is drawn from ``seeds[i]``."""
-    if family not in FAMILIES:
-        raise ValueError(f"family: unknown architecture {family!r}; one of {FAMILIES}")
+    if family not in FAMILIES + UPSTREAM_FAMILIES:
+        raise ValueError(f"family: unknown architecture {family!r}; one of {FAMILIES + UPSTREAM_FAMILIES}")
     conds, pooled = [], []
     for s in parse_seeds(seeds):
         gen = torch.Generator(device="cpu").manual_seed(int(s))
@@ -240,8 +267,8 @@ def make_conditioning(family: str, seeds="1", tokens: int = 4, width: int = 128,
 
 def make_latent(family: str, seeds="3", size: int = 16) -> dict:
     """A LATENT of smooth unit-variance random "images" in the model's space, stored as a VAE encode stores it."""
-    if family not in FAMILIES:
-        raise ValueError(f"family: unknown architecture {family!r}; one of {FAMILIES}")
+    if family not in FAMILIES + UPSTREAM_FAMILIES:
+        raise ValueError(f"family: unknown architecture {family!r}; one of {FAMILIES + UPSTREAM_FAMILIES}")
     fmt = config_class(family).latent_format()
     channels = LATENT_CHANNELS[family]
     items = []

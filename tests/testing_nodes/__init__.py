@@ -224,7 +224,7 @@ class InversionTestProgress:
 
 # ------------------------------------------------------------------------------------------- real architectures
 _ARCHITECTURES_PATH = Path(__file__).resolve().parent.parent / "architectures.py"
-_ARCH_FAMILIES = ("sd1", "sd2v", "sdxl", "sd3")
+_ARCH_FAMILIES = ("sd1", "sd2v", "sdxl", "sd3", "flux")   # flux: upstream ComfyUI only
 
 
 def architectures():
@@ -254,7 +254,7 @@ class InversionTestArchModel:
     def INPUT_TYPES(cls):
         return {"required": {
             "family": (list(_ARCH_FAMILIES), {"tooltip": "sd1 (EPS), sd2v (V_PREDICTION), sdxl (EPS + adm), "
-                                                         "sd3 (MMDiT, CONST flow)."}),
+                                                         "sd3 (MMDiT, CONST flow), flux (schnell; upstream only)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "tooltip": "Weight seed."}),
         }}
 

@@ -149,17 +149,18 @@ class _Inverted:
         self.bdia: collections.deque = collections.deque(maxlen=size)    # (top, pair state, gamma) of BDIA inversions
         self.lock = threading.Lock()
 
-    def mark_bdia(self, top: torch.Tensor, pair: torch.Tensor, gamma: float) -> None:
+    def mark_bdia(self, top: torch.Tensor, pair: torch.Tensor, gamma: float, grid: Optional[float]) -> None:
         with self.lock:
-            self.bdia.append((top.detach().float().cpu().clone(), pair.detach().float().cpu().clone(), float(gamma)))
+            self.bdia.append((top.detach().float().cpu().clone(), pair.detach().float().cpu().clone(), float(gamma),
+                              grid))
 
-    def bdia_for(self, x: torch.Tensor) -> Optional[tuple[torch.Tensor, float]]:
-        """(pair state, gamma) when ``x`` is the top of a recent BDIA inversion (which must be replayed with BDIA)."""
+    def bdia_for(self, x: torch.Tensor) -> Optional[tuple]:
+        """(pair state, gamma, grid) when ``x`` is the top of a recent BDIA inversion (replayed with BDIA only)."""
         with self.lock:
             items = list(self.bdia)
-        for top, pair, gamma in reversed(items):
+        for top, pair, gamma, grid in reversed(items):
             if top.shape == x.shape and describe_change(top, x) is None:
-                return pair, gamma
+                return pair, gamma, grid
         return None
 
     def add(self, top: torch.Tensor, schedule: torch.Tensor) -> None:
@@ -241,7 +242,7 @@ class ReplaySampler(comfy.samplers.Sampler):
                  checked: bool = False, bdia: Optional[tuple] = None):
         self.offsets, self.weights, self.mask, self.states_down = offsets, weights, mask, states_down
         self.checked = checked
-        self.bdia = bdia        # (pair state or None, gamma): replay with the BDIA step (inversion_core/solvers/bdia.py)
+        self.bdia = bdia        # (pair state or None, gamma, grid): replay with the BDIA step (inversion_core/solvers/bdia.py)
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -257,7 +258,7 @@ class ReplaySampler(comfy.samplers.Sampler):
         den = _denoiser(model_wrap, extra_args)
         if bdia is not None:
             pair = None if bdia[0] is None else bdia[0].to(device=x_top.device)
-            out = bdia_replay(den, x_top, pair, schedule, bdia[1], callback=_host_progress(callback),
+            out = bdia_replay(den, x_top, pair, schedule, bdia[1], callback=_host_progress(callback), grid=bdia[2],
                               offsets=self.offsets, weights=self.weights, mask=self.mask,
                               states_down=self.states_down)
             return out.to(device=x_top.device)
@@ -453,7 +454,7 @@ def _mask_for(mask: Optional[torch.Tensor], samples: torch.Tensor, name: str) ->
 
 
 def _bdia_replay_state(entry: dict, states_down: list, total: int, change: Optional[str]) -> Optional[tuple]:
-    """(pair state z_{T-1} or None, gamma) for a BDIA record, None for every other method. Unchanged samples replay
+    """(pair state z_{T-1} or None, gamma, grid) for a BDIA record, None for every other method. Unchanged samples replay
     from the stored pair; changed ones (variations) start with one plain step, as BDIA's sampler does from noise."""
     if entry.get("method") != BDIA:
         return None
@@ -465,8 +466,8 @@ def _bdia_replay_state(entry: dict, states_down: list, total: int, change: Optio
     if change is not None:
         warn("Inverted Latent Sampler: BDIA's pair state z_{T-1} belongs to the noise that was inverted, not to these "
              "changed samples, so the BDIA replay starts with one plain step from them (a generation)")
-        return None, float(gamma)
-    return states_down[1], float(gamma)
+        return None, float(gamma), None
+    return states_down[1], float(gamma), (entry.get("params") or {}).get("grid")
 
 
 def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_positive=None,

@@ -49,6 +49,7 @@ METHODS = [  # (label, node class, widget values that differ from the node's def
     ("PreciseInv fast", "PreciseInvInvert", {"threshold_preset": "fast (1e-2)"}),
     ("PreciseInv precise", "PreciseInvInvert", {}),
     ("PreciseInv precise, ddim init", "PreciseInvInvert", {"initialiser": "ddim"}),
+    ("BDIA", "BDIAInvert", {}),
 ]
 QUICK_METHODS = (STOCK, "DDIM", "EasyInv", "Exact balanced", "GNRI quasi-newton", "GNRI reference code",
                  "PreciseInv fast")

@@ -1,0 +1,273 @@
+"""BDIA: an exactly invertible sampler pair at one model evaluation per step (Zhang, Lewis & Kleijn, "Exact diffusion
+inversion via bi-directional integration approximation", ECCV 2024), written in the pack's sigma space (steps.py).
+
+Paper symbols, index i on the schedule's levels with z_0 the image (σ_0, usually 0) and z_T the noise (σ_T):
+the one model call at level i gives d_i = d(z_i, σ_i) = (z_i − D(z_i, σ_i)) / σ_i, and the two integration
+approximations conditioned on z_i are the DDIM (= sigma-space Euler) increments
+
+    Δ(t_i → t_{i−1} | z_i) = (σ_{i−1} − σ_i) · d_i        (forward: the next sampling interval)
+    Δ(t_i → t_{i+1} | z_i) = (σ_{i+1} − σ_i) · d_i        (backward: the previous interval, re-approximated)
+
+BDIA's sampling step takes the *pair* (z_{i+1}, z_i) to z_{i−1}:
+
+    z_{i−1} = γ·z_{i+1} + (1 − γ)·z_i − γ·Δ(t_i → t_{i+1} | z_i) + Δ(t_i → t_{i−1} | z_i)          (BDIA-DDIM)
+
+γ = 0 is plain DDIM (z_{i−1} = z_i + Δ(t_i → t_{i−1} | z_i)); γ = 1 is the time-symmetric leapfrog
+z_{i−1} = z_{i+1} + (σ_{i−1} − σ_{i+1}) · d_i. The step is linear in z_{i+1} and d_i depends only on z_i, so for
+γ > 0 it is inverted exactly, with the same single model call, by
+
+    z_{i+1} = [ z_{i−1} − (1 − γ)·z_i + γ·Δ(t_i → t_{i+1} | z_i) − Δ(t_i → t_{i−1} | z_i) ] / γ       (inversion)
+
+Inversion (``BDIAInversionStep``, a StepSolver for invert.invert): the starter pair (z_0, z_1) — z_1 from the image by
+the shared fixed-point solver (fixed_point.py) on the plain step's implicit equation D(z_1, σ_1) = z_0, to a tolerance
+within a budget, with z_1 the best *evaluated* iterate so that its model call is reused by the next step — then one
+model call per level i = 1 … T−1 walks the pair up: T + k − 2 model calls in all for a k-call starter (DDIM: T).
+Replay (``bdia_replay``) starts from the pair (z_T, z_{T−1}) — z_T is the LATENT's ``samples``, z_{T−1} the record's
+``states[-2]`` — and takes T − 1 BDIA steps down, one model call each (none at σ_T): it lands on z_0 to float
+precision whatever the starter was. Without the pair (noise that is not the inverted one) it starts as the paper's
+sampler does, with one plain DDIM step z_{T−1} = z_T + Δ(t_T → t_{T−1} | z_T).
+
+Notes, measured in tests/test_bdia.py and scripts/bdia_compare.py:
+* The paper states BDIA for DDIM in the VP latent (z = α·x); the same formula in sigma space differs from it only in
+  how the carried difference z_{i+1} − ẑ is scaled across levels (by α_{i+1}/α_{i−1} there, 1 here). Both are exactly
+  invertible; this module is the sigma-space one (what ComfyUI's samplers integrate, for EPS, V and flow alike).
+* Bit-exact at γ = 1 (``grid``): the leapfrog z_{i+1} = z_{i−1} − (σ_{i−1} − σ_{i+1})·d_i is an addition, so on a
+  fixed-point grid of spacing q = 2^−k (every state and increment rounded to a multiple of q, |z| < 2^24·q) float32
+  adds and subtracts exactly, and the replay reproduces every state bit for bit whenever the model returns the same
+  bits for the same input. The grid (``bdia_grid``: the finest power of two with 2^24·q ≥ max|z_0| + 6·σ_T) costs
+  a rounding of the image of q/√12 RMS (q = 2^−17, 2.2e-6 RMS for SD's σ_max 14.6; 2^−21 for flow), and it makes the replay
+  immune to ulp-level changes of z_T (the host's latent-format round trip): ``snap`` restores the bits. Without the
+  grid, float round-off injected on the way down is amplified by γ = 1's undamped second root (|μ| > 1 going down
+  with Karras-like steps): measured 77–82 dB at T = 10 on the reference model instead of ~100.
+* γ < 1: the inversion's homogeneous part has the root −1/γ, so every deviation of the pair from a smooth trajectory
+  (the starter's error, round-off) grows by 1/γ per step on the way up and is damped by γ on the way down. The round
+  trip stays algebraically exact, but the inverted noise carries that growing alternating component. γ = 1 (both roots
+  on the unit circle) is the only setting whose inverted noise stays noise-like; it is the default.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..denoiser import Denoiser, NonFiniteModelOutput
+from ..invert import StepContext, StepFailed
+from ..record import StepStats
+from ..steps import fixed_point_map, residual_rms, to_d
+from .fixed_point import FixedPointOptions, make_fixed_point_step
+
+METHOD = "bdia"
+MIN_GAMMA = 0.01
+DEFAULT_STARTER = FixedPointOptions(tol=1e-4, max_evals=2, memory=3)   # measured: scripts/bdia_compare.py
+
+
+EXACT_INTEGERS = 2 ** 24          # float32 holds every integer multiple n·q with |n| ≤ 2^24 exactly
+
+
+def bdia_grid(x0: Tensor, sigma_top: float) -> float:
+    """The finest fixed-point grid q = 2^−k with 2^24·q ≥ M = max|z_0| + 6·σ_T (the states' reach: the image plus
+    six standard deviations of the top level's noise). An element beyond 2^24·q is merely rounded, as in float32."""
+    bound = float(x0.detach().abs().max()) + 6.0 * float(sigma_top)
+    return 2.0 ** math.ceil(math.log2(max(bound, 1e-6) / EXACT_INTEGERS))
+
+
+def snap(x: Tensor, grid: Optional[float]) -> Tensor:
+    """x rounded to the nearest multiple of ``grid`` (a power of two: exact in float32); unchanged for None."""
+    return x if grid is None else torch.round(x / grid) * grid
+
+
+def check_gamma(gamma: float) -> float:
+    g = float(gamma)
+    if not MIN_GAMMA <= g <= 1.0:
+        raise ValueError(f"gamma: must be in [{MIN_GAMMA}, 1] (BDIA's inversion divides by gamma; 1 = exactly "
+                         f"time-symmetric), got {gamma}")
+    return g
+
+
+def bdia_down(z_up: Tensor, z_i: Tensor, sigma_up: float, sigma_i: float, sigma_down: float, denoised: Tensor,
+              gamma: float, grid: Optional[float] = None) -> Tensor:
+    """z_{i−1} from the pair (z_{i+1} = ``z_up`` at σ_{i+1}, z_i at σ_i) and D(z_i, σ_i) (module doc, BDIA-DDIM).
+    ``grid`` (γ = 1 only): the bit-exact fixed-point form."""
+    d = to_d(z_i, sigma_i, denoised)
+    coef = (sigma_down - sigma_i) - gamma * (sigma_up - sigma_i)
+    if gamma == 1.0:
+        return snap(z_up, grid) + snap(coef * d, grid)
+    return gamma * z_up + (1.0 - gamma) * z_i + coef * d
+
+
+def bdia_up(z_down: Tensor, z_i: Tensor, sigma_down: float, sigma_i: float, sigma_up: float, denoised: Tensor,
+            gamma: float, grid: Optional[float] = None) -> Tensor:
+    """z_{i+1} from (z_{i−1} = ``z_down``, z_i) and D(z_i, σ_i): the exact inverse of ``bdia_down`` (same ``grid``)."""
+    d = to_d(z_i, sigma_i, denoised)
+    coef = (sigma_down - sigma_i) - gamma * (sigma_up - sigma_i)
+    if gamma == 1.0:
+        return snap(z_down, grid) - snap(coef * d, grid)
+    return (z_down - (1.0 - gamma) * z_i - coef * d) / gamma
+
+
+class _Recorder:
+    """Passes calls to a Denoiser and keeps (input, output, active) of each: the starter reuses the model call at the
+    iterate it keeps instead of paying one more. Inputs are snapped to the grid first (so the kept z_1 is on it)."""
+
+    def __init__(self, den: Denoiser, grid: Optional[float]):
+        self.den, self.grid, self.calls = den, grid, []
+
+    def __call__(self, x: Tensor, sigma: float, active: Optional[Tensor] = None) -> Tensor:
+        x = snap(x, self.grid)
+        out = self.den(x, sigma, active)
+        self.calls.append((x, out, None if active is None else active.clone()))
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.den, name)
+
+
+@dataclass
+class BDIAInversionStep:
+    """StepSolver (invert.py) for BDIA inversion. Stateful for one run: it keeps D(z_1, σ_1) from the starter for the
+    first BDIA step. ``starter``: the fixed-point options of the first step (z_1 from the image). ``sigma_top``: σ_T
+    of the schedule; with γ = 1 it sets the bit-exact grid (``self.grid`` after step 0; None = plain float32)."""
+
+    gamma: float = 1.0
+    starter: FixedPointOptions = DEFAULT_STARTER
+    sigma_top: Optional[float] = None
+
+    def __post_init__(self):
+        self.gamma = check_gamma(self.gamma)
+        self.starter = self.starter.validate()
+        self._solve = make_fixed_point_step(self.starter)
+        self._reuse: Optional[tuple[Tensor, Tensor]] = None      # (z_1, D(z_1, σ_1)) from the starter
+        self.grid: Optional[float] = None
+
+    def __call__(self, den: Denoiser, target: Tensor, guess: Tensor, sigma_lo: float, sigma_hi: float,
+                 ctx: StepContext) -> tuple[Tensor, StepStats]:
+        if ctx.total < 2:
+            raise ValueError("steps: BDIA needs at least 2 steps (its replay starts from the pair (z_T, z_{T-1}); with "
+                             "1 step that pair would hold the image itself)")
+        if ctx.index == 0:
+            return self._start(den, target, guess, sigma_lo, sigma_hi, ctx)
+        z_i = target
+        z_down = ctx.states[-2].to(device=z_i.device, dtype=torch.float32)
+        sigma_down = ctx.levels[-3]
+        reuse, self._reuse = self._reuse, None
+        if ctx.index == 1 and reuse is not None and reuse[0].shape == z_i.shape and torch.equal(reuse[0], z_i):
+            denoised = reuse[1]
+        else:
+            denoised = den(z_i, sigma_lo)
+        z_up = bdia_up(z_down, z_i, sigma_down, sigma_lo, sigma_hi, denoised, self.gamma, self.grid)
+        # what the replay step will miss here: float round-off of the algebra (no model call; 0 on the grid)
+        back = bdia_down(z_up, z_i, sigma_hi, sigma_lo, sigma_down, denoised, self.gamma, self.grid)
+        res = residual_rms(back - snap(z_down, self.grid))
+        note = "BDIA step: exact up to float round-off" if self.grid is None else "BDIA step: bit-exact on the grid"
+        if self.grid is not None and float(z_up.abs().max()) > EXACT_INTEGERS * self.grid:
+            note = (f"BDIA step: |z| reached {float(z_up.abs().max()):.4g}, beyond the grid's exact range "
+                    f"{EXACT_INTEGERS * self.grid:.4g}: those elements are rounded (float32 precision, not bit-exact)")
+        return z_up, StepStats(sigma_lo=sigma_lo, sigma_hi=sigma_hi, iterations=1, residual=res.tolist(),
+                               converged=True, note=note)
+
+    def _start(self, den, target, guess, sigma_lo, sigma_hi, ctx):
+        self.grid = bdia_grid(ctx.x0, self.sigma_top) if self.gamma == 1.0 and self.sigma_top else None
+        rec = _Recorder(den, self.grid)
+        _, st = self._solve(rec, target, guess, sigma_lo, sigma_hi, ctx)
+        # keep, per item, the evaluated iterate with the lowest residual (its model call is reused next step)
+        batch = target.shape[0]
+        best = torch.full((batch,), float("inf"), device=target.device)
+        z1, d1 = torch.zeros_like(target), torch.zeros_like(target)
+        for z, out, active in rec.calls:
+            rn = residual_rms(fixed_point_map(z, out, target, sigma_lo, sigma_hi) - z)
+            if active is not None:
+                rn = torch.where(active, rn, torch.full_like(rn, float("inf")))
+            better = rn < best
+            sel = better.view(-1, *([1] * (target.ndim - 1)))
+            best = torch.where(better, rn, best)
+            z1, d1 = torch.where(sel, z, z1), torch.where(sel, out, d1)
+        self._reuse = (z1.clone(), d1)
+        st.residual = best.tolist()
+        st.converged = bool((best <= self.starter.tol).all())
+        st.note = ("BDIA starter z_1 (fixed point, best evaluated iterate; its residual sets how close the pair is "
+                   "to the ODE, not how exactly the replay lands)")
+        return z1, st
+
+
+ReplayCallback = Callable[[int, int, Tensor, Tensor], None]
+
+
+def _eval(den: Denoiser, x: Tensor, sigma: float, k: int, total: int, sigma_next: float, what: str) -> Tensor:
+    try:
+        return den(x, sigma)
+    except NonFiniteModelOutput as e:
+        raise StepFailed(f"{what} step {k + 1}/{total} (sigma {sigma:.4g} -> {sigma_next:.4g}): {e}") from e
+
+
+def bdia_replay(den: Denoiser, x_top: Tensor, pair: Optional[Tensor], sampling_sigmas: Tensor, gamma: float,
+                callback: Optional[ReplayCallback] = None, *, grid: Optional[float] = None, offsets: Optional[Sequence[Optional[Tensor]]] = None,
+                weights: Optional[Sequence[float]] = None, mask: Optional[Tensor] = None,
+                states_down: Optional[Sequence[Tensor]] = None) -> Tensor:
+    """BDIA sampling down the descending ``sampling_sigmas`` (indices k here run down: level k has σ_k, σ_0 = the top).
+
+    ``pair``: z at level 1 (the record's z_{T−1}); the walk then costs T − 1 model calls and inverts
+    ``BDIAInversionStep`` exactly (bit for bit with its ``grid``: z_T and the pair are snapped to it first, which
+    undoes ulp-level changes such as the host's latent-format round trip). None: the first step is plain DDIM from ``x_top`` (the paper's sampler; a
+    generation, not a reconstruction). ``offsets``/``weights`` (see bdia_source_offsets), ``mask`` with
+    ``states_down``: as replay.replay — after every step z_{k+1} ← m·z_{k+1} + (1 − m)·z*_{k+1}.
+    Float32 arithmetic; inputs not modified.
+    """
+    gamma = check_gamma(gamma) if pair is not None else float(gamma)
+    s = [float(v) for v in sampling_sigmas.tolist()]
+    total = len(s) - 1
+    if pair is None or gamma != 1.0:
+        grid = None
+    x_prev = snap(x_top.detach().float().clone(), grid)
+    den.batch_size = x_prev.shape[0]
+    if mask is not None:
+        if states_down is None:
+            raise ValueError("mask: a masked replay needs the stored trajectory")
+        mask = mask.float().to(x_prev.device)
+
+    def finish(k: int, x: Tensor, denoised: Tensor) -> Tensor:
+        if offsets is not None and offsets[k] is not None:
+            x = x + weights[k] * offsets[k].to(x.device)
+        if mask is not None:
+            x = mask * x + (1.0 - mask) * states_down[k + 1].float().to(x.device)
+        if callback is not None:
+            callback(k + 1, total, x, denoised)
+        return x
+
+    if pair is not None:
+        if tuple(pair.shape) != tuple(x_prev.shape):
+            raise ValueError(f"pair: the BDIA pair state has shape {tuple(pair.shape)} but the latent "
+                             f"{tuple(x_prev.shape)}")
+        x = snap(pair.detach().float().to(x_prev.device).clone(), grid)
+        x = finish(0, x, x)
+    else:
+        denoised = _eval(den, x_prev, s[0], 0, total, s[1], "sampling")
+        x = finish(0, x_prev + (s[1] - s[0]) * to_d(x_prev, s[0], denoised), denoised)
+    for k in range(1, total):
+        denoised = _eval(den, x, s[k], k, total, s[k + 1], "sampling")
+        x_prev, x = x, finish(k, bdia_down(x_prev, x, s[k - 1], s[k], s[k + 1], denoised, gamma, grid), denoised)
+    return x
+
+
+def bdia_source_offsets(den_src: Denoiser, states_down: Sequence[Tensor], sampling_sigmas: Tensor, gamma: float,
+                        weights: Sequence[float], callback: Optional[ReplayCallback] = None) -> list[Optional[Tensor]]:
+    """Source correction (DirectInversion) for the BDIA replay: o_k = z*_{k+1} − BDIA(z*_{k−1}, z*_k; D_src(z*_k, σ_k))
+    for steps k ≥ 1 with weight ≠ 0 (None elsewhere and at k = 0, whose z_1 is the stored pair state)."""
+    s = [float(v) for v in sampling_sigmas.tolist()]
+    total = len(s) - 1
+    out: list[Optional[Tensor]] = [None]
+    if callback is not None:
+        callback(1, total, states_down[0], states_down[0])
+    for k in range(1, total):
+        if weights[k] == 0:
+            out.append(None)
+        else:
+            z_up, z_k = states_down[k - 1].float(), states_down[k].float()
+            denoised = _eval(den_src, z_k, s[k], k, total, s[k + 1], "source correction")
+            out.append(states_down[k + 1].float().to(z_k.device)
+                       - bdia_down(z_up.to(z_k.device), z_k, s[k - 1], s[k], s[k + 1], denoised, gamma))
+        if callback is not None:
+            callback(k + 1, total, states_down[k], states_down[k])
+    return out

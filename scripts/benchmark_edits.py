@@ -15,8 +15,8 @@ Columns (one markdown table per model; the same as CSV; a plot of structure agai
   difference of the cosine self-similarity matrices (over spatial positions) of source and edit, features = the
   decoder activations (entering the middle output block) of the model at σ = 0.2 on the empty prompt, fixed noise.
   Lower = structure kept. ``structure (pixels)``: the same on mean-removed 4×4 pixel patches (model-free).
-* ``edit score``: the model's own diffusion-classifier margin, ×1000: mean over σ ∈ {0.3, 0.7, 1.5, 3} and two noise
-  seeds of ‖ε − ε̂(x_σ, source prompt)‖² − ‖ε − ε̂(x_σ, edit prompt)‖² (> 0: the edit prompt explains the image
+* ``edit score``: the model's own diffusion-classifier margin, ×1000: mean over σ ∈ {0.3, 0.7, 1.5, 3} (flow models:
+  {0.2, 0.4, 0.6, 0.8}) and two noise seeds of ‖ε − ε̂(x_σ, source prompt)‖² − ‖ε − ε̂(x_σ, edit prompt)‖² (> 0: the edit prompt explains the image
   better). ``edit %``: of plain replay's. ``accuracy``: the classifier's 9-way choice (vocabulary incl. the empty
   prompt) is the edit prompt.
 * ``background PSNR``: dB over the pixels outside the mask, masked rows only (identical backgrounds are capped at
@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import torch  # noqa: E402
 
 FEATURE_SIGMA = 0.2
-CLASSIFIER_SIGMAS = (0.3, 0.7, 1.5, 3.0)
+CLASSIFIER_SIGMAS = (0.3, 0.7, 1.5, 3.0)          # EPS (SD1 sigma range 0.03 … 14.6)
+FLOW_CLASSIFIER_SIGMAS = (0.2, 0.4, 0.6, 0.8)     # flow (CONST): sigma is the noise fraction in [0, 1]
 CLASSIFIER_SEEDS = (0, 1)
 MODELS = ("sd-unet-eps", "sd3-mmdit-flow")   # the reference models (nodes/reference_model.py); "reference" = the first
 
@@ -49,11 +50,13 @@ def dit_settings(quick: bool) -> list[tuple[str, dict]]:
     """The DiT (SD3 MMDiT) rows: dit_kv over its window range, and the masked rows."""
     E = lambda **k: {"engine": dict(mode="dit_kv", **k)}  # noqa: E731
     rows = [("plain replay", {}), ("replay + source correction", {"correction": 1.0})]
-    for end in ((0.3, 1.0) if quick else (0.1, 0.2, 0.3, 0.5, 1.0)):
+    for end in ((0.3, 1.0) if quick else (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)):
         rows.append((f"dit_kv 0-{end:g}", E(window_start=0.0, window_end=end)))
     if not quick:
         rows.append(("dit_kv 0-1 strength 0.5", E(window_start=0.0, window_end=1.0, strength=0.5)))
+        rows.append(("dit_kv 0-1 strength 0.75", E(window_start=0.0, window_end=1.0, strength=0.75)))
         rows.append(("dit_kv 0.2-1", E(window_start=0.2, window_end=1.0)))
+        rows.append(("dit_kv 0.5-1", E(window_start=0.5, window_end=1.0)))
     rows += [("masked: plain replay, latent pin", {"mask": "pin"}),
              ("masked: dit_kv 0-1, KV mask only", {"mask": "kv", **E(window_start=0.0, window_end=1.0)}),
              ("masked: dit_kv 0-1, KV mask + latent pin", {"mask": "both", **E(window_start=0.0, window_end=1.0)})]
@@ -171,7 +174,10 @@ class Judge:
         alpha = lambda s: float(self.ms.noise_scaling(torch.tensor(s), torch.zeros(1), torch.ones(1)))  # noqa: E731
         total = torch.zeros(latents.shape[0], len(self.vocab))
         n = 0
-        for sigma in CLASSIFIER_SIGMAS:
+        import comfy.model_sampling
+
+        flow = isinstance(self.ms, comfy.model_sampling.CONST)
+        for sigma in (FLOW_CLASSIFIER_SIGMAS if flow else CLASSIFIER_SIGMAS):
             for seed in CLASSIFIER_SEEDS:
                 x, eps = self._noised(latents, sigma, seed)
                 for p in range(len(self.vocab)):
@@ -266,7 +272,7 @@ def run_model(name: str, quick: bool, steps: int, cfg: float, pack, out_dir: Pat
                             "dit_kv" if judge.dit else "masactrl")
     plain = rows[0]
     for r in rows:
-        r["edit %"] = 100.0 * r["edit score"] / plain["edit score"] if plain["edit score"] else float("nan")
+        r["edit %"] = 100.0 * r["edit score"] / plain["edit score"] if plain["edit score"] > 0 else float("nan")
     result = {"model": name, "rows": rows, "source margin": src_margin.mean().item(), "cost": cost,
               "images": names, "targets": tgt_prompts, "examples": examples, "pixels": pixels,
               "seconds": time.perf_counter() - t_all, "steps": steps, "cfg": cfg,

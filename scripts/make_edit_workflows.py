@@ -17,7 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from make_workflows import REFERENCE_STEPS, WORKFLOWS_DIR, Workflow, decode_and_save, render  # noqa: E402
+from make_workflows import (REFERENCE_STEPS, WORKFLOWS_DIR, Workflow, checkpoint_setup, decode_and_save,  # noqa: E402
+                            render)
 
 SETUP = ("Needs: nothing to download or copy. The model is the pack's bundled reference model (Load Inversion "
          "Reference Model: a tiny 32x32 pixel-space diffusion model; prompts: cat, astronaut, coffee, rocket, galaxy, "
@@ -112,6 +113,65 @@ EDIT_WORKFLOWS = {
     "reference_edit_engine_masactrl.json": reference_edit_engine_masactrl,
     "reference_edit_engine_p2p.json": reference_edit_engine_p2p,
     "reference_edit_engine_masked.json": reference_edit_engine_masked,
+}
+
+def _checkpoint_engine(defs, *, ckpt: str, size: int, steps: int, scheduler: str, mode: str, widgets: dict,
+                       cfg: float, tag: str, note: str) -> dict:
+    wf = Workflow(defs, "")
+    loader = wf.add("CheckpointLoaderSimple", ckpt_name=ckpt)
+    model, clip, vae = loader["MODEL"], loader["CLIP"], loader["VAE"]
+    pos = wf.add("CLIPTextEncode", "Source prompt (describe your image)", text="a photo of a cat sitting on a sofa",
+                 clip=clip)
+    neg = wf.add("CLIPTextEncode", "Negative prompt (empty)", text="", clip=clip)
+    edit = wf.add("CLIPTextEncode", "Edit prompt", text="a photo of a dog sitting on a sofa", clip=clip)
+    img = wf.add("LoadImage", image="example.png")
+    scaled = wf.add("ImageScale", "Upscale Image (model size)", image=img[0], upscale_method="lanczos", width=size,
+                    height=size, crop="center")
+    latent = wf.add("VAEEncode", pixels=scaled[0], vae=vae)
+    inv = wf.add("ExactInvert", "Exact Invert", model=model, positive=pos[0], negative=neg[0], latent=latent[0],
+                 steps=steps, scheduler=scheduler, cfg=1.0, denoise=1.0, preset="balanced")
+    engine = wf.add("InversionEditEngine", f"Inversion Edit Engine ({mode})", model=model, inverted_latent=inv[0],
+                    source_conditioning=pos[0], mode=mode, **widgets)
+    ed = wf.add("InvertedLatentSampler", "Replay through the engine (edit prompt)", model=engine[0],
+                positive=edit[0], negative=neg[0], cfg=cfg, inverted_latent=inv[0])
+    decode_and_save(wf, ed[0], vae, f"engine {mode}", f"inversion/{tag}_edit_engine")
+    wf.note = note + "\n\n" + checkpoint_setup(ckpt, size)
+    return wf.to_ui()
+
+
+def sd15_edit_engine_pnp(defs) -> dict:
+    return _checkpoint_engine(
+        defs, ckpt="v1-5-pruned-emaonly.safetensors", size=512, steps=50, scheduler="ddim_uniform", mode="pnp",
+        widgets={"window_start": -1.0, "window_end": -1.0, "residual_features": True}, cfg=7.5, tag="sd15",
+        note=("Stable Diffusion 1.5, PnP through the Inversion Edit Engine: Exact inversion (50 steps, cfg 1), then "
+              "the edit prompt at cfg 7.5 with the source branch's decoder features and self-attention maps (SD1.x "
+              "preset: layers output.4-11, window 0-0.5, features 0-0.8). Write a source prompt that describes "
+              "your image."))
+
+
+def sdxl_edit_engine_masactrl(defs) -> dict:
+    return _checkpoint_engine(
+        defs, ckpt="sd_xl_base_1.0.safetensors", size=1024, steps=50, scheduler="karras", mode="masactrl",
+        widgets={"window_start": -1.0, "window_end": -1.0}, cfg=5.0, tag="sdxl",
+        note=("SDXL base, MasaCtrl through the Inversion Edit Engine: Exact inversion (50 steps, cfg 1), then the "
+              "edit prompt at cfg 5 reading the source's self-attention keys/values (SDXL preset: output.0-2, from "
+              "8 % of the schedule on). Write a source prompt that describes your image."))
+
+
+def sd3_edit_engine_kv(defs) -> dict:
+    return _checkpoint_engine(
+        defs, ckpt="sd3_medium_incl_clips.safetensors", size=1024, steps=28, scheduler="simple", mode="dit_kv",
+        widgets={"window_start": 0.0, "window_end": 0.5}, cfg=4.0, tag="sd3",
+        note=("SD3 medium, key/value injection in the image tokens of every MMDiT joint block over the first half "
+              "of the schedule (Inversion Edit Engine, dit_kv). Flux is not in this host; on upstream ComfyUI the "
+              "same node patches SD3 only."))
+
+
+# checkpoint workflows: built and validated (tests/test_edit_engine_workflows.py), not written by default
+CHECKPOINT_EDIT_WORKFLOWS = {
+    "sd15_edit_engine_pnp.json": sd15_edit_engine_pnp,
+    "sdxl_edit_engine_masactrl.json": sdxl_edit_engine_masactrl,
+    "sd3_edit_engine_kv.json": sd3_edit_engine_kv,
 }
 
 README_LINES = {

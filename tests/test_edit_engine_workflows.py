@@ -42,3 +42,13 @@ def test_engine_workflow_runs_as_dropped(path, defs):
     for img in (plain, engine):
         assert tuple(img.shape) == (1, 32, 32, 3) and torch.isfinite(img).all()
     assert (plain - engine).abs().max() > 1e-3            # the engine changed the edit
+
+
+def test_checkpoint_engine_workflows_validate(defs):
+    import make_edit_workflows
+
+    for name, make in make_edit_workflows.CHECKPOINT_EDIT_WORKFLOWS.items():
+        ui = make(defs)
+        assert validate_ui(ui, defs) == [], name
+        api = ui_to_api(ui, defs)
+        assert any(n["class_type"] == "InversionEditEngine" for n in api.values()), name

@@ -358,8 +358,8 @@ def schedule_from_inputs(model, steps: int, scheduler: str, sigmas: Optional[tor
     ms = model.get_model_object("model_sampling")
     total = int(steps) if denoise >= 1.0 else int(int(steps) / float(denoise))
     full = comfy.samplers.calculate_sigmas(ms, scheduler, total).cpu()
-    if denoise >= 1.0:   # all of it, as BasicScheduler (ddim_uniform yields T+1 steps when 1000 % T leaves a level)
-        return as_sampling_schedule(full, "scheduler")
+    # the lowest steps + 1 levels, as BasicScheduler: ddim_uniform's extra top level for some T (KSampler runs it) is
+    # dropped, so the node inverts exactly T steps
     return as_sampling_schedule(full[-(int(steps) + 1):], "scheduler")
 
 

@@ -33,7 +33,9 @@ def inversion_inputs(default_steps: int = 50) -> dict:
                            "exponential also start at sigma_max. ddim_uniform does NOT: its top is sigma at "
                            "t = 1000 - 1000/T (0.041 at T=1, 4.1 at T=4 on SD1 models), so the inverted latent is "
                            "still mostly the image; the node then warns and the record and Inversion Report say "
-                           "how far up it went (as a fraction of sigma_max). So does a SIGMAS input that stops short."}),
+                           "how far up it went (as a fraction of sigma_max). So does a SIGMAS input that stops short. "
+                           "Exactly T steps, as BasicScheduler gives them (for ddim_uniform, KSampler runs one "
+                           "step more at some T, e.g. 8 at T=7, starting higher)."}),
             "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                               "tooltip": "Classifier-free guidance during inversion. 1.0 (no guidance) inverts "
                                          "most exactly; higher values make reconstruction drift."}),

@@ -344,3 +344,15 @@ def test_missing_schedule_message_lists_every_inversion_node():
     prompt["replay"]["inputs"]["inverted_latent"] = ["latent", 0]
     err = expect_error(prompt, "inverted_latent: this LATENT carries no inversion schedule")
     assert "(DDIM / EasyInv / Exact / GNRI / PreciseInv Invert)" in str(err)
+
+
+def test_ddim_uniform_schedule_is_basic_schedulers_own():
+    """ddim_uniform's quirk (calculate_sigmas gives one step more when the 1000 levels leave a remainder: 8 at
+    T = 7, which KSampler runs): the node inverts on exactly BasicScheduler's T steps."""
+    for steps in (3, 6, 7):
+        prompt = default_inversion("DDIMInvert", "eps", steps, scheduler="ddim_uniform")
+        prompt["sched"] = {"class_type": "BasicScheduler", "inputs": {
+            "model": ["model", 0], "scheduler": "ddim_uniform", "steps": steps, "denoise": 1.0}}
+        out = run_workflow(prompt)
+        assert out["invert"][1].shape == out["sched"][0].shape == (steps + 1,)
+        assert torch.allclose(out["invert"][1], out["sched"][0].float())

@@ -25,6 +25,7 @@ import comfy.model_sampling
 import comfy.samplers
 import comfy.utils
 
+from .common import AUTO_SCHEDULER, scheduler_for
 from ..inversion_core import (LATENT_KEY, Denoiser, InversionRecord, MissingInversionRecord, as_sampling_schedule,
                               invert, read_latent_entry, replay)
 from ..inversion_core.record import describe_change, reach_message
@@ -353,9 +354,12 @@ def schedule_from_inputs(model, steps: int, scheduler: str, sigmas: Optional[tor
         raise ValueError(f"steps: must be at least 1, got {steps}")
     if not 0.0 < float(denoise) <= 1.0:
         raise ValueError(f"denoise: must be in (0, 1], got {denoise}")
-    if scheduler not in comfy.samplers.SCHEDULER_NAMES:
-        raise ValueError(f"scheduler: unknown scheduler {scheduler!r}; one of {comfy.samplers.SCHEDULER_NAMES}")
     ms = model.get_model_object("model_sampling")
+    if scheduler == AUTO_SCHEDULER:
+        scheduler = scheduler_for(model_kind(ms))
+    if scheduler not in comfy.samplers.SCHEDULER_NAMES:
+        raise ValueError(f"scheduler: unknown scheduler {scheduler!r}; one of "
+                         f"{[AUTO_SCHEDULER, *comfy.samplers.SCHEDULER_NAMES]}")
     total = int(steps) if denoise >= 1.0 else int(int(steps) / float(denoise))
     full = comfy.samplers.calculate_sigmas(ms, scheduler, total).cpu()
     # the lowest steps + 1 levels, as BasicScheduler: ddim_uniform's extra top level for some T (KSampler runs it) is

@@ -9,7 +9,16 @@ CATEGORY = "sampling/inversion"
 # invert + replay PSNR, DDIM / Exact balanced): karras 27.7 / 59.0 dB at T=10, 20.5 / 36.3 at T=4; of the schedules
 # that reach sigma_max the best at T=10 (normal 25.1 / 47.0, simple 22.2 / 36.8, sgm_uniform 22.1 / 35.0) and
 # second at T=4 (a pack-made exponential-to-zero schedule: 21.1 / 38.9, but 52.8 at T=10).
-DEFAULT_SCHEDULER = "karras"
+# Flow (CONST) models: karras is a poor grid (measured on the flow reference model, DDIM at T=10 / 4: karras 16.3 /
+# 15.3 dB, normal 23.2 / 17.2, simple 23.6 / 17.8), and simple is what SD3 / Flux workflows use.
+SCHEDULER_BY_KIND = {"CONST": "simple"}
+AUTO_SCHEDULER = "auto"
+DEFAULT_SCHEDULER = AUTO_SCHEDULER
+
+
+def scheduler_for(kind: str) -> str:
+    """What the "auto" scheduler means for a model kind (EPS / V_PREDICTION / CONST …)."""
+    return SCHEDULER_BY_KIND.get(kind, "karras")
 
 
 def inversion_inputs(default_steps: int = 50) -> dict:
@@ -24,12 +33,13 @@ def inversion_inputs(default_steps: int = 50) -> dict:
             "latent": ("LATENT", {"tooltip": "The VAE-encoded image to invert."}),
             "steps": ("INT", {"default": default_steps, "min": 1, "max": 1000,
                               "tooltip": "Number of inversion steps T (ignored when a SIGMAS input is connected)."}),
-            "scheduler": (comfy.samplers.SCHEDULER_NAMES, {
+            "scheduler": ([AUTO_SCHEDULER, *comfy.samplers.SCHEDULER_NAMES], {
                 "default": DEFAULT_SCHEDULER,
-                "tooltip": "Sigma schedule, as in BasicScheduler; replay always uses exactly this schedule. The "
-                           "default karras starts at the model's sigma_max (pure noise) at every T and reconstructs "
-                           "best here at T=10 (README); at T <= 2 its last level is wasted on sigma_min, so use "
-                           "sgm_uniform (or simple for flow models: SD3 / Flux). normal, simple, sgm_uniform and "
+                "tooltip": "Sigma schedule, as in BasicScheduler; replay always uses exactly this schedule. auto "
+                           "(default): karras for EPS / v-prediction models, simple for flow models (SD3 / Flux), "
+                           "the best measured per kind (README). karras starts at the model's sigma_max (pure noise) "
+                           "at every T; at T <= 2 its last level is wasted on sigma_min, so use sgm_uniform there. "
+                           "normal, simple, sgm_uniform and "
                            "exponential also start at sigma_max. ddim_uniform does NOT: its top is sigma at "
                            "t = 1000 - 1000/T (0.041 at T=1, 4.1 at T=4 on SD1 models), so the inverted latent is "
                            "still mostly the image; the node then warns and the record and Inversion Report say "

@@ -414,6 +414,95 @@ async def _():
     return f"interrupted after step {fired}"
 
 
+# ---- the host's real architectures that the PyPI fork lacks (tests/architectures.py; the fork's tier is
+# tests/test_architectures.py). Flux.1-schnell layout at a tiny size, seeded random weights, 16x16 latent, T=5
+# "simple". Margins from numbers measured on upstream 0.3.64 (this check, 2026-12-02): stock (unscaled euler) 50.43 dB,
+# DDIM 50.43, EasyInv 46.55, Exact 107.96, GNRI newton 94.68, PreciseInv (ddim initialiser, 4 iterations) 66.43,
+# ExactInvertSampler twin bit-identical to ExactInvert.
+UPSTREAM_ARCH_FAMILIES = ("flux",)
+
+
+def widget_defaults(oi, name, **given):
+    out = {}
+    for k, spec in (oi[name]["input"].get("required") or {}).items():
+        kind, opts = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
+        if isinstance(kind, list):
+            out[k] = opts.get("default", kind[0])
+        elif kind in ("INT", "FLOAT", "STRING", "BOOLEAN") and "default" in opts:
+            out[k] = opts["default"]
+    out.update(given)
+    return out
+
+
+def psnr(x, ref):
+    import math
+    mse = (x.double() - ref.double()).pow(2).mean().item()
+    return float("inf") if mse == 0 else 10 * math.log10((ref.max() - ref.min()).item() ** 2 / mse)
+
+
+for family in UPSTREAM_ARCH_FAMILIES:
+    def make(family):
+        @check(f"{family} (real architecture, random weights): every inversion node, stock baseline, SAMPLER twin")
+        async def _():
+            oi = get("/object_info")
+            steps, sched = 5, "simple"
+            p = {
+                "model": {"class_type": "InversionTestArchModel", "inputs": {"family": family, "seed": 0}},
+                "positive": {"class_type": "InversionTestArchConditioning", "inputs": {"family": family, "seeds": "1", "tokens": 4}},
+                "negative": {"class_type": "InversionTestArchConditioning", "inputs": {"family": family, "seeds": "2", "tokens": 4}},
+                "latent": {"class_type": "InversionTestArchLatent", "inputs": {"family": family, "seeds": "3", "size": 16}},
+                "sched": {"class_type": "BasicScheduler", "inputs": {"model": ["model", 0], "scheduler": sched, "steps": steps, "denoise": 1.0}},
+                "flip": {"class_type": "FlipSigmas", "inputs": {"sigmas": ["sched", 0]}},
+                # stock unsampling minus KSAMPLER's flow scaling (which divides by 1 - sigma = 0 at the top)
+                "euler": {"class_type": "InversionTestUnscaledEuler", "inputs": {}},
+            }
+            common = {"model": ["model", 0], "positive": ["positive", 0], "negative": ["negative", 0], "add_noise": False,
+                      "noise_seed": 0, "cfg": 1.0, "sampler": ["euler", 0]}
+            p["unsample"] = {"class_type": "SamplerCustom", "inputs": {**common, "sigmas": ["flip", 0], "latent_image": ["latent", 0]}}
+            p["resample"] = {"class_type": "SamplerCustom", "inputs": {**common, "sigmas": ["sched", 0], "latent_image": ["unsample", 0]}}
+            variants = oi["GNRIInvert"]["input"]["required"]["variant"][0]
+            methods = {"DDIMInvert": {}, "EasyInvInvert": {}, "ExactInvert": {},
+                       "GNRIInvert": {"variant": "newton"} if "newton" in variants else {},
+                       "PreciseInvInvert": {"initialiser": "ddim", "max_iterations": 4}}
+            links = {"model": ["model", 0], "positive": ["positive", 0], "negative": ["negative", 0]}
+            for m, extra in methods.items():
+                p[f"inv_{m}"] = {"class_type": m, "inputs": {**widget_defaults(oi, m, steps=steps, scheduler=sched, **extra),
+                                                              **links, "latent": ["latent", 0]}}
+                p[f"rep_{m}"] = {"class_type": "InvertedLatentSampler", "inputs": {
+                    **widget_defaults(oi, "InvertedLatentSampler"), **links, "inverted_latent": [f"inv_{m}", 0]}}
+            p["guider"] = {"class_type": "CFGGuider", "inputs": {**links, "cfg": 1.0}}
+            p["nonoise"] = {"class_type": "DisableNoise", "inputs": {}}
+            p["twin_sampler"] = {"class_type": "ExactInvertSampler", "inputs": widget_defaults(oi, "ExactInvertSampler")}
+            p["twin"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+                "noise": ["nonoise", 0], "guider": ["guider", 0], "sampler": ["twin_sampler", 0], "sigmas": ["flip", 0],
+                "latent_image": ["latent", 0]}}
+            save = ("latent", "resample", "twin", "inv_ExactInvert", *[f"rep_{m}" for m in methods])
+            lat, _p, _h = await run(p, save=save)
+            x0 = lat["latent"]
+            got = {m: psnr(lat[f"rep_{m}"], x0) for m in methods}
+            stock = psnr(lat["resample"], x0)
+            twin = (lat["twin"] - lat["inv_ExactInvert"]).abs().max().item() / lat["inv_ExactInvert"].abs().max().item()
+            note = f"stock {stock:.2f} dB, " + ", ".join(f"{m} {v:.2f}" for m, v in got.items()) + f"; twin rel diff {twin:.2g}"
+            ddim = got["DDIMInvert"]
+            bad = []
+            if not all(map(lambda v: v == v, got.values())):
+                bad.append("non-finite PSNR")
+            if ddim < stock - 0.3:
+                bad.append("DDIM below stock - 0.3 dB")
+            if got["ExactInvert"] < ddim + 30:
+                bad.append("Exact not >= DDIM + 30 dB")
+            if got["GNRIInvert"] < ddim + 20:
+                bad.append("GNRI not >= DDIM + 20 dB")
+            if got["PreciseInvInvert"] < ddim + 8:
+                bad.append("PreciseInv (4 gradient iterations) not >= DDIM + 8 dB")
+            if twin > 1e-5:
+                bad.append("ExactInvertSampler twin differs from ExactInvert")
+            if bad:
+                raise Failed("; ".join(bad) + ": " + note)
+            return note
+    make(family)
+
+
 class _Def:
     """A node class stand-in built from /object_info (what tests/workflow_format.py reads)."""
 

@@ -58,7 +58,7 @@ LATENT_CHANNELS = {"sd1": 4, "sd2v": 4, "sdxl": 4, "sd3": 16, "flux": 16}
 MODEL_KIND = {"sd1": "EPS", "sd2v": "V_PREDICTION", "sdxl": "EPS", "sd3": "CONST", "flux": "CONST"}
 # Schedulers other than the inversion nodes' default (karras): for flow models the one the pack recommends (simple);
 # for the EPS UNets the classic DDIM grid (ddim_uniform, top sigma 5.1 at T=5), because with karras at T=5 the top
-# two steps (sigma 1.27 -> 4.80 -> 14.6) have no inverse on these random networks. Measured on sd1: along the
+# two steps (sigma 1.27 -> 4.80 -> 14.6) cannot be inverted on these random networks. Measured on sd1: along the
 # inversion trajectory the network's scaled input shrinks (std 0.24 / 0.13 at those steps; a random network's
 # prediction does not grow the latent into noise the way a trained one's does), its input Jacobian grows as the
 # inverse of that scale (GroupNorm: 6.7 / 10.5), and the Euler step's Lipschitz constant in x is 4.8 / 7.1: Exact

@@ -394,9 +394,11 @@ class InversionEditEngine:
                     "Self-attention layers that take the source's features: auto = the family preset (SD1.x PnP "
                     "output.4-11, MasaCtrl output.6-11; SDXL and others: decoder), or a list like 'decoder', "
                     "'output.3-8', 'middle, output.0.0', 'all'. Deeper/more layers keep more structure.")}),
-                "residual_features": ("BOOLEAN", {"default": False, "tooltip": (
-                    "PnP only: also inject the source's decoder features (entering output block 4 for SD1.x, 3 for "
-                    "SDXL, 1 for the reference model) over 1.6x the attention window: stronger layout lock.")}),
+                "residual_features": ("BOOLEAN", {"default": True, "tooltip": (
+                    "PnP only (on in the PnP paper): also inject the source's decoder features (entering output "
+                    "block 4 for SD1.x, 3 for SDXL, 1 for the reference model) over 1.6x the attention window. "
+                    "This is what keeps the layout; attention alone changes little. Shorten the window if the edit "
+                    "gets too weak.")}),
                 "reweight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.1, "tooltip": (
                     "P2P only: scale the cross-attention of the chosen tokens (>1 strengthens them, <1 weakens).")}),
                 "tokens": ("STRING", {"default": "", "tooltip": (
@@ -416,7 +418,7 @@ class InversionEditEngine:
         }
 
     def patch(self, model, inverted_latent, source_conditioning, mode, strength=1.0, window_start=-1.0,
-              window_end=-1.0, layers="auto", residual_features=False, reweight=1.0, tokens="",
+              window_end=-1.0, layers="auto", residual_features=True, reweight=1.0, tokens="",
               source_branch="batched", mask=None):
         patched, _engine = build_engine_patch(
             model, inverted_latent, source_conditioning, mode, strength=strength, window_start=window_start,

@@ -50,11 +50,12 @@ def dit_settings(quick: bool) -> list[tuple[str, dict]]:
     """The DiT (SD3 MMDiT) rows: dit_kv over its window range, and the masked rows."""
     E = lambda **k: {"engine": dict(mode="dit_kv", **k)}  # noqa: E731
     rows = [("plain replay", {}), ("replay + source correction", {"correction": 1.0})]
-    for end in ((0.3, 1.0) if quick else (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)):
+    for end in ((0.3, 1.0) if quick else (0.1, 0.2, 0.3, 0.5, 0.7, 0.85, 1.0)):
         rows.append((f"dit_kv 0-{end:g}", E(window_start=0.0, window_end=end)))
     if not quick:
-        rows.append(("dit_kv 0-1 strength 0.5", E(window_start=0.0, window_end=1.0, strength=0.5)))
-        rows.append(("dit_kv 0-1 strength 0.75", E(window_start=0.0, window_end=1.0, strength=0.75)))
+        for strength in (0.5, 0.6, 0.75):
+            rows.append((f"dit_kv 0-1 strength {strength:g}", E(window_start=0.0, window_end=1.0,
+                                                                 strength=strength)))
         rows.append(("dit_kv 0.2-1", E(window_start=0.2, window_end=1.0)))
         rows.append(("dit_kv 0.5-1", E(window_start=0.5, window_end=1.0)))
     rows += [("masked: plain replay, latent pin", {"mask": "pin"}),

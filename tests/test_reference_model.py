@@ -475,3 +475,19 @@ def test_gradient_method_takes_the_checkpoint_weight_path_in_the_executor(refmod
     assert entry["stats"]["backward_evals"] > 0
     assert entry["params"]["grad_mode"]["cloned_tensors"] >= len(params), entry["params"]["grad_mode"]
     assert all(p.is_inference() for p in model.diffusion_model.parameters())   # the originals are back
+
+
+@pytest.mark.parametrize("name", [EPS, FLOW])
+def test_training_script_runs_and_its_training_forward_is_the_hosts(name):
+    """scripts/train_reference_model.py --bench: builds the model, checks that its training-only forward (SDPA
+    attention, out-of-place UNet blocks) computes the host's function on random weights, trains 2 steps."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "train_reference_model.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, str(script), "--model", name, "--bench", "2", "--batch", "4"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "bench: 2 steps" in run.stdout

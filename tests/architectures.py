@@ -56,16 +56,16 @@ POOLED_DIM = 32      # pooled text embedding (SDXL, SD3: 1280 / 2048 in real mod
 SDXL_SIZE_EMBED = 6 * 256   # model_base.SDXL.encode_adm: 6 size/crop values, each a 256-wide Timestep embedding
 LATENT_CHANNELS = {"sd1": 4, "sd2v": 4, "sdxl": 4, "sd3": 16, "flux": 16}
 MODEL_KIND = {"sd1": "EPS", "sd2v": "V_PREDICTION", "sdxl": "EPS", "sd3": "CONST", "flux": "CONST"}
-# Schedulers other than the inversion nodes' default (karras): for flow models the one the pack recommends (simple);
-# for the EPS UNets the classic DDIM grid (ddim_uniform, top sigma 5.1 at T=5), because with karras at T=5 the top
-# two steps (sigma 1.27 -> 4.80 -> 14.6) cannot be inverted on these random networks. Measured on sd1: along the
+# Schedulers other than the inversion nodes' default (auto: karras, or simple for flow; flux names simple for the
+# upstream check). For the EPS UNets the classic DDIM grid (ddim_uniform, top sigma 5.1 at T=5): with karras at T=5
+# the top two steps (sigma 1.27 -> 4.80 -> 14.6) cannot be inverted on these random networks. Measured on sd1: along the
 # inversion trajectory the network's scaled input shrinks (std 0.24 / 0.13 at those steps; a random network's
 # prediction does not grow the latent into noise the way a trained one's does), its input Jacobian grows as the
 # inverse of that scale (GroupNorm: 6.7 / 10.5), and the Euler step's Lipschitz constant in x is 4.8 / 7.1: Exact
 # with 100 evaluations per step still leaves residual 1.2 (12.3 dB, DDIM 10.7). On ddim_uniform the worst step's
 # constant is 3.6 and Exact's `exact` preset converges (117.9 dB). V-prediction (sd2v) scales the network's output
 # by c_in once more and inverts fine on karras; the flow model too.
-SCHEDULER = {"sd1": "ddim_uniform", "sdxl": "ddim_uniform", "sd3": "simple", "flux": "simple"}
+SCHEDULER = {"sd1": "ddim_uniform", "sdxl": "ddim_uniform", "flux": "simple"}
 # The network's final layer (weight and bias) is scaled by OUTPUT_GAIN so that its input Jacobian (d output /
 # d scaled input, at a unit-variance input) has the spectral norm of a trained denoiser: measured on the pack's
 # trained reference model (EPS UNet) 1.06-1.09 at sigma 0.57-5.1; on these random networks before scaling 2.24-2.33

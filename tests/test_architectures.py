@@ -7,8 +7,9 @@ Exactness needs no trained weights: where a step's inverse exists, a round trip 
 as on a trained model. The output layers are random too (a zero output layer is the identity denoiser and makes every
 inversion exact); ``test_models_are_real_deterministic_and_not_identity`` checks the outputs depend on the input. On
 the random EPS UNets no method finds an inverse for the top steps of the nodes' default karras schedule at T=5
-(measured; see SCHEDULER in tests/architectures.py), so sd1 / sdxl run on ddim_uniform, sd2v on the default, the flow
-model on simple. Every node runs with its defaults otherwise, T=5, cfg 1, batch 1 unless the test is about batches.
+(measured; see SCHEDULER in tests/architectures.py), so sd1 / sdxl run on ddim_uniform; sd2v and sd3 on the nodes'
+default ("auto": karras for v-prediction, simple for flow). Every node runs with its defaults otherwise, T=5, cfg 1,
+batch 1 unless the test is about batches.
 
 PSNRs are on the latent (model space), peak = the source latent's range. Margins were set from numbers MEASURED on
 this code (see the comments; ``pytest -s`` prints them, one ``[architectures]`` line per check) with slack, never tuned.
@@ -68,8 +69,23 @@ def existing(class_type: str, **inputs) -> dict:
 
 
 def scheduler(family: str) -> str:
-    """The inversion nodes' default scheduler, or the one the pack recommends for the family (flow: simple)."""
+    """The scheduler input of the inversion nodes: their default, unless tests/architectures.py says otherwise."""
     return arch().SCHEDULER.get(family) or defaults("DDIMInvert")["scheduler"]
+
+
+def host_scheduler(family: str) -> str:
+    """The same schedule for the host's BasicScheduler: the pack's "auto" resolved as the pack resolves it."""
+    import comfy.samplers
+
+    name = scheduler(family)
+    if name in comfy.samplers.SCHEDULER_NAMES:
+        return name
+    common = getattr(getattr(host.pack_module(), "nodes", None), "common", None)
+    resolve = getattr(common, "scheduler_for", None)
+    if resolve is None:
+        raise AssertionError(f"the inversion nodes' scheduler {name!r} is no host scheduler and the pack has no "
+                             "nodes.common.scheduler_for to resolve it")
+    return resolve(arch().MODEL_KIND[family])
 
 
 def base(family: str, latent_seeds: str = LATENT_SEED, positive_seeds: str = SOURCE_SEED) -> dict:
@@ -99,7 +115,7 @@ def add_invert(prompt: dict, family: str, method: str, extra=None, node="invert"
 
 def add_schedule(prompt: dict, family: str) -> dict:
     prompt["sched"] = {"class_type": "BasicScheduler", "inputs": {
-        "model": ["model", 0], "scheduler": scheduler(family), "steps": STEPS, "denoise": 1.0}}
+        "model": ["model", 0], "scheduler": host_scheduler(family), "steps": STEPS, "denoise": 1.0}}
     prompt["flip"] = {"class_type": "FlipSigmas", "inputs": {"sigmas": ["sched", 0]}}
     return prompt
 

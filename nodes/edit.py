@@ -166,7 +166,7 @@ class EditEngine:
             conds = comfy.samplers.encode_model_conds(base.extra_conds, _convert_cond(self.source_cond),
                                                       x[:b], x.device, "positive")
             model_conds = conds[0]["model_conds"]
-            self._src_conds[key] = {name: obj.process_cond(batch_size=b, device=x.device).cond
+            self._src_conds[key] = {name: obj.process_cond(batch_size=b, device=x.device, area=None).cond
                                     for name, obj in model_conds.items()}
         src = self._src_conds[key]
         out = {}
@@ -324,6 +324,9 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
         raise ValueError(f"model: no UNet transformer blocks or MMDiT joint blocks found in "
                          f"{type(diffusion_model).__name__}; the engine handles SD-style UNets (SD1.x / SD2.x / SDXL, "
                          "the reference model) and SD3's MMDiT on this host")
+    if dit and any(getattr(blk.x_block, "x_block_self_attn", False) for blk in diffusion_model.joint_blocks):
+        raise ValueError("model: this MMDiT has MMDiT-X blocks (SD3.5 medium's extra image self-attention); the "
+                         "engine's dit_kv mode handles SD3 / SD3.5 large joint blocks only")
     if dit and not hasattr(model, "add_object_patch"):
         raise RuntimeError("Inversion Edit Engine: this ComfyUI's ModelPatcher lacks add_object_patch (needed for "
                            "MMDiT blocks)")

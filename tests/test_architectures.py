@@ -175,7 +175,8 @@ def run(family: str, prompt: dict, outputs=None):
 
 
 def gnri_newton() -> dict:
-    """GNRI's Newton variant (exact Jacobian, forward-mode JVPs through the model), whatever its current name."""
+    """GNRI's Newton variant (the model's own Jacobian: directional derivatives by finite differences in the current
+    pack, forward-mode autograd in earlier ones), whatever its current name."""
     return {"variant": choose("GNRIInvert", "variant", "newton", "paper")}
 
 

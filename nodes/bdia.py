@@ -6,7 +6,7 @@ with the BDIA step (bridge.run_replay / ReplaySampler), never with the plain one
 """
 from __future__ import annotations
 
-from ..inversion_core.solvers.bdia import DEFAULT_STARTER, METHOD, BDIAInversionStep, check_gamma
+from ..inversion_core.solvers.bdia import DEFAULT_STARTER, METHOD, SPACES, BDIAInversionStep, check_gamma
 from ..inversion_core.solvers.fixed_point import FixedPointOptions
 from ..inversion_core.schedule import as_sampling_schedule
 from .bridge import INVERTED, InversionSampler
@@ -28,12 +28,13 @@ class BDIAInversionSampler(InversionSampler):
                disable_pbar=False):
         top_sigma = float(as_sampling_schedule(sigmas, "sigmas")[0])
         # fresh per run (it is stateful); σ_T sets the bit-exact grid
-        self.solver = BDIAInversionStep(self.solver.gamma, self.solver.starter, sigma_top=top_sigma)
+        self.solver = BDIAInversionStep(self.solver.gamma, self.solver.starter, sigma_top=top_sigma,
+                                        space=self.solver.space)
         top = super().sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
                              disable_pbar)
         self.record.params["grid"] = self.solver.grid
         INVERTED.mark_bdia(self.record.states[-1], self.record.states[-2], float(self.params["gamma"]),
-                           self.solver.grid)
+                           self.solver.grid, self.solver.space)
         return top
 
 
@@ -58,15 +59,20 @@ class BDIAInvert(_InvertNode):
         "starter_budget": ("INT", {"default": DEFAULT_STARTER.max_evals, "min": 1, "max": 200, "tooltip": (
             "Most model evaluations for the first step; its last evaluation is reused by the next step, so the whole "
             "inversion costs T + (starter evaluations) - 2. 1 = no solve (z_1 = the DDIM guess's input).")}),
+        "space": (list(SPACES), {"default": "vp", "tooltip": (
+            "Where the two latents are combined. vp: the paper's DDIM form, on the latent scaled by the model's "
+            "input scaling (1/sqrt(sigma^2+1) for SD-type models; flow models are unscaled, so both choices are "
+            "the same there). sigma: on ComfyUI's sigma-space latent. Both are exact; they differ in how stable "
+            "edits and generations with another prompt or cfg are (README: measured).")}),
     }
 
     def sampler(self, model, gamma=1.0, starter_tolerance=DEFAULT_STARTER.tol,
-                starter_budget=DEFAULT_STARTER.max_evals):
+                starter_budget=DEFAULT_STARTER.max_evals, space="vp"):
         starter = FixedPointOptions(tol=float(starter_tolerance), max_evals=int(starter_budget),
                                     memory=DEFAULT_STARTER.memory)
-        step = BDIAInversionStep(check_gamma(gamma), starter)
+        step = BDIAInversionStep(check_gamma(gamma), starter, space=space)
         params = {"gamma": step.gamma, "starter_tolerance": starter.tol, "starter_budget": starter.max_evals,
-                  "pair_state": "states[-2]"}
+                  "space": space, "pair_state": "states[-2]"}
         return BDIAInversionSampler(step, METHOD, params)
 
 

@@ -150,18 +150,20 @@ class _Inverted:
         self.bdia: collections.deque = collections.deque(maxlen=size)    # (top, pair state, gamma) of BDIA inversions
         self.lock = threading.Lock()
 
-    def mark_bdia(self, top: torch.Tensor, pair: torch.Tensor, gamma: float, grid: Optional[float]) -> None:
+    def mark_bdia(self, top: torch.Tensor, pair: torch.Tensor, gamma: float, grid: Optional[float],
+                  space: str) -> None:
         with self.lock:
             self.bdia.append((top.detach().float().cpu().clone(), pair.detach().float().cpu().clone(), float(gamma),
-                              grid))
+                              grid, space))
 
     def bdia_for(self, x: torch.Tensor) -> Optional[tuple]:
-        """(pair state, gamma, grid) when ``x`` is the top of a recent BDIA inversion (replayed with BDIA only)."""
+        """(pair state, gamma, grid, space) when ``x`` is the top of a recent BDIA inversion (replayed with BDIA
+        only)."""
         with self.lock:
             items = list(self.bdia)
-        for top, pair, gamma, grid in reversed(items):
+        for top, *state in reversed(items):
             if top.shape == x.shape and describe_change(top, x) is None:
-                return pair, gamma, grid
+                return tuple(state)
         return None
 
     def add(self, top: torch.Tensor, schedule: torch.Tensor) -> None:
@@ -243,7 +245,7 @@ class ReplaySampler(comfy.samplers.Sampler):
                  checked: bool = False, bdia: Optional[tuple] = None):
         self.offsets, self.weights, self.mask, self.states_down = offsets, weights, mask, states_down
         self.checked = checked
-        self.bdia = bdia        # (pair state or None, gamma, grid): replay with the BDIA step (inversion_core/solvers/bdia.py)
+        self.bdia = bdia        # (pair state or None, gamma, grid, space): replay with the BDIA step (inversion_core/solvers/bdia.py)
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -260,7 +262,7 @@ class ReplaySampler(comfy.samplers.Sampler):
         if bdia is not None:
             pair = None if bdia[0] is None else bdia[0].to(device=x_top.device)
             out = bdia_replay(den, x_top, pair, schedule, bdia[1], callback=_host_progress(callback), grid=bdia[2],
-                              offsets=self.offsets, weights=self.weights, mask=self.mask,
+                              space=bdia[3], offsets=self.offsets, weights=self.weights, mask=self.mask,
                               states_down=self.states_down)
             return out.to(device=x_top.device)
         out = replay(den, x_top, schedule, callback=_host_progress(callback), offsets=self.offsets,
@@ -296,9 +298,9 @@ def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor) -> None:
 class _OffsetSampler(comfy.samplers.Sampler):
     """Runs only the source branch over the stored trajectory to compute the DirectInversion offsets."""
 
-    def __init__(self, states_down, weights, bdia_gamma: Optional[float] = None):
+    def __init__(self, states_down, weights, bdia: Optional[tuple] = None):
         self.states_down, self.weights, self.offsets = states_down, weights, None
-        self.bdia_gamma = bdia_gamma
+        self.bdia = bdia
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -307,9 +309,9 @@ class _OffsetSampler(comfy.samplers.Sampler):
         device = latent_image.device
         states = [s.to(device) for s in self.states_down]
 
-        if self.bdia_gamma is not None:
-            self.offsets = bdia_source_offsets(den, states, schedule, self.bdia_gamma, self.weights,
-                                               callback=_host_progress(callback))
+        if self.bdia is not None:
+            self.offsets = bdia_source_offsets(den, states, schedule, self.bdia[1], self.weights,
+                                               callback=_host_progress(callback), space=self.bdia[3])
             return latent_image
         self.offsets = source_offsets(den, states, schedule, self.weights, callback=_host_progress(callback))
         return latent_image
@@ -458,11 +460,13 @@ def _mask_for(mask: Optional[torch.Tensor], samples: torch.Tensor, name: str) ->
 
 
 def _bdia_replay_state(entry: dict, states_down: list, total: int, change: Optional[str]) -> Optional[tuple]:
-    """(pair state z_{T-1} or None, gamma, grid) for a BDIA record, None for every other method. Unchanged samples replay
-    from the stored pair; changed ones (variations) start with one plain step, as BDIA's sampler does from noise."""
+    """(pair state z_{T-1} or None, gamma, grid, space) for a BDIA record, None for every other method. Unchanged
+    samples replay from the stored pair; changed ones (variations) start with one plain step, as BDIA's sampler does
+    from noise."""
     if entry.get("method") != BDIA:
         return None
-    gamma = (entry.get("params") or {}).get("gamma")
+    params = entry.get("params") or {}
+    gamma = params.get("gamma")
     if gamma is None or len(states_down) != total + 1:
         raise ValueError("inverted_latent: this BDIA inversion's record lacks its gamma or its stored trajectory (the "
                          "pair state z_{T-1}); BDIA cannot be replayed without them and the plain step would not "
@@ -470,8 +474,8 @@ def _bdia_replay_state(entry: dict, states_down: list, total: int, change: Optio
     if change is not None:
         warn("Inverted Latent Sampler: BDIA's pair state z_{T-1} belongs to the noise that was inverted, not to these "
              "changed samples, so the BDIA replay starts with one plain step from them (a generation)")
-        return None, float(gamma), None
-    return states_down[1], float(gamma), (entry.get("params") or {}).get("grid")
+        return None, float(gamma), None, params.get("space", "sigma")
+    return states_down[1], float(gamma), params.get("grid"), params.get("space", "sigma")
 
 
 def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_positive=None,
@@ -525,7 +529,7 @@ def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_po
                 "source prompt itself, connect it to both positive and source_positive), or set "
                 "correction_strength to 0")
         check_conditioning(source_positive, samples.shape[0], "source_positive")
-        offset_sampler = _OffsetSampler(states_down, weights, None if bdia is None else bdia[1])
+        offset_sampler = _OffsetSampler(states_down, weights, bdia)
         _guide(model, source_positive, negative, cfg, samples, offset_sampler, schedule)
         offsets = offset_sampler.offsets
     m = _mask_for(mask_input, samples, "mask" if mask is not None else "inverted_latent noise_mask")

@@ -2,6 +2,8 @@
 replay through the host's executor, and what must error instead of silently replaying with the plain step."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -26,24 +28,34 @@ def rel(a, b) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def bdia_invert(den_f, x0, sigmas, gamma=1.0, **starter):
+def c_in(sigma: float) -> float:
+    """The EPS/V input scaling 1/√(σ² + 1): BDIA's "vp" space is the latent scaled by it (DDIM's VP latent)."""
+    return 1.0 / math.sqrt(sigma * sigma + 1.0)
+
+
+def scaled(den_f, kind):
+    return Denoiser(den_f, input_scale=None if kind == "flow" else c_in)
+
+
+def bdia_invert(den_f, x0, sigmas, gamma=1.0, space="vp", kind="eps", **starter):
     step = BDIAInversionStep(gamma, FixedPointOptions(**{"tol": 1e-4, "max_evals": 2, "memory": 3, **starter}),
-                             sigma_top=float(sigmas[0]))
-    den = Denoiser(den_f)
+                             sigma_top=float(sigmas[0]), space=space)
+    den = scaled(den_f, kind)
     rec = invert(den, x0, sigmas, step, method="bdia")
     return rec, step, den
 
 
 # --------------------------------------------------------------------------------------------------------- core
+@pytest.mark.parametrize("space", ["vp", "sigma"])
 @pytest.mark.parametrize("kind, den_f, sigmas", CASES)
-def test_round_trip_is_bit_exact_on_the_grid_at_one_evaluation_per_step(kind, den_f, sigmas):
+def test_round_trip_is_bit_exact_on_the_grid_at_one_evaluation_per_step(kind, den_f, sigmas, space):
     x0 = image()
-    rec, step, den = bdia_invert(den_f, x0, sigmas)
+    rec, step, den = bdia_invert(den_f, x0, sigmas, space=space, kind=kind)
     T = len(sigmas) - 1
     assert den.forward_evals == T                       # a 2-evaluation starter whose last call is reused: DDIM's cost
     assert [s.forward_evals for s in rec.steps] == [2.0, 0.0] + [1.0] * (T - 2)
-    replay_den = Denoiser(den_f)
-    back = bdia_replay(replay_den, rec.states[-1], rec.states[-2], sigmas, 1.0, grid=step.grid)
+    replay_den = scaled(den_f, kind)
+    back = bdia_replay(replay_den, rec.states[-1], rec.states[-2], sigmas, 1.0, grid=step.grid, space=space)
     assert replay_den.forward_evals == T - 1            # none at the top: the pair is given
     assert torch.equal(back, snap(x0, step.grid))        # bit for bit: every state was reproduced exactly
     assert rel(back, x0) < 1e-5, rel(back, x0)           # the grid's rounding of the image is all that is lost
@@ -75,6 +87,15 @@ def test_step_formula_is_the_papers_and_its_inverse_is_exact():
     # γ → 0 is plain DDIM (the Euler step of steps.py); γ = 1 the leapfrog over two intervals
     assert torch.allclose(bdia_down(z_up, z_i, s_up, s_i, s_dn, den, 0.0), euler_step(z_i, s_i, s_dn, den), atol=1e-6)
     assert torch.allclose(bdia_down(z_up, z_i, s_up, s_i, s_dn, den, 1.0), z_up + (s_dn - s_up) * d, atol=1e-5)
+    # the paper's VP form: the same formula on Z = c·z with DDIM's VP step Δ(t_i → t | z_i) = c_t·S(z_i → σ_t) − Z_i
+    c = (c_in(s_up), c_in(s_i), c_in(s_dn))
+    for gamma in (1.0, 0.6):
+        zi = c[1] * z_i
+        vp = (gamma * c[0] * z_up + (1 - gamma) * zi - gamma * (c[0] * euler_step(z_i, s_i, s_up, den) - zi)
+              + c[2] * euler_step(z_i, s_i, s_dn, den) - zi) / c[2]
+        down = bdia_down(z_up, z_i, s_up, s_i, s_dn, den, gamma, c=c)
+        assert torch.allclose(down, vp, atol=1e-5)
+        assert torch.allclose(bdia_up(down, z_i, s_dn, s_i, s_up, den, gamma, c=c), z_up, atol=1e-4)
     q = bdia_grid(z_up, s_up)
     assert torch.equal(bdia_down(bdia_up(snap(z_up, q), z_i, s_up, s_i, s_dn, den, 1.0, q), z_i, s_dn, s_i, s_up,
                                  den, 1.0, q), snap(z_up, q))

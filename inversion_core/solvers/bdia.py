@@ -67,10 +67,14 @@ DEFAULT_STARTER = FixedPointOptions(tol=1e-4, max_evals=2, memory=3)   # measure
 EXACT_INTEGERS = 2 ** 24          # float32 holds every integer multiple n·q with |n| ≤ 2^24 exactly
 
 
-def bdia_grid(x0: Tensor, sigma_top: float) -> float:
-    """The finest fixed-point grid q = 2^−k with 2^24·q ≥ M = max|z_0| + 6·σ_T (the states' reach: the image plus
-    six standard deviations of the top level's noise). An element beyond 2^24·q is merely rounded, as in float32."""
-    bound = float(x0.detach().abs().max()) + 6.0 * float(sigma_top)
+SPACES = ("vp", "sigma")
+
+
+def bdia_grid(x0: Tensor, sigma_top: float, c_top: float = 1.0) -> float:
+    """The finest fixed-point grid q = 2^−k with 2^24·q ≥ M = max|z_0| + 6·c_T·σ_T (the states' reach in the space
+    the walk runs in: the image plus six standard deviations of the top level's noise). An element beyond 2^24·q is
+    merely rounded, as in float32."""
+    bound = float(x0.detach().abs().max()) + 6.0 * float(sigma_top) * float(c_top)
     return 2.0 ** math.ceil(math.log2(max(bound, 1e-6) / EXACT_INTEGERS))
 
 
@@ -87,36 +91,57 @@ def check_gamma(gamma: float) -> float:
     return g
 
 
-def bdia_down(z_up: Tensor, z_i: Tensor, sigma_up: float, sigma_i: float, sigma_down: float, denoised: Tensor,
-              gamma: float, grid: Optional[float] = None) -> Tensor:
-    """z_{i−1} from the pair (z_{i+1} = ``z_up`` at σ_{i+1}, z_i at σ_i) and D(z_i, σ_i) (module doc, BDIA-DDIM).
-    ``grid`` (γ = 1 only): the bit-exact fixed-point form."""
+Scales = tuple[float, float, float]      # (c_{i+1}, c_i, c_{i−1}): the level scalings of the space BDIA runs in
+UNSCALED: Scales = (1.0, 1.0, 1.0)
+
+
+def _increment(z_i: Tensor, sigma_up: float, sigma_i: float, sigma_down: float, denoised: Tensor, gamma: float,
+               c: Scales) -> Tensor:
+    """u = Δ(t_i → t_{i−1} | z_i) − γ·Δ(t_i → t_{i+1} | z_i) in the scaled space Z = c·z (DDIM's VP latent when c is
+    the model's input scaling; sigma space when c ≡ 1): Δ(t_i → t | z_i) = c_t·S(z_i; σ_i → σ_t) − c_i·z_i."""
     d = to_d(z_i, sigma_i, denoised)
-    coef = (sigma_down - sigma_i) - gamma * (sigma_up - sigma_i)
+    if c == UNSCALED:
+        return ((sigma_down - sigma_i) - gamma * (sigma_up - sigma_i)) * d
+    c_up, c_i, c_dn = c
+    return ((c_dn - c_i) - gamma * (c_up - c_i)) * z_i + (c_dn * (sigma_down - sigma_i)
+                                                          - gamma * c_up * (sigma_up - sigma_i)) * d
+
+
+def bdia_down(z_up: Tensor, z_i: Tensor, sigma_up: float, sigma_i: float, sigma_down: float, denoised: Tensor,
+              gamma: float, grid: Optional[float] = None, c: Scales = UNSCALED) -> Tensor:
+    """z_{i−1} from the pair (z_{i+1} = ``z_up`` at σ_{i+1}, z_i at σ_i) and D(z_i, σ_i) (module doc, BDIA-DDIM),
+    computed on Z = c·z. ``grid`` (γ = 1 only): the bit-exact fixed-point form on Z."""
+    c_up, c_i, c_dn = c
+    u = _increment(z_i, sigma_up, sigma_i, sigma_down, denoised, gamma, c)
     if gamma == 1.0:
-        return snap(z_up, grid) + snap(coef * d, grid)
-    return gamma * z_up + (1.0 - gamma) * z_i + coef * d
+        out = snap(z_up if c_up == 1.0 else c_up * z_up, grid) + snap(u, grid)
+    else:
+        out = gamma * c_up * z_up + (1.0 - gamma) * c_i * z_i + u
+    return out if c_dn == 1.0 else out / c_dn
 
 
 def bdia_up(z_down: Tensor, z_i: Tensor, sigma_down: float, sigma_i: float, sigma_up: float, denoised: Tensor,
-            gamma: float, grid: Optional[float] = None) -> Tensor:
-    """z_{i+1} from (z_{i−1} = ``z_down``, z_i) and D(z_i, σ_i): the exact inverse of ``bdia_down`` (same ``grid``)."""
-    d = to_d(z_i, sigma_i, denoised)
-    coef = (sigma_down - sigma_i) - gamma * (sigma_up - sigma_i)
+            gamma: float, grid: Optional[float] = None, c: Scales = UNSCALED) -> Tensor:
+    """z_{i+1} from (z_{i−1} = ``z_down``, z_i) and D(z_i, σ_i): the exact inverse of ``bdia_down`` (same ``grid``
+    and scales ``c`` = (c_{i+1}, c_i, c_{i−1}))."""
+    c_up, c_i, c_dn = c
+    u = _increment(z_i, sigma_up, sigma_i, sigma_down, denoised, gamma, c)
     if gamma == 1.0:
-        return snap(z_down, grid) - snap(coef * d, grid)
-    return (z_down - (1.0 - gamma) * z_i - coef * d) / gamma
+        out = snap(z_down if c_dn == 1.0 else c_dn * z_down, grid) - snap(u, grid)
+    else:
+        out = (c_dn * z_down - (1.0 - gamma) * c_i * z_i - u) / gamma
+    return out if c_up == 1.0 else out / c_up
 
 
 class _Recorder:
     """Passes calls to a Denoiser and keeps (input, output, active) of each: the starter reuses the model call at the
     iterate it keeps instead of paying one more. Inputs are snapped to the grid first (so the kept z_1 is on it)."""
 
-    def __init__(self, den: Denoiser, grid: Optional[float]):
-        self.den, self.grid, self.calls = den, grid, []
+    def __init__(self, den: Denoiser, grid: Optional[float], c: float = 1.0):
+        self.den, self.grid, self.c, self.calls = den, grid, c, []
 
     def __call__(self, x: Tensor, sigma: float, active: Optional[Tensor] = None) -> Tensor:
-        x = snap(x, self.grid)
+        x = snap(x, self.grid) if self.c == 1.0 else snap(self.c * x, self.grid) / self.c
         out = self.den(x, sigma, active)
         self.calls.append((x, out, None if active is None else active.clone()))
         return out
@@ -134,9 +159,12 @@ class BDIAInversionStep:
     gamma: float = 1.0
     starter: FixedPointOptions = DEFAULT_STARTER
     sigma_top: Optional[float] = None
+    space: str = "vp"
 
     def __post_init__(self):
         self.gamma = check_gamma(self.gamma)
+        if self.space not in SPACES:
+            raise ValueError(f"space: one of {SPACES}, got {self.space!r}")
         self.starter = self.starter.validate()
         self._solve = make_fixed_point_step(self.starter)
         self._reuse: Optional[tuple[Tensor, Tensor]] = None      # (z_1, D(z_1, σ_1)) from the starter
@@ -157,10 +185,12 @@ class BDIAInversionStep:
             denoised = reuse[1]
         else:
             denoised = den(z_i, sigma_lo)
-        z_up = bdia_up(z_down, z_i, sigma_down, sigma_lo, sigma_hi, denoised, self.gamma, self.grid)
+        c = level_scales(den, self.space, sigma_hi, sigma_lo, sigma_down)
+        z_up = bdia_up(z_down, z_i, sigma_down, sigma_lo, sigma_hi, denoised, self.gamma, self.grid, c)
         # what the replay step will miss here: float round-off of the algebra (no model call; 0 on the grid)
-        back = bdia_down(z_up, z_i, sigma_hi, sigma_lo, sigma_down, denoised, self.gamma, self.grid)
-        res = residual_rms(back - snap(z_down, self.grid))
+        back = bdia_down(z_up, z_i, sigma_hi, sigma_lo, sigma_down, denoised, self.gamma, self.grid, c)
+        ref = z_down if self.grid is None else snap(c[2] * z_down, self.grid) / c[2]
+        res = residual_rms(back - ref)
         note = "BDIA step: exact up to float round-off" if self.grid is None else "BDIA step: bit-exact on the grid"
         if self.grid is not None and float(z_up.abs().max()) > EXACT_INTEGERS * self.grid:
             note = (f"BDIA step: |z| reached {float(z_up.abs().max()):.4g}, beyond the grid's exact range "
@@ -169,8 +199,9 @@ class BDIAInversionStep:
                                converged=True, note=note)
 
     def _start(self, den, target, guess, sigma_lo, sigma_hi, ctx):
-        self.grid = bdia_grid(ctx.x0, self.sigma_top) if self.gamma == 1.0 and self.sigma_top else None
-        rec = _Recorder(den, self.grid)
+        c_top = level_scales(den, self.space, self.sigma_top or 0.0, 0.0, 0.0)[0]
+        self.grid = bdia_grid(ctx.x0, self.sigma_top, c_top) if self.gamma == 1.0 and self.sigma_top else None
+        rec = _Recorder(den, self.grid, level_scales(den, self.space, sigma_hi, 0.0, 0.0)[0])
         _, st = self._solve(rec, target, guess, sigma_lo, sigma_hi, ctx)
         # keep, per item, the evaluated iterate with the lowest residual (its model call is reused next step)
         batch = target.shape[0]
@@ -195,6 +226,14 @@ class BDIAInversionStep:
 ReplayCallback = Callable[[int, int, Tensor, Tensor], None]
 
 
+def level_scales(den: Denoiser, space: str, *sigmas: float) -> Scales:
+    """c(σ) per level: the model's input scaling c_in (1/√(σ²+1) for EPS/V: DDIM's VP latent; 1 for flow) in the
+    "vp" space, 1 in the "sigma" space."""
+    if space == "sigma" or den.input_scale is None:
+        return tuple(1.0 for _ in sigmas)
+    return tuple(float(den.input_scale(s)) for s in sigmas)
+
+
 def _eval(den: Denoiser, x: Tensor, sigma: float, k: int, total: int, sigma_next: float, what: str) -> Tensor:
     try:
         return den(x, sigma)
@@ -203,7 +242,7 @@ def _eval(den: Denoiser, x: Tensor, sigma: float, k: int, total: int, sigma_next
 
 
 def bdia_replay(den: Denoiser, x_top: Tensor, pair: Optional[Tensor], sampling_sigmas: Tensor, gamma: float,
-                callback: Optional[ReplayCallback] = None, *, grid: Optional[float] = None, offsets: Optional[Sequence[Optional[Tensor]]] = None,
+                callback: Optional[ReplayCallback] = None, *, grid: Optional[float] = None, space: str = "vp", offsets: Optional[Sequence[Optional[Tensor]]] = None,
                 weights: Optional[Sequence[float]] = None, mask: Optional[Tensor] = None,
                 states_down: Optional[Sequence[Tensor]] = None) -> Tensor:
     """BDIA sampling down the descending ``sampling_sigmas`` (indices k here run down: level k has σ_k, σ_0 = the top).
@@ -220,7 +259,7 @@ def bdia_replay(den: Denoiser, x_top: Tensor, pair: Optional[Tensor], sampling_s
     total = len(s) - 1
     if pair is None or gamma != 1.0:
         grid = None
-    x_prev = snap(x_top.detach().float().clone(), grid)
+    x_prev = x_top.detach().float().clone()
     den.batch_size = x_prev.shape[0]
     if mask is not None:
         if states_down is None:
@@ -240,19 +279,21 @@ def bdia_replay(den: Denoiser, x_top: Tensor, pair: Optional[Tensor], sampling_s
         if tuple(pair.shape) != tuple(x_prev.shape):
             raise ValueError(f"pair: the BDIA pair state has shape {tuple(pair.shape)} but the latent "
                              f"{tuple(x_prev.shape)}")
-        x = snap(pair.detach().float().to(x_prev.device).clone(), grid)
+        x = pair.detach().float().to(x_prev.device).clone()
         x = finish(0, x, x)
     else:
         denoised = _eval(den, x_prev, s[0], 0, total, s[1], "sampling")
         x = finish(0, x_prev + (s[1] - s[0]) * to_d(x_prev, s[0], denoised), denoised)
     for k in range(1, total):
         denoised = _eval(den, x, s[k], k, total, s[k + 1], "sampling")
-        x_prev, x = x, finish(k, bdia_down(x_prev, x, s[k - 1], s[k], s[k + 1], denoised, gamma, grid), denoised)
+        c = level_scales(den, space, s[k - 1], s[k], s[k + 1])
+        x_prev, x = x, finish(k, bdia_down(x_prev, x, s[k - 1], s[k], s[k + 1], denoised, gamma, grid, c), denoised)
     return x
 
 
 def bdia_source_offsets(den_src: Denoiser, states_down: Sequence[Tensor], sampling_sigmas: Tensor, gamma: float,
-                        weights: Sequence[float], callback: Optional[ReplayCallback] = None) -> list[Optional[Tensor]]:
+                        weights: Sequence[float], callback: Optional[ReplayCallback] = None,
+                        space: str = "vp") -> list[Optional[Tensor]]:
     """Source correction (DirectInversion) for the BDIA replay: o_k = z*_{k+1} − BDIA(z*_{k−1}, z*_k; D_src(z*_k, σ_k))
     for steps k ≥ 1 with weight ≠ 0 (None elsewhere and at k = 0, whose z_1 is the stored pair state)."""
     s = [float(v) for v in sampling_sigmas.tolist()]
@@ -266,8 +307,9 @@ def bdia_source_offsets(den_src: Denoiser, states_down: Sequence[Tensor], sampli
         else:
             z_up, z_k = states_down[k - 1].float(), states_down[k].float()
             denoised = _eval(den_src, z_k, s[k], k, total, s[k + 1], "source correction")
+            c = level_scales(den_src, space, s[k - 1], s[k], s[k + 1])
             out.append(states_down[k + 1].float().to(z_k.device)
-                       - bdia_down(z_up.to(z_k.device), z_k, s[k - 1], s[k], s[k + 1], denoised, gamma))
+                       - bdia_down(z_up.to(z_k.device), z_k, s[k - 1], s[k], s[k + 1], denoised, gamma, None, c))
         if callback is not None:
             callback(k + 1, total, states_down[k], states_down[k])
     return out

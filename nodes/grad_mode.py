@@ -29,6 +29,7 @@ context so that nothing the solver touches is one.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -167,7 +168,8 @@ class GradInversionSampler(InversionSampler):
             return super().sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
                                   disable_pbar)
         aborted = None
-        for protect in (False, True):
+        known = _needs_protection(model_wrap)
+        for protect in ((True,) if known else (False, True)):
             try:
                 with grad_mode(model_wrap, protect_saved=protect) as report:
                     out = super().sample(model_wrap, _normal(sigmas), extra_args, callback, _normal(noise),
@@ -177,6 +179,7 @@ class GradInversionSampler(InversionSampler):
                     raise
                 den = getattr(self, "denoiser", None)
                 aborted = (den.forward_evals, den.backward_evals) if den is not None else (0.0, 0.0)
+                _remember_protection(model_wrap)
                 continue
             self.report = report
             self.params["grad_mode"] = report.as_dict()
@@ -193,6 +196,20 @@ class GradInversionSampler(InversionSampler):
                         "aborted by the host's in-place update, retried with saved-activation copies")
             return out
         raise AssertionError("unreachable")
+
+
+# Models whose blocks update saved activations in place: the next solve starts with the copies instead of paying for
+# an aborted attempt again (weakly held: a model that is unloaded is forgotten).
+_PROTECT = weakref.WeakSet()
+
+
+def _needs_protection(model_wrap) -> bool:
+    return any(m in _PROTECT for m in _modules(model_wrap))
+
+
+def _remember_protection(model_wrap) -> None:
+    for m in _modules(model_wrap):
+        _PROTECT.add(m)
 
 
 def derivative_path(report: GradModeReport, aborted: Optional[tuple[float, float]]) -> str:

@@ -10,7 +10,9 @@ from .common import CATEGORY, INVERSION_OUTPUT_NAMES, INVERSION_OUTPUT_TOOLTIPS,
 
 
 class _InvertNode:
-    """Shared declaration: the inputs every inversion node has, plus ``EXTRA`` of its own; two outputs."""
+    """Shared declaration: the inputs every inversion node has, plus ``EXTRA`` of its own (required) and
+    ``OPTIONAL`` (inputs added later, optional so that saved prompts without them keep their old meaning); two
+    outputs."""
 
     CATEGORY = CATEGORY
     RETURN_TYPES = INVERSION_OUTPUTS
@@ -18,11 +20,13 @@ class _InvertNode:
     OUTPUT_TOOLTIPS = INVERSION_OUTPUT_TOOLTIPS
     FUNCTION = "invert"
     EXTRA: dict = {}
+    OPTIONAL: dict = {}
 
     @classmethod
     def INPUT_TYPES(cls):
         inputs = inversion_inputs()
         inputs["required"].update(cls.EXTRA)
+        inputs["optional"].update(cls.OPTIONAL)
         return inputs
 
     def sampler(self, model, **params) -> InversionSampler:
@@ -46,7 +50,7 @@ CONVENTION_INPUT = ("convention", (list(CONVENTIONS), {"default": "current level
 class DDIMInvert(_InvertNode):
     DESCRIPTION = ("Plain deterministic DDIM inversion: one model evaluation per step, the baseline every other "
                    "method is measured against.")
-    EXTRA = dict([CONVENTION_INPUT])
+    OPTIONAL = dict([CONVENTION_INPUT])
 
     def sampler(self, model, convention="current level"):
         return InversionSampler(ddim_solver(convention), "ddim", {"convention": convention})
@@ -71,6 +75,8 @@ class EasyInvInvert(_InvertNode):
         "variant": (list(easyinv.VARIANTS), {"default": "paper", "tooltip": (
             "paper: the model sees the unblended latent and the step starts from the blended one. output: the step "
             "outputs are blended (the reference repository's short example).")}),
+    }
+    OPTIONAL = {
         "convention": (list(CONVENTIONS), {"default": "input-matched", "tooltip": (
             "Where DDIM's model evaluation is taken (see DDIM Invert). input-matched is EasyInv's own (diffusers "
             "inverse DDIM); current level is ComfyUI's FlipSigmas + euler.")}),
@@ -133,7 +139,7 @@ def sampler_node(invert_node: type[_InvertNode], method: str) -> type:
 
         @classmethod
         def INPUT_TYPES(cls):
-            return {"required": dict(invert_node.EXTRA)}
+            return {"required": dict(invert_node.EXTRA), "optional": dict(invert_node.OPTIONAL)}
 
         def get_sampler(self, **params):
             return (invert_node().sampler(None, **params),)

@@ -258,3 +258,11 @@ def test_every_model_evaluation_is_counted_including_an_aborted_attempt():
     assert "aborted" in entry["params"]["derivatives"] and "saved activations copied" in entry["params"]["derivatives"]
     assert "aborted by the host's in-place update" in entry["step_stats"][0]["note"]
     assert entry["stats"]["forward_evals"] == pytest.approx(len(calls))       # batch 1: one call = one evaluation
+    # the same model again: it is known to need the copies, so nothing is aborted (and nothing wasted) this time
+    calls.clear()
+    with torch.inference_mode():
+        again = bridge.run_inversion(model, cond, cond, 1.0, latent, schedule,
+                                     node.sampler(model, "precise (1e-5)", 1e-4, 10, 1.0, "ddim"))["inversion"]
+    assert "aborted" not in again["params"]["derivatives"]
+    assert "saved activations copied" in again["params"]["derivatives"]
+    assert again["stats"]["forward_evals"] == pytest.approx(len(calls)) < entry["stats"]["forward_evals"]

@@ -58,7 +58,8 @@ def test_round_trip_is_bit_exact_on_the_grid_at_one_evaluation_per_step(kind, de
     back = bdia_replay(replay_den, rec.states[-1], rec.states[-2], sigmas, 1.0, grid=step.grid, space=space)
     assert replay_den.forward_evals == T - 1            # none at the top: the pair is given
     assert torch.equal(back, snap(x0, step.grid))        # bit for bit: every state was reproduced exactly
-    assert rel(back, x0) < 1e-5, rel(back, x0)           # the grid's rounding of the image is all that is lost
+    # the grid's rounding of the image is all that is lost; sigma space needs a 16x coarser grid (|z| up to 12·σ_T)
+    assert rel(back, x0) < (1e-5 if space == "vp" or kind == "flow" else 1e-4), rel(back, x0)
     assert all(r == 0.0 for s in rec.steps[1:] for r in s.residual)
     assert torch.equal(x0, image())                      # input untouched
 

@@ -28,14 +28,19 @@ precision whatever the starter was. Without the pair (noise that is not the inve
 sampler does, with one plain DDIM step z_{T−1} = z_T + Δ(t_T → t_{T−1} | z_T).
 
 Notes, measured in tests/test_bdia.py and scripts/bdia_compare.py:
-* The paper states BDIA for DDIM in the VP latent (z = α·x); the same formula in sigma space differs from it only in
-  how the carried difference z_{i+1} − ẑ is scaled across levels (by α_{i+1}/α_{i−1} there, 1 here). Both are exactly
-  invertible; this module is the sigma-space one (what ComfyUI's samplers integrate, for EPS, V and flow alike).
+* Space. The paper states BDIA for DDIM in the VP latent Z = α·z; in ComfyUI's sigma space α is the model's input
+  scaling c_in(σ) = 1/√(σ² + 1) for EPS/V (1 for flow, whose latent already is DDIM's), and DDIM's VP step is
+  Δ(t_i → t | z_i) = c_t·S(z_i; σ_i → σ_t) − c_i·z_i. space "vp" (default) runs the formula on Z = c·z, exactly the
+  paper's; space "sigma" runs it on z itself (c ≡ 1). They differ in how the carried difference z_{i+1} − ẑ is
+  scaled across levels, which decides how stable edits and generations with another prompt are (measured in
+  scripts/bdia_compare.py: on the EPS reference model the sigma form blows up at cfg 3, the vp form does not).
+  Both are exactly invertible; for flow models they coincide.
 * Bit-exact at γ = 1 (``grid``): the leapfrog z_{i+1} = z_{i−1} − (σ_{i−1} − σ_{i+1})·d_i is an addition, so on a
   fixed-point grid of spacing q = 2^−k (every state and increment rounded to a multiple of q, |z| < 2^24·q) float32
   adds and subtracts exactly, and the replay reproduces every state bit for bit whenever the model returns the same
-  bits for the same input. The grid (``bdia_grid``: the finest power of two with 2^24·q ≥ max|z_0| + 6·σ_T) costs
-  a rounding of the image of q/√12 RMS (q = 2^−17, 2.2e-6 RMS for SD's σ_max 14.6; 2^−21 for flow), and it makes the replay
+  bits for the same input. The grid (``bdia_grid``: the finest power of two with 2^21·q ≥ max|z_0| + 12·c_T·σ_T,
+  three bits below float32's 24 so that ulp-level changes snap back) costs a rounding of the image of q/√12 RMS
+  (q = 2^−17 in the vp space and for flow, 2^−13 in sigma space for SD's σ_max 14.6), and it makes the replay
   immune to ulp-level changes of z_T (the host's latent-format round trip): ``snap`` restores the bits. Without the
   grid, float round-off injected on the way down is amplified by γ = 1's undamped second root (|μ| > 1 going down
   with Karras-like steps): measured 77–82 dB at T = 10 on the reference model instead of ~100.
@@ -64,17 +69,19 @@ MIN_GAMMA = 0.01
 DEFAULT_STARTER = FixedPointOptions(tol=1e-4, max_evals=2, memory=3)   # measured: scripts/bdia_compare.py
 
 
-EXACT_INTEGERS = 2 ** 24          # float32 holds every integer multiple n·q with |n| ≤ 2^24 exactly
+EXACT_INTEGERS = 2 ** 21          # float32 holds n·q exactly up to |n| ≤ 2^24; 3 bits are kept so that ulp-level
+                                  # changes (c·(Z/c), the host's latent-format round trip) stay below q/2 and snap back
 
 
 SPACES = ("vp", "sigma")
 
 
 def bdia_grid(x0: Tensor, sigma_top: float, c_top: float = 1.0) -> float:
-    """The finest fixed-point grid q = 2^−k with 2^24·q ≥ M = max|z_0| + 6·c_T·σ_T (the states' reach in the space
-    the walk runs in: the image plus six standard deviations of the top level's noise). An element beyond 2^24·q is
-    merely rounded, as in float32."""
-    bound = float(x0.detach().abs().max()) + 6.0 * float(sigma_top) * float(c_top)
+    """The finest fixed-point grid q = 2^−k with 2^21·q ≥ M = max|z_0| + 12·c_T·σ_T (the states' reach in the space
+    the walk runs in: the image plus twelve standard deviations of the top level's noise — BDIA's inverted latents
+    reach ~7 on the reference model). An element beyond 2^21·q is merely rounded, as in float32 (the step's note
+    says so)."""
+    bound = float(x0.detach().abs().max()) + 12.0 * float(sigma_top) * float(c_top)
     return 2.0 ** math.ceil(math.log2(max(bound, 1e-6) / EXACT_INTEGERS))
 
 
@@ -192,8 +199,9 @@ class BDIAInversionStep:
         ref = z_down if self.grid is None else snap(c[2] * z_down, self.grid) / c[2]
         res = residual_rms(back - ref)
         note = "BDIA step: exact up to float round-off" if self.grid is None else "BDIA step: bit-exact on the grid"
-        if self.grid is not None and float(z_up.abs().max()) > EXACT_INTEGERS * self.grid:
-            note = (f"BDIA step: |z| reached {float(z_up.abs().max()):.4g}, beyond the grid's exact range "
+        reach = float(z_up.abs().max()) * c[0]
+        if self.grid is not None and reach > EXACT_INTEGERS * self.grid:
+            note = (f"BDIA step: |z| reached {reach:.4g}, beyond the grid's exact range "
                     f"{EXACT_INTEGERS * self.grid:.4g}: those elements are rounded (float32 precision, not bit-exact)")
         return z_up, StepStats(sigma_lo=sigma_lo, sigma_hi=sigma_hi, iterations=1, residual=res.tolist(),
                                converged=True, note=note)

@@ -109,7 +109,8 @@ def reference(dtype: torch.dtype, half_compute: bool = False, name: str = "sd-un
     ``half_compute`` also computes in ``dtype`` (on a CPU the host keeps half weights but computes in fp32)."""
     import host
     rm = sys.modules[host.pack_module().__name__ + ".nodes.reference_model"]
-    model, clip, vae = rm.load_reference_model(name)
+    with torch.inference_mode():              # as the host's loaders run: the weights are inference tensors
+        model, clip, vae = rm.load_reference_model(name)
     if dtype != torch.float32:
         from safetensors.torch import load_file
         meta = rm.reference_metadata(name)
@@ -238,38 +239,47 @@ def extras(pack, model, clip, vae, images, device) -> str:
 
 
 def plot(rows, path: Path):
-    """PSNR against seconds, one line per method (log-x), drawn with PIL (no plotting library needed)."""
+    """PSNR against seconds (log-x), one panel per reference model, one line per method joining its T values (drawn
+    with PIL: no plotting library needed). Rows whose PSNR is not finite (stock unsampling at a flow model's σ = 1)
+    are left out."""
     from PIL import Image, ImageDraw
-    W, H, L, B, T_, R = 1100, 640, 70, 60, 30, 380
-    img = Image.new("RGB", (W, H), "white")
+    rows = [r for r in rows if math.isfinite(r["psnr"]) and math.isfinite(r["seconds"])]
+    models = sorted({r["model"] for r in rows})
+    PW, H, L, B, T_, LEG = 560, 560, 60, 50, 40, 200
+    img = Image.new("RGB", (PW * len(models), H), "white")
     d = ImageDraw.Draw(img)
-    xs = [math.log10(max(r["seconds"], 1e-3)) for r in rows]
-    ys = [min(r["psnr"], 120.0) for r in rows]
-    x0, x1, y0, y1 = min(xs) - 0.1, max(xs) + 0.1, min(ys) - 2, max(ys) + 2
-    px = lambda x: L + (x - x0) / (x1 - x0) * (W - L - R)          # noqa: E731
-    py = lambda y: H - B - (y - y0) / (y1 - y0) * (H - B - T_)     # noqa: E731
-    d.line([(L, T_), (L, H - B), (W - R, H - B)], fill="black")
-    for e in range(math.floor(x0), math.ceil(x1) + 1):
-        if x0 <= e <= x1:
-            d.text((px(e) - 10, H - B + 6), f"1e{e}s", fill="black")
-    for v in range(int(y0) // 10 * 10, int(y1) + 1, 10):
-        if y0 <= v <= y1:
-            d.text((8, py(v) - 6), f"{v} dB", fill="black")
     colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
                (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 0), (90, 60, 150),
-               (200, 80, 0)]
-    groups = {}
-    for r, x, y in zip(rows, xs, ys):
-        groups.setdefault((r["model"], r["method"], r["precision"]), []).append((x, y, r["T"]))
-    for i, ((model, method, prec), pts) in enumerate(sorted(groups.items())):
-        c = colours[i % len(colours)]
-        pts.sort()
-        d.line([(px(x), py(y)) for x, y, _ in pts], fill=c, width=2) if len(pts) > 1 else None
-        for x, y, t in pts:
-            d.ellipse([px(x) - 3, py(y) - 3, px(x) + 3, py(y) + 3], fill=c)
-            d.text((px(x) + 4, py(y) - 12), f"T{t}", fill=c)
-        d.text((W - R + 10, T_ + 14 * i), f"{model}: {method}" + (f" ({prec})" if prec != "fp32" else ""), fill=c)
-    d.text((L, 8), "reconstruction PSNR vs inversion seconds (reference models, held-out images)", fill="black")
+               (200, 80, 0), (0, 120, 120)]
+    methods = sorted({r["method"] for r in rows})
+    colour = {m: colours[i % len(colours)] for i, m in enumerate(methods)}
+    for k, model in enumerate(models):
+        ox = k * PW
+        mine = [r for r in rows if r["model"] == model]
+        xs = [math.log10(max(r["seconds"], 1e-3)) for r in mine]
+        ys = [min(r["psnr"], 120.0) for r in mine]
+        x0, x1, y0, y1 = min(xs) - 0.1, max(xs) + 0.1, min(ys) - 2, max(ys) + 2
+        right = ox + PW - LEG
+        px = lambda x: ox + L + (x - x0) / (x1 - x0) * (right - ox - L)          # noqa: E731
+        py = lambda y: H - B - (y - y0) / (y1 - y0) * (H - B - T_)              # noqa: E731
+        d.line([(ox + L, T_), (ox + L, H - B), (right, H - B)], fill="black")
+        for e in range(math.floor(x0), math.ceil(x1) + 1):
+            if x0 <= e <= x1:
+                d.text((px(e) - 10, H - B + 6), f"1e{e}s", fill="black")
+        for v in range(int(y0) // 10 * 10, int(y1) + 1, 10):
+            if y0 <= v <= y1:
+                d.text((ox + 8, py(v) - 6), f"{v} dB", fill="black")
+        d.text((ox + L, 8), f"{model}: reconstruction PSNR vs inversion seconds", fill="black")
+        for i, method in enumerate(m for m in methods if any(r["method"] == m for r in mine)):
+            c = colour[method]
+            pts = sorted((r["T"], math.log10(max(r["seconds"], 1e-3)), min(r["psnr"], 120.0))
+                         for r in mine if r["method"] == method)
+            if len(pts) > 1:
+                d.line([(px(x), py(y)) for _, x, y in pts], fill=c, width=2)
+            for t, x, y in pts:
+                d.ellipse([px(x) - 3, py(y) - 3, px(x) + 3, py(y) + 3], fill=c)
+                d.text((px(x) + 4, py(y) - 12), f"T{t}", fill=c)
+            d.text((right + 10, T_ + 14 * i), method, fill=c)
     img.save(path)
 
 

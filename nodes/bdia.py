@@ -47,10 +47,12 @@ class BDIAInvert(_InvertNode):
         "evaluations). " + REPLAY_NOTE)
     EXTRA = {
         "gamma": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.05, "round": False, "tooltip": (
-            "BDIA's gamma: 1 = the time-symmetric step (the inverted noise stays noise-like; default). 0 would be "
-            "plain DDIM. Below 1 the round trip is still exact, but each inversion step divides by gamma, so the "
-            "starter's error and round-off grow by 1/gamma per step in the inverted latent (an alternating, "
-            "non-noise component; README shows it). Replay always uses the inversion's gamma.")}),
+            "BDIA's gamma: 1 = the time-symmetric step (default): the replay lands on the image bit for bit, but "
+            "edits and generations with another prompt or cfg are only marginally stable (speckle on SD-type models, "
+            "can blow up on flow models with karras steps). 0.7: clean edits and generations, the round trip still "
+            "exact to float precision (no bit-exact grid), but each inversion step divides by gamma, so the inverted "
+            "latent can carry an alternating non-noise component (README: measured). 0 would be plain DDIM. Replay "
+            "always uses the inversion's gamma.")}),
         "starter_tolerance": ("FLOAT", {"default": DEFAULT_STARTER.tol, "min": 1e-9, "max": 1.0, "step": 1e-6,
                                         "round": False, "tooltip": (
             "The first step (z_1 from the image) is solved by the Exact Invert solver to this RMS residual. It "

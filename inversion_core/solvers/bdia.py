@@ -46,8 +46,13 @@ Notes, measured in tests/test_bdia.py and scripts/bdia_compare.py:
   with Karras-like steps): measured 77–82 dB at T = 10 on the reference model instead of ~100.
 * γ < 1: the inversion's homogeneous part has the root −1/γ, so every deviation of the pair from a smooth trajectory
   (the starter's error, round-off) grows by 1/γ per step on the way up and is damped by γ on the way down. The round
-  trip stays algebraically exact, but the inverted noise carries that growing alternating component. γ = 1 (both roots
-  on the unit circle) is the only setting whose inverted noise stays noise-like; it is the default.
+  trip stays exact in float32 (no grid: 100–150 dB measured), but the inverted noise can carry that growing
+  alternating component (EPS reference model, vp, γ = 0.5: 2.6× the exact inverse's norm away from it).
+* γ = 1 (default): both roots on the unit circle — the noise stays as close to the ODE's inverse as at any γ, the
+  replay is bit-exact, but nothing damps the second root on the way down either: replaying with *another* prompt or
+  cfg (an edit, a generation) lets it grow, seen as speckle (EPS, vp) or a blow-up (the flow reference model with
+  Karras steps at T = 10). γ = 0.7 damps it (clean edits and generations, docs/bdia_gamma.png) at the noise cost
+  above; scripts/bdia_compare.py measures both.
 """
 from __future__ import annotations
 

@@ -179,7 +179,7 @@ def test_node_inverts_at_ddims_cost_and_the_inverted_latent_sampler_replays_it_e
     x0 = out["latent"][0]["samples"]
     inv, sigmas = out["invert"]
     entry = inv["inversion"]
-    assert entry["method"] == "bdia" and entry["params"]["gamma"] == 1.0 and entry["params"]["grid"] > 0
+    assert entry["method"] == "bdia" and entry["params"]["gamma"] == 0.7      # the default: clean edits, exact
     assert entry["stats"]["forward_evals"] == 6 and len(entry["states"]) == 7
     assert torch.equal(inv["samples"], entry["states"][-1].to(inv["samples"].dtype))
     rec = out["replay"][0]["samples"]
@@ -247,7 +247,7 @@ def test_mask_and_source_correction_through_the_host():
 def test_edit_engine_with_a_bdia_record_reconstructs_with_the_source_prompt(branch):
     """The engine pins its source branch to the stored trajectory at the levels the BDIA replay evaluates (σ_1 …
     σ_{T−1}; none at the top), so with the source prompt every injection is a no-op."""
-    prompt = _bdia_prompt(steps=6, batch=2)
+    prompt = _bdia_prompt(steps=6, batch=2, extra={"gamma": 1.0})     # γ = 1: the bit-exact grid
     prompt["engine"] = {"class_type": "InversionEditEngine", "inputs": {
         "model": ["model", 0], "inverted_latent": ["invert", 0], "source_conditioning": ["positive", 0],
         "mode": "pnp", "strength": 1.0, "window_start": 0.0, "window_end": 1.0, "layers": "all",
@@ -273,3 +273,14 @@ def test_every_input_has_a_tooltip_and_the_replay_is_documented():
             for key, spec in group.items():
                 assert isinstance(spec[-1], dict) and spec[-1].get("tooltip"), (name, key)
         assert "not a reconstruction" in cls.DESCRIPTION
+
+
+@pytest.mark.parametrize("kind", ["eps", "flow"])
+def test_gamma_one_replays_bit_exactly_on_its_grid(kind):
+    out = run_workflow(_bdia_prompt(kind, extra={"gamma": 1.0}))
+    entry = out["invert"][0]["inversion"]
+    assert entry["params"]["gamma"] == 1.0 and entry["params"]["grid"] > 0
+    x0 = out["latent"][0]["samples"]
+    grid = entry["params"]["grid"]
+    # the only loss is the image's rounding to the grid
+    assert (out["replay"][0]["samples"] - x0).abs().max() <= grid

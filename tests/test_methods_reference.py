@@ -46,7 +46,7 @@ def cell(ref, label, steps):
 @pytest.mark.parametrize("steps", [10, 4])
 def test_ddim_default_is_at_least_as_good_as_comfyui_stock_unsampling(ref, steps):
     stock, ddim = cell(ref, "stock FlipSigmas+euler", steps), cell(ref, "DDIM", steps)
-    if ref[2].get_model_object("model_sampling").sigma_max >= 1.0 and ref[0].STOCK and stock["psnr"] != stock["psnr"]:
+    if ref[7] == "sd3-mmdit-flow" and stock["psnr"] != stock["psnr"]:
         # a flow model's schedule tops at sigma 1, where the host's sampler divides the result by 1 - sigma: stock
         # unsampling returns inf there (README); the pack's DDIM must still work
         assert ddim["psnr"] > 10, ddim

@@ -640,6 +640,23 @@ def make_reference_workflows():
                 return f"{len(api)} nodes, outputs from {sorted(h['outputs'])}"
         make(wf)
 
+    @check("checkpoint workflows (the non-reference workflows/*.json): convert against upstream's /object_info and "
+           "lint (not run: they need real checkpoints)")
+    async def _():
+        done, bad = [], []
+        for wf in sorted((PACK / "workflows").glob("*.json")):
+            if wf.name.startswith("reference_"):
+                continue
+            try:
+                api = ui_to_api(json.loads(wf.read_text()), node_defs())
+                lint(api)
+                done.append(f"{wf.name} ({len(api)} nodes)")
+            except Exception as e:  # noqa: BLE001
+                bad.append(f"{wf.name}: {type(e).__name__}: {e.args[0] if e.args else e}")
+        if bad:
+            raise Failed("; ".join(bad))
+        return ", ".join(done)
+
 
 async def main():
     make_twins()

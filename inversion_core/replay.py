@@ -65,21 +65,37 @@ def replay(den: Denoiser, x_top: Tensor, sampling_sigmas: Tensor, callback: Opti
     den.batch_size = x.shape[0]
     s = sampling_sigmas.tolist()
     total = len(s) - 1
-    if mask is not None:
-        if states_down is None:
-            raise ValueError("mask: a masked replay needs the stored trajectory")
-        mask = mask.float().to(x.device)
+    finish = step_finisher(total, x.device, callback, offsets=offsets, weights=weights, mask=mask,
+                           states_down=states_down)
     for k in range(total):
         sigma, sigma_next = s[k], s[k + 1]
         denoised = _eval(den, x, sigma, k, total, sigma_next, "sampling")
-        x = euler_step(x, sigma, sigma_next, denoised)
+        x = finish(k, euler_step(x, sigma, sigma_next, denoised), denoised)
+    return x
+
+
+def step_finisher(total: int, device, callback: Optional[ReplayCallback] = None, *,
+                  offsets: Optional[Sequence[Optional[Tensor]]] = None, weights: Optional[Sequence[float]] = None,
+                  mask: Optional[Tensor] = None, states_down: Optional[Sequence[Tensor]] = None
+                  ) -> Callable[[int, Tensor, Tensor], Tensor]:
+    """What every replay does after its own step k lands on x_{k+1}: add the weighted source-correction offset, pin
+    the region outside the mask to the stored trajectory (x ← m·x + (1 − m)·x*_{k+1}), report progress. Shared by
+    the plain replay here and BDIA's (solvers/bdia.py)."""
+    if mask is not None:
+        if states_down is None:
+            raise ValueError("mask: a masked replay needs the stored trajectory")
+        mask = mask.float().to(device)
+
+    def finish(k: int, x: Tensor, denoised: Tensor) -> Tensor:
         if offsets is not None and offsets[k] is not None:
             x = x + weights[k] * offsets[k].to(x.device)
         if mask is not None:
             x = mask * x + (1.0 - mask) * states_down[k + 1].float().to(x.device)
         if callback is not None:
             callback(k + 1, total, x, denoised)
-    return x
+        return x
+
+    return finish
 
 
 def step_weights(total: int, strength: float, start_step: int, end_step: int) -> list[float]:

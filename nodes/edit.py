@@ -90,6 +90,15 @@ class _Context:
         self.step, self.phase, self.n, self.b, self.cond_or_uncond = step, phase, n, b, list(cond_or_uncond)
 
 
+
+def _call_site(extra_options: dict):
+    """(host attention module, heads, precision, engine context or None, layer id) of an attention replace call."""
+    block = extra_options.get("block")
+    layer = (block[0], block[1], extra_options.get("block_index", 0)) if block is not None else None
+    ctx: Optional[_Context] = extra_options.get(KEY)
+    return _host_attention(), extra_options["n_heads"], extra_options.get("attn_precision"), ctx, layer
+
+
 class EditEngine:
     """The source branch and the injection, for one inverted latent. ``stats`` counts what the source branch cost."""
 
@@ -194,12 +203,7 @@ class EditEngine:
         return list(src), list(tensors)
 
     def attn1(self, q, k, v, extra_options):
-        attention = _host_attention()
-        heads = extra_options["n_heads"]
-        precision = extra_options.get("attn_precision")
-        ctx: Optional[_Context] = extra_options.get(KEY)
-        block = extra_options.get("block")
-        layer = (block[0], block[1], extra_options.get("block_index", 0)) if block is not None else None
+        attention, heads, precision, ctx, layer = _call_site(extra_options)
         s = self.settings
         if ctx is None:
             return attention.optimized_attention(q, k, v, heads, attn_precision=precision)
@@ -218,12 +222,7 @@ class EditEngine:
         return attention.optimized_attention(qe, ke, ve, heads, attn_precision=precision)
 
     def attn2(self, q, k, v, extra_options):
-        attention = _host_attention()
-        heads = extra_options["n_heads"]
-        precision = extra_options.get("attn_precision")
-        ctx: Optional[_Context] = extra_options.get(KEY)
-        block = extra_options.get("block")
-        layer = (block[0], block[1], extra_options.get("block_index", 0)) if block is not None else None
+        attention, heads, precision, ctx, layer = _call_site(extra_options)
         out = attention.optimized_attention(q, k, v, heads, attn_precision=precision)
         if ctx is None or not self.settings.cross_steps or not self.settings.cross_steps[ctx.step]:
             return out

@@ -10,15 +10,14 @@ be merged there. tests/test_edit_engine_workflows.py validates and executes ever
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from make_workflows import (REFERENCE_STEPS, WORKFLOWS_DIR, Workflow, checkpoint_setup, decode_and_save,  # noqa: E402
-                            render)
+from make_workflows import (REFERENCE_STEPS, Workflow, checkpoint_setup, decode_and_save, render,  # noqa: E402
+                            write_or_check)
 
 SETUP = ("Needs: nothing to download or copy. The model is the pack's bundled reference model (Load Inversion "
          "Reference Model: a tiny 32x32 pixel-space diffusion model; prompts: cat, astronaut, coffee, rocket, galaxy, "
@@ -36,7 +35,7 @@ def _base(wf: Workflow, image: str, source: str, target: str):
     img = wf.add("LoadInversionReferenceImage", "Held-out image", image=image)
     latent = wf.add("VAEEncode", pixels=img[0], vae=vae)
     inv = wf.add("ExactInvert", "Exact invert (source prompt)", model=model, positive=pos[0], negative=neg[0],
-                 latent=latent[0], steps=REFERENCE_STEPS, scheduler="ddim_uniform", cfg=1.0, denoise=1.0,
+                 latent=latent[0], steps=REFERENCE_STEPS, scheduler="auto", cfg=1.0, denoise=1.0,
                  preset="balanced")
     return model, vae, pos[0], neg[0], edit[0], inv[0]
 
@@ -141,7 +140,7 @@ def _checkpoint_engine(defs, *, ckpt: str, size: int, steps: int, scheduler: str
 
 def sd15_edit_engine_pnp(defs) -> dict:
     return _checkpoint_engine(
-        defs, ckpt="v1-5-pruned-emaonly.safetensors", size=512, steps=50, scheduler="ddim_uniform", mode="pnp",
+        defs, ckpt="v1-5-pruned-emaonly.safetensors", size=512, steps=50, scheduler="auto", mode="pnp",
         widgets={"window_start": -1.0, "window_end": -1.0, "residual_features": True}, cfg=7.5, tag="sd15",
         note=("Stable Diffusion 1.5, PnP through the Inversion Edit Engine: Exact inversion (50 steps, cfg 1), then "
               "the edit prompt at cfg 7.5 with the source branch's decoder features and self-attention maps (SD1.x "
@@ -167,60 +166,20 @@ def sd3_edit_engine_kv(defs) -> dict:
               "same node patches SD3 only."))
 
 
-# checkpoint workflows: built and validated (tests/test_edit_engine_workflows.py), not written by default
+# checkpoint workflows: written and validated (tests/test_edit_engine_workflows.py, tests/test_workflows.py); executed
+# only where the checkpoint exists
 CHECKPOINT_EDIT_WORKFLOWS = {
     "sd15_edit_engine_pnp.json": sd15_edit_engine_pnp,
     "sdxl_edit_engine_masactrl.json": sdxl_edit_engine_masactrl,
     "sd3_edit_engine_kv.json": sd3_edit_engine_kv,
 }
 
-README_LINES = {
-    "reference_edit_engine_pnp.json": "Inversion Edit Engine, PnP mode (decoder features + self-attention maps of "
-                                      "the source branch, window 0-0.3): a prompt edit that keeps the layout.",
-    "reference_edit_engine_masactrl.json": "Inversion Edit Engine, MasaCtrl mode (source keys/values from 10 % of "
-                                           "the schedule on).",
-    "reference_edit_engine_p2p.json": "Inversion Edit Engine, Prompt-to-Prompt mode (cross-attention word swap + "
-                                      "re-weighting).",
-    "reference_edit_engine_masked.json": "Inversion Edit Engine with a mask: source keys/values and the stored "
-                                         "trajectory outside a centre square.",
-}
-
-
 def build_all(defs) -> dict:
-    return {name: make(defs) for name, make in EDIT_WORKFLOWS.items()}
+    return {name: make(defs) for name, make in {**EDIT_WORKFLOWS, **CHECKPOINT_EDIT_WORKFLOWS}.items()}
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="compare with the committed files; write nothing")
-    args = ap.parse_args(argv)
-    import contextlib
-    import io
-    import os
-
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import host
-    from workflow_format import validate_ui
-
-    with contextlib.redirect_stderr(io.StringIO()):
-        defs = host.engine().nodes.NODE_CLASS_MAPPINGS
-    stale = []
-    for name, ui in build_all(defs).items():
-        problems = validate_ui(ui, defs)
-        if problems:
-            print(f"{name}: invalid workflow:\n  " + "\n  ".join(problems), file=sys.stderr)
-            return 1
-        path, text = WORKFLOWS_DIR / name, render(ui)
-        if args.check:
-            if not path.is_file() or path.read_text(encoding="utf-8") != text:
-                stale.append(name)
-        else:
-            path.write_text(text, encoding="utf-8")
-            print(f"wrote {path.relative_to(ROOT)}")
-    if stale:
-        print("out of date (run scripts/make_edit_workflows.py): " + ", ".join(stale), file=sys.stderr)
-        return 1
-    return 0
+    return write_or_check(build_all, "make_edit_workflows.py", argv)
 
 
 if __name__ == "__main__":

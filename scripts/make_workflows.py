@@ -558,16 +558,17 @@ def render(ui: dict) -> str:
     return json.dumps(ui, indent=2, ensure_ascii=False) + "\n"
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def write_or_check(build_all, script: str, argv=None) -> int:
+    """The command line of a workflow generator: write every file ``build_all(defs)`` returns, or with --check
+    exit 1 when a committed file differs (``script`` names the generator in the message)."""
+    ap = argparse.ArgumentParser(description=f"write the workflows of {script} (see its docstring)")
     ap.add_argument("--check", action="store_true", help="compare with the committed files; write nothing")
     args = ap.parse_args(argv)
+    import contextlib
+    import io
     import os
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import contextlib
-    import io
-
     import host
     from workflow_format import validate_ui
 
@@ -589,9 +590,13 @@ def main(argv=None) -> int:
             path.write_text(text, encoding="utf-8")
             print(f"wrote {path.relative_to(ROOT)}")
     if stale:
-        print("out of date (run scripts/make_workflows.py): " + ", ".join(stale), file=sys.stderr)
+        print(f"out of date (run scripts/{script}): " + ", ".join(stale), file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv=None) -> int:
+    return write_or_check(build_all, "make_workflows.py", argv)
 
 
 if __name__ == "__main__":

@@ -128,7 +128,10 @@ def test_checkpoint_workflows_name_their_checkpoint(path, defs):
     expected = {"sd15_easyinv_reconstruct_edit.json": "v1-5-pruned-emaonly.safetensors",
                 "sdxl_edit.json": "sd_xl_base_1.0.safetensors",
                 "sdxl_turbo_gnri.json": "sd_xl_turbo_1.0_fp16.safetensors",
-                "sd3_flow_exact.json": "sd3_medium_incl_clips.safetensors"}[path.name]
+                "sd3_flow_exact.json": "sd3_medium_incl_clips.safetensors",
+                "sd15_edit_engine_pnp.json": "v1-5-pruned-emaonly.safetensors",
+                "sdxl_edit_engine_masactrl.json": "sd_xl_base_1.0.safetensors",
+                "sd3_edit_engine_kv.json": "sd3_medium_incl_clips.safetensors"}[path.name]
     assert ckpts == [expected]
     missing = missing_files(ui, defs)
     if missing:

@@ -66,6 +66,7 @@ from torch import Tensor
 from ..denoiser import Denoiser, NonFiniteModelOutput
 from ..invert import StepContext, StepFailed
 from ..record import StepStats
+from ..replay import step_finisher
 from ..steps import fixed_point_map, residual_rms, to_d
 from .fixed_point import FixedPointOptions, make_fixed_point_step
 
@@ -274,19 +275,8 @@ def bdia_replay(den: Denoiser, x_top: Tensor, pair: Optional[Tensor], sampling_s
         grid = None
     x_prev = x_top.detach().float().clone()
     den.batch_size = x_prev.shape[0]
-    if mask is not None:
-        if states_down is None:
-            raise ValueError("mask: a masked replay needs the stored trajectory")
-        mask = mask.float().to(x_prev.device)
-
-    def finish(k: int, x: Tensor, denoised: Tensor) -> Tensor:
-        if offsets is not None and offsets[k] is not None:
-            x = x + weights[k] * offsets[k].to(x.device)
-        if mask is not None:
-            x = mask * x + (1.0 - mask) * states_down[k + 1].float().to(x.device)
-        if callback is not None:
-            callback(k + 1, total, x, denoised)
-        return x
+    finish = step_finisher(total, x_prev.device, callback, offsets=offsets, weights=weights, mask=mask,
+                           states_down=states_down)
 
     if pair is not None:
         if tuple(pair.shape) != tuple(x_prev.shape):

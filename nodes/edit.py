@@ -22,7 +22,7 @@ import comfy.samplers
 from ..inversion_core.edit import (MODES, concat_tokens, find_step, inject_self_attention, p2p_cross_attention,
                                    repeat_chunks, resolve_settings, token_mask_for_layer)
 from ..inversion_core.edit.attention import reweight_columns
-from ..inversion_core.edit.select import MODE_HELP, EditSettings
+from ..inversion_core.edit.select import MODE_HELP, EditSettings, layer_name
 from .bridge import _mask_for, check_conditioning, model_family, model_kind, read_inverted
 from .common import CATEGORY
 
@@ -62,8 +62,34 @@ def unet_layers(diffusion_model) -> list:
 
 
 def dit_layers(diffusion_model) -> list:
-    """The joint blocks of a host MMDiT (SD3) as ("joint", i, 0)."""
+    """The joint blocks of a host MMDiT (SD3) as ("joint", i, 0); the double and single stream blocks of a host Flux
+    as ("double", i, 0) and ("single", i, 0)."""
+    if hasattr(diffusion_model, "double_blocks") and hasattr(diffusion_model, "single_blocks"):
+        return ([("double", i, 0) for i in range(len(diffusion_model.double_blocks))]
+                + [("single", i, 0) for i in range(len(diffusion_model.single_blocks))])
     return [("joint", i, 0) for i in range(len(getattr(diffusion_model, "joint_blocks", [])))]
+
+
+def _is_flux(diffusion_model) -> bool:
+    return hasattr(diffusion_model, "double_blocks") and hasattr(diffusion_model, "single_blocks")
+
+
+def _check_flux(model, diffusion_model) -> None:
+    """The Flux path needs the host's DiT block replace patches and its attention override; anything else that looks
+    like Flux (Chroma, Kontext-style variants with other block signatures, flipped token order) is refused."""
+    if type(diffusion_model).__module__ != "comfy.ldm.flux.model" or type(diffusion_model).__name__ != "Flux":
+        raise ValueError(f"model: {type(diffusion_model).__module__}.{type(diffusion_model).__name__} has Flux-style "
+                         "double/single stream blocks but is not the host's Flux; the engine's dit_kv mode handles "
+                         "SD3's MMDiT and Flux (comfy.ldm.flux) only")
+    if any(getattr(blk, "flipped_img_txt", False) for blk in diffusion_model.double_blocks):
+        raise ValueError("model: this Flux puts the image tokens before the text tokens (flipped_img_txt); the "
+                         "engine's dit_kv mode handles the [text, image] order of Flux.1 only")
+    if not hasattr(model, "set_model_patch_replace"):
+        raise RuntimeError("Inversion Edit Engine: this ComfyUI's ModelPatcher lacks set_model_patch_replace (needed "
+                           "for Flux blocks)")
+    if not hasattr(_host_attention(), "wrap_attn"):
+        raise RuntimeError("Inversion Edit Engine: this ComfyUI's attention has no optimized_attention_override "
+                           "(comfy.ldm.modules.attention.wrap_attn); the engine's Flux path needs a newer ComfyUI")
 
 
 class _JointBlockWithInjection(torch.nn.Module):
@@ -81,13 +107,24 @@ class _JointBlockWithInjection(torch.nn.Module):
         return self._engine.joint_block(self._original, self._layer, context, x, c, **kwargs)
 
 
+class _FluxBlockPatch:
+    """A Flux block replace patch (``patches_replace["dit"][("double_block"|"single_block", i)]``) for one layer."""
+
+    def __init__(self, engine: "EditEngine", layer: tuple):
+        self.engine, self.layer = engine, layer
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        return self.engine.flux_block(self.layer, args, extra)
+
+
 class _Context:
     """What the wrapper tells the patches for one model call (lives in transformer_options[KEY])."""
 
-    __slots__ = ("step", "phase", "n", "b", "cond_or_uncond")
+    __slots__ = ("step", "phase", "n", "b", "cond_or_uncond", "hw")
 
-    def __init__(self, step: int, phase: str, n: int, b: int, cond_or_uncond: list):
+    def __init__(self, step: int, phase: str, n: int, b: int, cond_or_uncond: list, hw: tuple = ()):
         self.step, self.phase, self.n, self.b, self.cond_or_uncond = step, phase, n, b, list(cond_or_uncond)
+        self.hw = tuple(hw)      # the latent's spatial size (Flux: how many image tokens follow the text)
 
 
 
@@ -102,12 +139,15 @@ def _call_site(extra_options: dict):
 class EditEngine:
     """The source branch and the injection, for one inverted latent. ``stats`` counts what the source branch cost."""
 
-    def __init__(self, settings: EditSettings, schedule: list, states_down: list, source_cond, mask, branch: str):
+    def __init__(self, settings: EditSettings, schedule: list, states_down: list, source_cond, mask, branch: str,
+                 patch_size: int = 1):
         self.settings, self.schedule, self.states_down = settings, schedule, states_down
+        self.patch_size = int(patch_size)
         self.source_cond, self.mask, self.branch = source_cond, mask, branch
         self.cache: dict = {}
         self.current: Optional[_Context] = None     # the DiT blocks' channel (the host's MMDiT passes no options)
         self._src_conds: dict = {}
+        self._flux_text: dict = {}                  # per model call: the text token count the double blocks saw
         self.stats = {"calls": 0, "source_calls": 0, "seconds": 0.0}
 
     # ------------------------------------------------------------------------------------------ model wrapper
@@ -147,20 +187,21 @@ class EditEngine:
                     c_all[key] = concat_tokens([c_src[key], val]) if isinstance(val, torch.Tensor) else val
                 opts = dict(c.get("transformer_options", {}))
                 opts["cond_or_uncond"] = cou + cou
-                opts[KEY] = _Context(k, "batched", n, b, cou)
+                opts[KEY] = _Context(k, "batched", n, b, cou, x.shape[2:])
                 c_all["transformer_options"] = opts
                 self.current = opts[KEY]
                 out = apply_model(torch.cat([x_src, x]), torch.cat([t, t]), **c_all)
                 return out[n:]
             opts = dict(c.get("transformer_options", {}))
-            opts[KEY] = self.current = _Context(k, "capture", n, b, cou)
+            opts[KEY] = self.current = _Context(k, "capture", n, b, cou, x.shape[2:])
             apply_model(x_src, t, **dict(c_src, transformer_options=opts))
             opts = dict(c.get("transformer_options", {}))
-            opts[KEY] = self.current = _Context(k, "inject", n, b, cou)
+            opts[KEY] = self.current = _Context(k, "inject", n, b, cou, x.shape[2:])
             return apply_model(x, t, **dict(c, transformer_options=opts))
         finally:
             self.current = None
             self.cache.clear()
+            self._flux_text.clear()
             self.stats["seconds"] += time.perf_counter() - start
 
     def _source_c(self, apply_model, c: dict, cou: list, b: int, x: torch.Tensor) -> dict:
@@ -274,6 +315,65 @@ class EditEngine:
         context = None if cb.pre_only else cb.post_attention(out[:, :split], *c_rest)
         return context, xb.post_attention(out[:, split:], *x_rest)
 
+    def flux_block(self, layer: tuple, args: dict, extra: dict) -> dict:
+        """One Flux double/single stream block (the host's ``patches_replace["dit"]``): outside the window the host's
+        block as is; inside, the host's block with an ``optimized_attention_override`` that puts the source's
+        keys/values into the edit's image tokens (the block's own projections, norms, RoPE and attention)."""
+        opts = args.get("transformer_options") or {}
+        ctx: Optional[_Context] = opts.get(KEY)
+        s = self.settings
+        # token order [txt, img(, reference latents)]: the single blocks get txt and img concatenated
+        text = args["txt"].shape[1] if layer[0] == "double" else None
+        if ctx is not None and text is not None:
+            self._flux_text[id(ctx)] = text
+        inject = ctx is not None and s.self_steps[ctx.step] and layer in s.self_layers
+        masked = ctx is not None and self.mask is not None and s.mask_steps[ctx.step] and layer in s.mask_layers
+        if not (inject or masked):
+            return extra["original_block"](args)
+        ps = self.patch_size
+        img_tokens = ((ctx.hw[0] + ps // 2) // ps) * ((ctx.hw[1] + ps // 2) // ps)
+        prior = opts.get("optimized_attention_override")
+
+        def override(func, q, k, v, heads, *a, **kw):
+            if not kw.get("skip_reshape") or q.ndim != 4:
+                raise RuntimeError("Inversion Edit Engine: Flux attention was not called with [batch, heads, tokens, "
+                                   "dim] tensors; this ComfyUI's Flux is not the one the engine knows")
+            total = q.shape[2]
+            start = text if text is not None else self._flux_text.get(id(ctx), total - img_tokens)
+            end = start + img_tokens
+            if end > total:
+                raise ValueError(f"Inversion Edit Engine: Flux block {layer_name(layer)} has {total} tokens, fewer "
+                                 f"than the {start} text + {img_tokens} image tokens the latent implies")
+            q, k, v = self._flux_inject(ctx, layer, inject, masked, q, k, v, start, end)
+            if prior is not None:
+                return prior(func, q, k, v, heads, *a, **kw)
+            return func(q, k, v, heads, *a, **kw)
+
+        opts = dict(opts, optimized_attention_override=override)
+        return extra["original_block"](dict(args, transformer_options=opts))
+
+    def _flux_inject(self, ctx: _Context, layer: tuple, inject: bool, masked: bool, q, k, v, start: int, end: int):
+        """q, k, v [B, heads, tokens, dim] with the image tokens [start, end) of k and v taken from the source."""
+        s = self.settings
+        b, heads, _, dim = q.shape
+
+        def flat(t):   # the image tokens as [B, tokens, heads * dim]
+            return t[:, :, start:end].transpose(1, 2).reshape(b, end - start, heads * dim)
+
+        src, edit = self._split(ctx, layer, "flux", *(flat(t) for t in (q, k, v)))
+        if src is None:    # capture phase: the source runs unchanged
+            return q, k, v
+        keep = token_mask_for_layer(self.mask.to(q.device), end - start, edit[0].shape[0]) if masked else None
+        new = inject_self_attention(*edit, *src, use_q=inject and s.use_q, use_k=inject and s.use_k,
+                                    use_v=inject and s.use_v, strength=s.strength, keep=keep)
+        if ctx.phase == "batched":
+            new = [torch.cat([a, e]) for a, e in zip(src, new)]
+        out = []
+        for t, img in zip((q, k, v), new):
+            img = img.to(t.dtype).reshape(b, end - start, heads, dim).transpose(1, 2)
+            out.append(torch.cat([t[:, :, :start], img, t[:, :, end:]], dim=2))
+        return tuple(out)
+
     def output_block(self, h, hsp, transformer_options):
         ctx: Optional[_Context] = transformer_options.get(KEY)
         s = self.settings
@@ -320,23 +420,32 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
     dit = bool(dit_layers(diffusion_model))
     layers_available = dit_layers(diffusion_model) if dit else unet_layers(diffusion_model)
     if not layers_available:
-        raise ValueError(f"model: no UNet transformer blocks or MMDiT joint blocks found in "
+        raise ValueError(f"model: no UNet transformer blocks, MMDiT joint blocks or Flux blocks found in "
                          f"{type(diffusion_model).__name__}; the engine handles SD-style UNets (SD1.x / SD2.x / SDXL, "
-                         "the reference model) and SD3's MMDiT on this host")
-    if dit and any(getattr(blk.x_block, "x_block_self_attn", False) for blk in diffusion_model.joint_blocks):
+                         "the reference model), SD3's MMDiT and (on upstream ComfyUI) Flux")
+    flux = dit and _is_flux(diffusion_model)
+    if flux:
+        _check_flux(model, diffusion_model)
+    if dit and not flux and any(getattr(blk.x_block, "x_block_self_attn", False)
+                                for blk in diffusion_model.joint_blocks):
         raise ValueError("model: this MMDiT has MMDiT-X blocks (SD3.5 medium's extra image self-attention); the "
                          "engine's dit_kv mode handles SD3 / SD3.5 large joint blocks only")
-    if dit and not hasattr(model, "add_object_patch"):
+    if dit and not flux and not hasattr(model, "add_object_patch"):
         raise RuntimeError("Inversion Edit Engine: this ComfyUI's ModelPatcher lacks add_object_patch (needed for "
                            "MMDiT blocks)")
     m = _mask_for(mask, samples, "mask")
     settings = resolve_settings(mode, model_family(model), total, layers_available, window_start=window_start,
                                 window_end=window_end, layers=layers, strength=strength, residual=residual_features,
                                 reweight=reweight, tokens=tokens, masked=m is not None, dit=dit)
-    engine = EditEngine(settings, schedule, states_down, source_conditioning, m, source_branch)
+    engine = EditEngine(settings, schedule, states_down, source_conditioning, m, source_branch,
+                        patch_size=getattr(diffusion_model, "patch_size", 1))
     patched = model.clone()
     # the patches are installed even for an empty window: outside the window every call takes the host's own path
     patched.set_model_unet_function_wrapper(engine)
+    if flux:
+        for layer in layers_available:
+            patched.set_model_patch_replace(_FluxBlockPatch(engine, layer), "dit", f"{layer[0]}_block", layer[1])
+        return patched, engine
     if dit:
         for layer in layers_available:
             block = diffusion_model.joint_blocks[layer[1]]
@@ -382,7 +491,7 @@ class InversionEditEngine:
                     "The prompt the image was inverted with (the source branch's prompt).")}),
                 "mode": (list(MODES), {"default": "pnp", "tooltip": " ".join(
                     f"{m}: {h}" for m, h in MODE_HELP.items()) + " UNet models take pnp / masactrl / p2p, SD3 "
-                    "(MMDiT) takes dit_kv."}),
+                    "(MMDiT) and Flux (upstream ComfyUI) take dit_kv."}),
                 "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": (
                     "How far the injected features move towards the source's (1 = replaced). Lower keeps less "
                     "structure and lets the prompt change more.")}),
@@ -394,8 +503,9 @@ class InversionEditEngine:
                     "start >= end injects nothing (plain replay).")}),
                 "layers": ("STRING", {"default": "auto", "tooltip": (
                     "Self-attention layers that take the source's features: auto = the family preset (SD1.x PnP "
-                    "output.4-11, MasaCtrl output.6-11; SDXL and others: decoder), or a list like 'decoder', "
-                    "'output.3-8', 'middle, output.0.0', 'all'. Deeper/more layers keep more structure.")}),
+                    "output.4-11, MasaCtrl output.6-11; SDXL and others: decoder; SD3: joint; Flux: all double and "
+                    "single blocks), or a list like 'decoder', 'output.3-8', 'middle, output.0.0', 'single.20-', "
+                    "'all'. Deeper/more layers keep more structure.")}),
                 "residual_features": ("BOOLEAN", {"default": True, "tooltip": (
                     "PnP only (on in the PnP paper): also inject the source's decoder features (entering output "
                     "block 4 for SD1.x, 3 for SDXL, 1 for the reference model) over 1.6x the attention window. "

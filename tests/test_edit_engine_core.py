@@ -48,6 +48,19 @@ def test_layer_selection_and_its_errors():
         edit.parse_layers("up_blocks", layers)
 
 
+def test_flux_layer_names_and_dit_kv_default():
+    # Flux's blocks as the engine names them (the host's Flux is upstream only; its run is in check_upstream_drive.py)
+    layers = [("double", i, 0) for i in range(3)] + [("single", i, 0) for i in range(4)]
+    assert edit.parse_layers("single.2-", layers) == {("single", 2, 0), ("single", 3, 0)}
+    assert edit.parse_layers("double", layers) == {("double", i, 0) for i in range(3)}
+    with pytest.raises(ValueError, match="joint"):
+        edit.parse_layers("joint", layers)
+    s = edit.resolve_settings("dit_kv", "Flux", 10, layers, dit=True)
+    assert s.self_layers == set(layers) and s.use_k and s.use_v and not s.use_q and sum(s.self_steps) == 5
+    sd3 = [("joint", i, 0) for i in range(2)]
+    assert edit.resolve_settings("dit_kv", "SD3", 10, sd3, dit=True).self_layers == set(sd3)
+
+
 def test_find_step_and_presets():
     sched = [14.6, 5.0, 1.0, 0.0]
     assert edit.find_step(5.0000001, sched) == 1 and edit.find_step(3.0, sched) is None

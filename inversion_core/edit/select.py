@@ -1,8 +1,10 @@
 """Modes, presets, injection windows (fractions of the schedule) and layer selection for the edit engine.
 
 Layers are named ``<kind>.<block>.<index>``: for UNets the host's blocks (``input.5.0``, ``middle.0.0``,
-``output.3.1`` = output block 3, its second transformer), for DiTs ``joint.<i>.0``. A selection is a comma list of
-``all``, ``none``, ``encoder`` (= ``input``), ``middle``, ``decoder`` (= ``output``), ``joint``, ``<kind>.<a>``,
+``output.3.1`` = output block 3, its second transformer), for DiTs ``joint.<i>.0`` (SD3) or ``double.<i>.0`` /
+``single.<i>.0`` (Flux's double and single stream blocks). A selection is a comma list of
+``all``, ``none``, ``encoder`` (= ``input``), ``middle``, ``decoder`` (= ``output``), ``joint``, ``double``,
+``single``, ``<kind>.<a>``,
 ``<kind>.<a>-<b>`` (blocks a … b inclusive), ``<kind>.<a>-`` (a onwards), or a full layer name.
 
 Windows: step k of a T-step replay (k = 0 is the noisiest) is inside [start, end) when start·T ≤ k < end·T. Few-step
@@ -22,7 +24,8 @@ MODE_HELP = {
                 "identity and texture, lets pose/layout follow the prompt.",
     "p2p": "Prompt-to-Prompt: the source's cross-attention maps with the edit prompt's words (word swap), optional "
            "re-weighting of chosen tokens, and the source's self-attention map early on.",
-    "dit_kv": "DiT (SD3 MMDiT): the source's keys+values for the image tokens of the joint blocks.",
+    "dit_kv": "DiT (SD3 MMDiT, Flux): the source's keys+values for the image tokens of the joint blocks (Flux: "
+              "the double and single stream blocks).",
 }
 
 # default windows per mode: (start, end) as fractions of the schedule
@@ -40,7 +43,7 @@ FAMILY_LAYERS = {
     "SDXL": {"pnp": "decoder", "masactrl": "output.0-2", "p2p": "decoder"},
     "SD3": {"dit_kv": "joint"},
 }
-DEFAULT_LAYERS = {"pnp": "decoder", "masactrl": "decoder", "p2p": "decoder", "dit_kv": "joint"}
+DEFAULT_LAYERS = {"pnp": "decoder", "masactrl": "decoder", "p2p": "decoder", "dit_kv": "all"}   # dit_kv: every block
 # PnP feature injection: the decoder features entering this output block
 FAMILY_RESIDUAL_BLOCK = {"SD15": 4, "SDXL": 3}
 DEFAULT_RESIDUAL_BLOCK = 1
@@ -53,7 +56,7 @@ def layer_name(layer: LayerName) -> str:
 
 
 _ALIASES = {"encoder": "input", "decoder": "output", "input": "input", "output": "output", "middle": "middle",
-            "joint": "joint"}
+            "joint": "joint", "double": "double", "single": "single"}
 
 
 def parse_layers(spec: str, available: Sequence[LayerName], what: str = "layers") -> frozenset:
@@ -70,7 +73,8 @@ def parse_layers(spec: str, available: Sequence[LayerName], what: str = "layers"
             continue
         m = re.fullmatch(r"([a-z]+)(?:\.(\d+)(-(\d*))?)?(?:\.(\d+))?", term)
         if not m or m.group(1) not in _ALIASES:
-            raise ValueError(f"{what}: cannot read {term!r}; use all, none, encoder, middle, decoder, joint, "
+            raise ValueError(f"{what}: cannot read {term!r}; use all, none, encoder, middle, decoder, joint, double, "
+                             "single, "
                              f"<kind>.<block>, <kind>.<a>-<b> or a layer name; this model has: {names}")
         kind = _ALIASES[m.group(1)]
         lo = int(m.group(2)) if m.group(2) is not None else None

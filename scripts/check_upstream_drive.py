@@ -610,7 +610,7 @@ for family in UPSTREAM_ARCH_FAMILIES:
 # ---- Inversion Edit Engine dit_kv on Flux (upstream only: the host's DiT block replace patches and attention
 # override). The tiny random Flux above, T=5, cfg 2, Exact inversion; the engine over the whole schedule.
 @check("flux: Inversion Edit Engine dit_kv (same prompt = plain replay, empty window bit-identical, batched = "
-       "cached, an edit changes the result, unsupported mode is a clear error)")
+       "cached, an edit changes the result, KV-Edit mask keeps the outside, unsupported mode is a clear error)")
 async def _():
     cfg, steps = 2.0, 5
     arch = {"family": "flux"}
@@ -634,6 +634,12 @@ async def _():
             inverted_latent=["invert", 0], correction_strength=correction, source_positive=["positive", 0])}
 
     p["eng_full"] = engine(window_start=0.0, window_end=1.0)
+    # KV-Edit mask (1 = edit) on the 16x16 latent: the centre 8x8, given to the engine and the sampler
+    p["zeros"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 16, "height": 16}}
+    p["ones"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 8, "height": 8}}
+    p["mask"] = {"class_type": "MaskComposite", "inputs": {"destination": ["zeros", 0], "source": ["ones", 0],
+                                                           "x": 4, "y": 4, "operation": "add"}}
+    p["eng_mask"] = engine(window_start=0.0, window_end=1.0, strength=0.5, mask=["mask", 0])
     p["eng_cached"] = engine(window_start=0.0, window_end=1.0, source_branch="cached")
     p["eng_empty"] = engine(window_start=0.3, window_end=0.3)
     p["plain_src"] = replay("model", "positive", 1.0)
@@ -642,7 +648,9 @@ async def _():
     p["empty_tgt"] = replay("eng_empty", "target")
     p["edit_tgt"] = replay("eng_full", "target")
     p["cached_tgt"] = replay("eng_cached", "target")
-    names = ("latent", "plain_src", "edit_src", "plain_tgt", "empty_tgt", "edit_tgt", "cached_tgt")
+    p["masked_tgt"] = replay("eng_mask", "target")
+    p["masked_tgt"]["inputs"]["mask"] = ["mask", 0]
+    names = ("latent", "plain_src", "edit_src", "plain_tgt", "empty_tgt", "edit_tgt", "cached_tgt", "masked_tgt")
     lat, _p, _h = await run(p, save=names)
     same = rms(lat["edit_src"], lat["plain_src"])
     empty = (lat["empty_tgt"] - lat["plain_tgt"]).abs().max().item()
@@ -650,9 +658,15 @@ async def _():
     changed = rms(lat["edit_tgt"], lat["plain_tgt"])
     from_source = rms(lat["edit_tgt"], lat["plain_src"])
     plain_from_source = rms(lat["plain_tgt"], lat["plain_src"])
+    inside = torch.zeros(16, 16, dtype=torch.bool)
+    inside[4:12, 4:12] = True
+    x0, masked = lat["latent"], lat["masked_tgt"]
+    outside_diff = (masked[..., ~inside] - x0[..., ~inside]).abs().max().item()
+    inside_diff = (masked[..., inside] - x0[..., inside]).abs().mean().item()
     note = (f"same prompt vs plain RMS {same:.3g} (bound {1e-5 * cfg:.1g}); empty window max diff {empty:.3g}; "
             f"batched vs cached max {cached:.3g}; edit vs plain edit RMS {changed:.4g}; edit vs source "
-            f"reconstruction RMS {from_source:.4g} (plain edit {plain_from_source:.4g})")
+            f"reconstruction RMS {from_source:.4g} (plain edit {plain_from_source:.4g}); masked edit (strength 0.5): "
+            f"outside max diff to the image {outside_diff:.3g}, inside mean diff {inside_diff:.4g}")
     bad = []
     if not same <= 1e-5 * cfg:
         bad.append("same-prompt engine replay differs from plain replay")
@@ -664,6 +678,8 @@ async def _():
         bad.append("the engine changes nothing on an edit")
     if not from_source > 1e-3:
         bad.append("the edit prompt changes nothing under the engine")
+    if not (outside_diff <= 1e-5 and inside_diff > 1e-3):
+        bad.append("masked edit: the outside is not kept or the inside does not change")
     # a UNet mode on Flux names the input
     e = {k: p[k] for k in ("model", "positive", "negative", "target", "latent", "invert")}
     e["eng"] = engine(mode="pnp")

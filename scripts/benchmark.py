@@ -60,7 +60,8 @@ GRADIENT_METHODS = ("PreciseInv precise", "PreciseInv precise, ddim init")
 
 def node_params(pack, node_name: str, overrides: dict) -> dict:
     """The node's own default widget values (what a user who drops it in gets), with ``overrides``."""
-    spec = pack.NODE_CLASS_MAPPINGS[node_name].INPUT_TYPES()["required"]
+    types = pack.NODE_CLASS_MAPPINGS[node_name].INPUT_TYPES()
+    spec = {**types["required"], **types.get("optional", {})}
     shared = ("model", "positive", "negative", "latent", "steps", "scheduler", "cfg", "denoise")
     params = {k: v[1]["default"] for k, v in spec.items()
               if k not in shared and len(v) > 1 and isinstance(v[1], dict) and "default" in v[1]}

@@ -127,7 +127,8 @@ EDIT_WORKFLOWS = {
 }
 
 def _checkpoint_engine(defs, *, ckpt: str, size: int, steps: int, scheduler: str, mode: str, widgets: dict,
-                       cfg: float, tag: str, note: str) -> dict:
+                       cfg: float, tag: str, note: str, invert: tuple = ("ExactInvert", "Exact Invert",
+                                                                        {"preset": "balanced"})) -> dict:
     wf = Workflow(defs, "")
     loader = wf.add("CheckpointLoaderSimple", ckpt_name=ckpt)
     model, clip, vae = loader["MODEL"], loader["CLIP"], loader["VAE"]
@@ -139,8 +140,9 @@ def _checkpoint_engine(defs, *, ckpt: str, size: int, steps: int, scheduler: str
     scaled = wf.add("ImageScale", "Upscale Image (model size)", image=img[0], upscale_method="lanczos", width=size,
                     height=size, crop="center")
     latent = wf.add("VAEEncode", pixels=scaled[0], vae=vae)
-    inv = wf.add("ExactInvert", "Exact Invert", model=model, positive=pos[0], negative=neg[0], latent=latent[0],
-                 steps=steps, scheduler=scheduler, cfg=1.0, denoise=1.0, preset="balanced")
+    node, title, method_widgets = invert
+    inv = wf.add(node, title, model=model, positive=pos[0], negative=neg[0], latent=latent[0],
+                 steps=steps, scheduler=scheduler, cfg=1.0, denoise=1.0, **method_widgets)
     engine = wf.add("InversionEditEngine", f"Inversion Edit Engine ({mode})", model=model, inverted_latent=inv[0],
                     source_conditioning=pos[0], mode=mode, **widgets)
     ed = wf.add("InvertedLatentSampler", "Replay through the engine (edit prompt)", model=engine[0],
@@ -174,8 +176,21 @@ def sd3_edit_engine_kv(defs) -> dict:
         defs, ckpt="sd3_medium_incl_clips.safetensors", size=1024, steps=28, scheduler="simple", mode="dit_kv",
         widgets={"window_start": 0.0, "window_end": 0.5}, cfg=4.0, tag="sd3",
         note=("SD3 medium, key/value injection in the image tokens of every MMDiT joint block over the first half "
-              "of the schedule (Inversion Edit Engine, dit_kv). Flux is not in this host; on upstream ComfyUI the "
-              "same node patches SD3 only."))
+              "of the schedule (Inversion Edit Engine, dit_kv). The same node patches Flux on upstream ComfyUI "
+              "(flux_schnell_edit_engine_kv.json)."))
+
+
+def flux_schnell_edit_engine_kv(defs) -> dict:
+    return _checkpoint_engine(
+        defs, ckpt="flux1-schnell-fp8.safetensors", size=1024, steps=4, scheduler="simple", mode="dit_kv",
+        widgets={"window_start": 0.0, "window_end": 0.5}, cfg=1.0, tag="flux_schnell",
+        invert=("GNRIInvert", "GNRI Invert", {}),
+        note=("Flux.1-schnell (the all-in-one fp8 checkpoint that Load Checkpoint reads), GNRI inversion in 4 steps "
+              "(the few-step setting GNRI is made for), then the edit prompt at cfg 1 (schnell is guidance-"
+              "distilled: the negative prompt is unused) with the source's keys and values in the image tokens of "
+              "every double and single block over the first half of the schedule (Inversion Edit Engine, dit_kv). "
+              "Needs a ComfyUI with Flux (upstream ComfyUI has it; the engine reaches Flux through the host's DiT "
+              "block-replace and attention-override hooks and says so clearly on a host without them)."))
 
 
 # checkpoint workflows: written and validated (tests/test_edit_engine_workflows.py, tests/test_workflows.py); executed
@@ -184,6 +199,7 @@ CHECKPOINT_EDIT_WORKFLOWS = {
     "sd15_edit_engine_pnp.json": sd15_edit_engine_pnp,
     "sdxl_edit_engine_masactrl.json": sdxl_edit_engine_masactrl,
     "sd3_edit_engine_kv.json": sd3_edit_engine_kv,
+    "flux_schnell_edit_engine_kv.json": flux_schnell_edit_engine_kv,
 }
 
 def build_all(defs) -> dict:

@@ -128,7 +128,13 @@ def report_table(original: torch.Tensor, reconstructed: torch.Tensor, entry: Opt
     if bad:
         lines.append(f"BAD STEPS (the replay drifts there; more steps, a larger budget or a lower cfg help): "
                      + "; ".join(f"step {i + 1}: {why}" for i, why in bad))
-    elif any(r is not None for r in rel):
+    stalled = [(i, s["note"]) for i, s in enumerate(entry.get("step_stats") or [])
+               if str(s.get("note", "")).startswith("stalled")]
+    if stalled:
+        lines.append("STALLED steps (more evaluations would not help; on the first step more inversion steps, i.e. a "
+                     "smaller first sigma, or BDIA Invert do): "
+                     + "; ".join(f"step {i + 1}: {note}" for i, note in stalled))
+    if not bad and any(r is not None for r in rel):
         lines.append(f"bad steps: none (every measured residual <= {100 * BAD_RELATIVE:.0f}% of DDIM's first residual)")
     return "\n".join(rows + lines)
 

@@ -64,7 +64,8 @@ def main(images: int = 3, docs: Path = ROOT / "docs") -> None:
             src, edit, empty = encode(clip, prompt), encode(clip, edit_prompt), encode(clip, "")
             with torch.inference_mode():
                 latent = {"samples": vae.encode(img)}
-                ref = invert("ExactInvert", {"preset": "exact"}, latent, src, empty)["inversion"]["states"][-1]
+                ref = invert("ExactInvert", {"preset": "custom", "tolerance": 1e-6, "budget": 40, "memory": 5}, latent, src,
+                             empty)["inversion"]["states"][-1]
                 runs = [("DDIM", "DDIMInvert", {}), ("Exact balanced", "ExactInvert", {})] + [
                     (f"BDIA g{g}", "BDIAInvert", {"gamma": g, "space": SPACE}) for g in GAMMAS]
                 out = {}

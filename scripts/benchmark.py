@@ -5,6 +5,7 @@
     bash scripts/benchmark.sh --quick         # a few-minute subset (used by the tests)
     bash scripts/benchmark.sh --precision both --device cuda   # fp32 and fp16 on a GPU
     bash scripts/benchmark.sh --edits         # the edit engine's benchmark (scripts/benchmark_edits.py)
+    bash scripts/benchmark.sh --exact-curve   # Exact Invert: PSNR (mean, worst image) against tolerance and cost
 
 Every shipped reference model is measured (the header says which). The first row of each block is ComfyUI's own
 unsampling (BasicScheduler -> FlipSigmas -> SamplerCustom euler, then euler back), run through the host's nodes, the
@@ -183,8 +184,11 @@ def run_cell(pack, label, node_name, params, model, clip, vae, images, steps, de
             back = bridge.run_replay(model, empty, empty, 1.0, inv)
         recon = vae.decode(back["samples"])
     unconverged = len(st["unconverged_steps"])
+    psnr = metrics.psnr(images, recon)
+    first = (st.get("residual") or [None])[0]
     return {
-        "method": label, "T": len(schedule) - 1, "psnr": sum(metrics.psnr(images, recon)) / len(images),
+        "method": label, "T": len(schedule) - 1, "psnr": sum(psnr) / len(images), "psnr_min": min(psnr),
+        "first_residual": sum(first) / len(first) if first else float("nan"),
         "ssim": sum(metrics.ssim(images, recon)) / len(images),
         "latent_rmse": (back["samples"] - latent["samples"]).pow(2).mean().sqrt().item(),
         "fwd": st["forward_evals"], "bwd": st["backward_evals"], "seconds": seconds,
@@ -236,6 +240,36 @@ def extras(pack, model, clip, vae, images, device) -> str:
     lines += ["", "### Executor overhead", "",
               f"DDIM Invert, T = 10, batch {len(images)}: {executor:.3f} s for the whole workflow through the host's "
               f"executor (loader, text encode, latent, inversion) vs {inner:.3f} s inside the inversion loop."]
+    return "\n".join(lines)
+
+
+# Exact Invert's custom setting swept for the PSNR-vs-tolerance curve the "exact" preset is chosen from (budget 40,
+# Anderson memory 5, with and without the stall stop)
+CURVE_TOLERANCES = (3e-4, 1e-4, 3e-5, 1e-5, 1e-6)
+CURVE_STALLS = (0, 6)
+
+
+def exact_curve(pack, names, steps, device, quick: bool) -> str:
+    """Exact Invert over tolerances: mean and worst-image PSNR, evaluations per step, time against DDIM, and the
+    first step's residual (σ 0 → σ_1: the replay's last step is the denoiser itself, D(x_1, σ_1) = x_0, the hardest
+    equation of the schedule)."""
+    lines = ["", "### Exact Invert: PSNR against tolerance (budget 40, memory 5)", "",
+             "| model | T | tolerance | stall stop | PSNR dB | worst image dB | fwd/step | x DDIM | first-step residual |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    tols = CURVE_TOLERANCES[1:2] if quick else CURVE_TOLERANCES
+    for name in names:
+        model, clip, vae, rm = reference(torch.float32, name=name)
+        images = torch.cat([img for _, _, img in rm.heldout_images()])[: 2 if quick else None]
+        for t in steps:
+            ddim = run_cell(pack, "DDIM", "DDIMInvert", {}, model, clip, vae, images, t, device)
+            for tol in tols:
+                for stall in CURVE_STALLS:
+                    params = {"preset": "custom", "tolerance": tol, "budget": 40, "memory": 5, "stall": stall}
+                    r = run_cell(pack, "Exact", "ExactInvert", params, model, clip, vae, images, t, device)
+                    lines.append(f"| {name} | {t} | {tol:.0e} | {stall or 'off'} | {r['psnr']:.2f} | "
+                                 f"{r['psnr_min']:.2f} | {r['fwd'] / t:.1f} | {r['seconds'] / ddim['seconds']:.2f} | "
+                                 f"{r['first_residual']:.1e} |")
+                    print(lines[-1], flush=True)
     return "\n".join(lines)
 
 
@@ -327,6 +361,9 @@ def main(argv=None):
                     help="on CPU, also run the gradient methods in bf16 (slow: many minutes per cell)")
     ap.add_argument("--extras", action="store_true",
                     help="also measure throughput vs batch, PreciseInv memory and executor overhead")
+    ap.add_argument("--exact-curve", action="store_true",
+                    help="only Exact Invert's PSNR-vs-tolerance curve (T 10 and 4 unless --steps; --quick: 2 images, "
+                         "one tolerance)")
     ap.add_argument("--update-readme", action="store_true",
                     help="replace README.md's results section with this run's table (full runs only)")
     args = ap.parse_args(argv)
@@ -352,6 +389,12 @@ def main(argv=None):
     skipped = [m[0] for m in METHODS if m[1] is not None and m[1] not in pack.NODE_CLASS_MAPPINGS]
     names = model_names(pack, args.model)
     print(f"reference models: {', '.join(names)}", flush=True)
+    if args.exact_curve:
+        curve_steps = [int(s) for s in args.steps.split(",")] if args.steps else [10, 4]
+        md = exact_curve(pack, names, curve_steps, args.device, args.quick)
+        (out_dir / "exact_curve.md").write_text(md + "\n")
+        print("\n" + md + f"\n\nwritten: {out_dir / 'exact_curve.md'}")
+        return md
 
     rows = []
     half_skipped: set = set()

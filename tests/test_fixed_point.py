@@ -85,3 +85,30 @@ def test_never_returns_worse_than_the_best_iterate():
 def test_bad_options_name_the_input(kwargs, name):
     with pytest.raises(ValueError, match=name):
         make_fixed_point_step(FixedPointOptions(**kwargs))
+
+
+def test_stall_stop_ends_a_step_the_model_cannot_solve_and_says_so():
+    """A denoiser blind to channel 0 (D(x)[0] = 0) cannot reproduce x_0's channel 0 at the last replay step: the
+    residual of step 0 has a floor. With ``stall`` the item stops after ``stall`` + 1 evaluations and the step's note
+    names it; without it the whole budget is spent for nothing; an item the model can match is unaffected."""
+    from inversion_core.invert import StepContext
+
+    def blind(x, sigma):
+        out = eps_denoiser(x, sigma).clone()
+        out[:, 0] = 0.0
+        return out
+
+    x0 = image(2).clone()
+    x0[1, 0] = 0.0                                       # item 1 lies in the model's range: it converges
+    ctx = StepContext(index=0, total=1, x0=x0, states=[x0], levels=[0.0, 0.5])
+    runs = {}
+    for stall in (0, 3):
+        solver = make_fixed_point_step(FixedPointOptions(tol=1e-6, max_evals=40, memory=3, stall=stall))
+        runs[stall] = solver(Denoiser(blind), x0, x0, 0.0, 0.5, ctx)
+    (_, st0), (_, st3) = runs[0], runs[3]
+    assert st0.iterations == 40 and st3.iterations <= 8, (st0.iterations, st3.iterations)
+    # the floor: the 35+ extra evaluations bought < 1 % (what the model cannot produce stays)
+    assert st0.residual[0] > 0.99 * st3.residual[0] > 0.05, (st0.residual, st3.residual)
+    assert st3.residual[1] <= 1e-6 and "stalled: item(s) [0]" in st3.note and st0.note == ""
+    with pytest.raises(ValueError, match="stall"):
+        FixedPointOptions(stall=-1).validate()

@@ -34,6 +34,20 @@ def test_reduced_demo_writes_images_and_the_table(tmp_path):
     assert summary["DDIM"]["fwd"] == 10
 
 
+def test_benchmark_exact_curve_quick(tmp_path):
+    """--exact-curve: Exact Invert at one tolerance with and without the stall stop, against DDIM (T=4, 2 images)."""
+    _needs_reference_model()
+    import benchmark
+
+    md = benchmark.main(["--exact-curve", "--quick", "--model", "sd-unet-eps", "--steps", "4", "--out", str(tmp_path)])
+    rows = [line.split("|")[1:-1] for line in md.splitlines() if line.startswith("| sd-unet-eps |")]
+    assert [r[3].strip() for r in rows] == ["off", "6"]
+    assert (tmp_path / "exact_curve.md").read_text().strip() == md.strip()
+    for r in rows:
+        psnr, worst, fwd, x_ddim = (float(r[i]) for i in (4, 5, 6, 7))
+        assert psnr >= worst > 40 and 1 < fwd <= 40 and x_ddim > 1, r
+
+
 def test_benchmark_quick_mode_prints_every_column(tmp_path, capsys):
     _needs_reference_model()
     import benchmark

@@ -254,7 +254,8 @@ def exact_curve(pack, names, steps, device, quick: bool) -> str:
     first step's residual (σ 0 → σ_1: the replay's last step is the denoiser itself, D(x_1, σ_1) = x_0, the hardest
     equation of the schedule)."""
     lines = ["", "### Exact Invert: PSNR against tolerance (budget 40, memory 5)", "",
-             "| model | T | tolerance | stall stop | PSNR dB | worst image dB | fwd/step | x DDIM | first-step residual |",
+             "| model | T | tolerance | stall stop | PSNR dB | worst image dB | fwd/step | x DDIM | "
+             "first-step residual |",
              "|---|---|---|---|---|---|---|---|---|"]
     tols = CURVE_TOLERANCES[1:2] if quick else CURVE_TOLERANCES
     for name in names:

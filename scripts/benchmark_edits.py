@@ -50,7 +50,7 @@ def dit_settings(quick: bool) -> list[tuple[str, dict]]:
     """The DiT (SD3 MMDiT) rows: dit_kv over its window range, and the masked rows."""
     E = lambda **k: {"engine": dict(mode="dit_kv", **k)}  # noqa: E731
     rows = [("plain replay", {}), ("replay + source correction", {"correction": 1.0})]
-    for end in ((0.3, 1.0) if quick else (0.1, 0.2, 0.3, 0.5, 0.7, 0.85, 1.0)):
+    for end in ((0.3, 0.8, 0.85, 1.0) if quick else (0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.85, 1.0)):
         rows.append((f"dit_kv 0-{end:g}", E(window_start=0.0, window_end=end)))
     if not quick:
         for strength in (0.5, 0.6, 0.75):

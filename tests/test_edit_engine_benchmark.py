@@ -61,6 +61,11 @@ def test_quick_edit_benchmark_on_the_flow_reference_model(tmp_path, capsys):
     # full-schedule key/value injection keeps the structure (measured 5.1 vs 28.6) at the cost of the edit
     assert res["dit_kv 0-1"]["structure"] < 0.5 * plain["structure"]
     assert res["dit_kv 0-1"]["edit score"] < plain["edit score"]
+    # issue 14's target on the quick images too: some window keeps >= 80 % of the edit at <= half the structure
+    # distance (measured: 0-0.8 here, 42 % at 96 %; on all 8 images 0-0.85, 38 % at 101 %: the trade is steep)
+    kept = [k for k, r in res.items() if k.startswith("dit_kv") and r["structure"] <= 0.5 * plain["structure"]
+            and r["edit score"] >= 0.8 * plain["edit score"]]
+    assert kept, {k: (r["structure"], r["edit score"]) for k, r in res.items()}
     assert res["masked: dit_kv 0-1, KV mask + latent pin"]["background PSNR"] >= 35.0
 
 

@@ -357,12 +357,12 @@ def schedule_from_inputs(model, steps: int, scheduler: str, sigmas: Optional[tor
     if not 0.0 < float(denoise) <= 1.0:
         raise ValueError(f"denoise: must be in (0, 1], got {denoise}")
     ms = model.get_model_object("model_sampling")
+    total = int(steps) if denoise >= 1.0 else int(int(steps) / float(denoise))
     if scheduler == AUTO_SCHEDULER:
-        scheduler = scheduler_for(model_kind(ms))
+        scheduler = scheduler_for(model_kind(ms), total)
     if scheduler not in comfy.samplers.SCHEDULER_NAMES:
         raise ValueError(f"scheduler: unknown scheduler {scheduler!r}; one of "
                          f"{[AUTO_SCHEDULER, *comfy.samplers.SCHEDULER_NAMES]}")
-    total = int(steps) if denoise >= 1.0 else int(int(steps) / float(denoise))
     full = comfy.samplers.calculate_sigmas(ms, scheduler, total).cpu()
     # the lowest steps + 1 levels, as BasicScheduler: ddim_uniform's extra top level for some T (KSampler runs it) is
     # dropped, so the node inverts exactly T steps

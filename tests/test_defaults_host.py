@@ -7,22 +7,25 @@ import torch
 import host
 
 
-def _graph(kind: str, node: str = "DDIMInvert", **widgets) -> dict:
+def _graph(kind: str, node: str = "DDIMInvert", steps: int = 4, **widgets) -> dict:
     prompt = host.tiny_inputs(kind, size=8)
     spec = host.node_class(node).INPUT_TYPES()["required"]
     inputs = {k: v[1]["default"] for k, v in spec.items() if len(v) > 1 and "default" in v[1]}
     inputs.update(model=["model", 0], positive=["positive", 0], negative=["negative", 0], latent=["latent", 0],
-                  steps=4, **widgets)
+                  steps=steps, **widgets)
     prompt["invert"] = {"class_type": node, "inputs": inputs}
     return prompt
 
 
-@pytest.mark.parametrize("kind, expected", [("eps", "karras"), ("v_prediction", "karras"), ("flow", "simple")])
-def test_auto_scheduler_is_the_measured_best_for_the_model_kind(kind, expected):
-    prompt = _graph(kind)
+@pytest.mark.parametrize("kind, steps, expected", [
+    ("eps", 4, "karras"), ("v_prediction", 4, "karras"), ("flow", 4, "simple"), ("eps", 3, "karras"),
+    # karras at 2 steps is [sigma_max, sigma_min, 0]: auto takes sgm_uniform there (measured in README)
+    ("eps", 2, "sgm_uniform"), ("v_prediction", 2, "sgm_uniform"), ("flow", 2, "simple")])
+def test_auto_scheduler_is_the_measured_best_for_the_model_kind(kind, steps, expected):
+    prompt = _graph(kind, steps=steps)
     assert prompt["invert"]["inputs"]["scheduler"] == "auto"
     prompt["sched"] = {"class_type": "BasicScheduler", "inputs": {"model": ["model", 0], "scheduler": expected,
-                                                                  "steps": 4, "denoise": 1.0}}
+                                                                  "steps": steps, "denoise": 1.0}}
     out = host.run_workflow(prompt)
     _, sigmas = out["invert"]
     reference = out["sched"][0].clone()

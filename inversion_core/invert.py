@@ -30,6 +30,7 @@ class StepContext:
     x0: Tensor                      # the image latent (σ = 0), for solvers that regularise towards it
     states: list[Tensor]            # x_0 … x_i, the trajectory so far
     levels: list[float]             # σ_0 … σ_{i+1}
+    model_kind: str = ""            # "EPS" / "V_PREDICTION" / "CONST" … (the host's model sampling), "" if unknown
 
 
 class StepSolver(Protocol):
@@ -73,7 +74,8 @@ def invert(den: Denoiser, x0: Tensor, sampling_sigmas: Tensor, solver: StepSolve
     steps: list[StepStats] = []
     start = time.perf_counter()
     for i, (sigma_lo, sigma_hi) in enumerate(pairs):
-        ctx = StepContext(index=i, total=total, x0=states[0], states=states, levels=levels + [sigma_hi])
+        ctx = StepContext(index=i, total=total, x0=states[0], states=states, levels=levels + [sigma_hi],
+                          model_kind=model_kind)
         target = x
         for hook in hooks:
             target = hook.before_step(ctx, target)

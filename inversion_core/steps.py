@@ -65,6 +65,37 @@ def input_matched_guess(x_lo: Tensor, sigma_lo: float, sigma_hi: float,
     return x_lo if ratio == 1.0 else x_lo * ratio
 
 
+def signal_scale(sigma: float, model_kind: str) -> float:
+    """α(σ) in x = α(σ)·x0 + σ·ε: 1 − σ for flow (CONST) models, 1 in EPS / V / EDM sigma space."""
+    return 1.0 - float(sigma) if model_kind == "CONST" else 1.0
+
+
+def relaxation(sigma_lo: float, sigma_hi: float, model_kind: str) -> float:
+    """The damping ω of the fixed-point iteration z ← z + ω·(f(z) − z) for the step σ_lo → σ_hi (the pack's own
+    choice, not from the papers; measured in the README).
+
+    The Jacobian of f(z) = x_lo + h·d(z, σ_hi), h = σ_hi − σ_lo, has two ends for a denoiser that is ideal for its data:
+    * directions the model reads as *image* (data variance ≫ noise: D ≈ z/α, so ∂d/∂z = (1 − 1/α)/σ):
+          λ_img = h·(1 − 1/α(σ_hi))/σ_hi  = −h/(1 − σ_hi) for flow,  0 for EPS / V;
+    * directions it reads as *noise* (D does not move):  λ_noise = h/σ_hi  (≤ 1; 1 on the first step, σ_lo = 0).
+    The plain iteration (ω = 1) multiplies the error by λ; on a flow model a step with h > 1 − σ_hi (σ_lo = 0 → 0.62,
+    the first step of a 2-step schedule) has λ_img < −1 and *diverges* on the image's own content. Richardson's
+    optimal damping for a spectrum in [λ_img, λ_noise],
+
+        ω = 2 / ((1 − λ_img) + (1 − λ_noise)),
+
+    makes both ends contract alike. It is used only where it damps (ω < 1, i.e. |λ_img| > λ_noise), so EPS / V models
+    and small flow steps keep ω = 1; at a flow model's top level (α = 0) D ignores z and there is no image direction.
+    """
+    alpha = signal_scale(sigma_hi, model_kind)
+    if alpha <= 0.0:
+        return 1.0
+    h = float(sigma_hi) - float(sigma_lo)
+    lam_img = h * (1.0 - 1.0 / alpha) / float(sigma_hi)
+    lam_noise = h / float(sigma_hi)
+    return min(1.0, 2.0 / ((1.0 - lam_img) + (1.0 - lam_noise)))
+
+
 def residual_rms(residual: Tensor) -> Tensor:
     """Per-item root-mean-square of a residual batch [B, ...] → [B] (float32)."""
     return residual.float().flatten(1).pow(2).mean(1).sqrt()

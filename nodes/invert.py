@@ -1,6 +1,8 @@
 """Inversion nodes: declare inputs/outputs, pick the core step solver, hand over to the bridge."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..inversion_core.solvers.ddim import CONVENTIONS, ddim_solver
 from ..inversion_core.methods import easyinv
 from ..inversion_core.solvers.fixed_point import PRESETS as SOLVER_PRESETS
@@ -101,6 +103,7 @@ class EasyInvInvert(_InvertNode):
 
 
 EXACT_PRESETS = [*SOLVER_PRESETS, "custom"]
+DAMPING = ["auto", "off"]
 
 
 class ExactInvert(_InvertNode):
@@ -124,13 +127,21 @@ class ExactInvert(_InvertNode):
             "Used with custom: stop an image's step when its residual has fallen less than 10 % over this many "
             "evaluations (0 = never). Where the model cannot map any latent onto the target (a flow model's first "
             "step at a coarse schedule) the rest of the budget would buy nothing; the report names such steps.")}),
+        "damping": (DAMPING, {"default": "auto", "tooltip": (
+            "Every preset. auto: on flow models (SD3, Flux) damp the iteration on steps so large that it would "
+            "overshoot on the image's own content (a 2-step schedule's first step; measured 18.1 -> 27.5 dB at T=2 "
+            "on the flow reference model, no change at T=10); EPS / V models are never damped. off: the plain "
+            "iteration, for comparison.")}),
     }
 
-    def sampler(self, model, preset, tolerance, budget, memory, stall=0):
+    def sampler(self, model, preset, tolerance, budget, memory, stall=0, damping="auto"):
+        if damping not in DAMPING:
+            raise ValueError(f"damping: one of {DAMPING}, got {damping!r}")
         opts = (SOLVER_PRESETS[preset] if preset != "custom"
                 else FixedPointOptions(tolerance, budget, memory, stall=int(stall)))
+        opts = replace(opts, relax=damping == "auto")
         params = {"preset": preset, "tolerance": opts.tol, "budget": opts.max_evals, "memory": opts.memory,
-                  "stall": opts.stall}
+                  "stall": opts.stall, "damping": damping}
         return InversionSampler(make_fixed_point_step(opts), "exact", params)
 
 

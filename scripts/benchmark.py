@@ -44,6 +44,7 @@ METHODS = [  # (label, node class, widget values that differ from the node's def
     ("EasyInv", "EasyInvInvert", {}),
     ("Exact fast", "ExactInvert", {"preset": "fast"}),
     ("Exact balanced", "ExactInvert", {}),
+    ("Exact balanced, damping off", "ExactInvert", {"damping": "off"}),
     ("Exact exact", "ExactInvert", {"preset": "exact"}),
     ("GNRI quasi-newton", "GNRIInvert", {}),
     ("GNRI newton", "GNRIInvert", {"variant": "newton"}),

@@ -9,14 +9,19 @@ step from z lands on x̄_i.
 * Anderson mixing (type II, memory m): with residuals r_k = f(z_k) − z_k and differences ΔR, ΔF of the last m
   residuals / map values, γ_k = argmin ‖r_k − ΔR γ‖₂ per batch item, and z_{k+1} = f(z_k) − ΔF γ_k.
   m = 0 is the plain fixed-point iteration z_{k+1} = f(z_k).
+* Damping (``relax``, default on): the map is iterated as z ← z + ω·(f(z) − z) with ω = steps.relaxation(σ_lo, σ_hi,
+  kind) — 1 on EPS / V models and small flow steps; below 1 on flow steps so large that the plain iteration
+  overshoots on the image's own content (measured on the flow reference model at T=2: 18.1 → 27.5 dB with 3
+  evaluations). The fixed point, the stopping rule and the reported residual are unchanged.
 * Safeguards: an item whose residual grew falls back to the plain step from its best iterate and forgets its
-  history; the result is always f(z*) at the best iterate z* seen (lowest measured residual), never a worse one.
+  history; the result is always the map's value z* + ω·r(z*) (f(z*) when ω = 1) at the best iterate z* seen (lowest
+  measured residual), never a worse one.
 * Stopping: per item, on RMS residual ≤ tol (that item is no longer evaluated), when the step's budget of model
   evaluations is spent, or (``stall`` > 0) when its best residual has not fallen by 10 % over the last ``stall``
   evaluations: the model cannot bring the replay any closer to the target there (measured on the flow reference
   model's first step, σ 0 → σ_1, where D(z, σ_1) = x_0 has no exact solution: 150 evaluations plateau at ~2e-3),
   so further evaluations only cost time. The step's note says so. The reported residual is ‖f(z*) − z*‖_RMS,
-  measured at z*; the returned f(z*) is one more contraction closer.
+  measured at z*; the returned value is one more (damped) contraction closer.
 
 An optional ``correction(z, r, ctx, sigma_hi)`` is added to the map's output (GNRI's guidance term uses it), so other
 methods share this solver instead of copying it; ``r`` is the unguided residual f(z) − z, on which stopping and the
@@ -33,7 +38,7 @@ from torch import Tensor
 from ..denoiser import Denoiser
 from ..invert import StepContext
 from ..record import StepStats
-from ..steps import fixed_point_map, residual_rms
+from ..steps import fixed_point_map, relaxation, residual_rms
 
 Correction = Callable[[Tensor, Tensor, StepContext, float], Tensor]
 STALL_GAIN = 0.9     # "stalled": the best residual is above this fraction of its value ``stall`` evaluations ago
@@ -47,6 +52,7 @@ class FixedPointOptions:
     warm_start: bool = True    # extrapolate the previous increment (free)
     ridge: float = 1e-10       # relative Tikhonov term for the small least-squares problem
     stall: int = 0             # stop an item whose best residual fell < 10 % over this many evaluations (0 = off)
+    relax: bool = True         # damp steps where the plain iteration overshoots (steps.relaxation; flow models only)
 
     def validate(self) -> "FixedPointOptions":
         if not self.tol > 0:
@@ -120,15 +126,19 @@ def make_fixed_point_step(options: FixedPointOptions = FixedPointOptions(), corr
         evals = 0
         best_trace: list[Tensor] = []                    # best residual per item after each evaluation
         stalled = torch.zeros(batch, dtype=torch.bool, device=target.device)
+        omega = relaxation(sigma_lo, sigma_hi, ctx.model_kind) if opt.relax else 1.0
         ddim_rn = None       # from the guess, iterate 1 is f(guess) = the DDIM result: its residual is DDIM's
         for k in range(int(opt.max_evals)):
             denoised = den(z, sigma_hi, active)
             evals += 1
             g = fixed_point_map(z, denoised, target, sigma_lo, sigma_hi)
-            rn = residual_rms(g - z)
+            r = g - z
+            rn = residual_rms(r)
+            if omega != 1.0:
+                g = z + omega * r
             if correction is not None:
-                g = g + correction(z, g - z, ctx, sigma_hi)
-            if k == 1 and warm is None and correction is None:
+                g = g + correction(z, r, ctx, sigma_hi)
+            if k == 1 and warm is None and correction is None and omega == 1.0:
                 ddim_rn = torch.where(active, rn, best_rn).tolist()   # an item done at k = 0 was already exact
             rn = torch.where(active, rn, best_rn)
             improved = active & (rn < best_rn)

@@ -86,9 +86,12 @@ def relaxation(sigma_lo: float, sigma_hi: float, model_kind: str) -> float:
 
     makes both ends contract alike. It is used only where it damps (ω < 1, i.e. |λ_img| > λ_noise), so EPS / V models
     and small flow steps keep ω = 1; at a flow model's top level (α = 0) D ignores z and there is no image direction.
+    Only the first step (σ_lo = 0) is damped: there the model's input is mostly image and the bound holds (flow
+    reference model, T=2: 22.7 → 27.5 dB); on later large steps real content falls short of the ideal gain 1/α and
+    the solver's secant safeguard corrects an overshoot better (damping them too cost 0.1–0.6 dB at T = 3, 4, 6).
     """
     alpha = signal_scale(sigma_hi, model_kind)
-    if alpha <= 0.0:
+    if sigma_lo > 0.0 or alpha <= 0.0:
         return 1.0
     h = float(sigma_hi) - float(sigma_lo)
     lam_img = h * (1.0 - 1.0 / alpha) / float(sigma_hi)

@@ -111,11 +111,12 @@ def test_auto_scheduler_at_two_steps_beats_karras(ref):
 def test_flow_two_step_schedule_damping(ref):
     """At T=2 a flow model's first step (σ 0 → 0.62) is so large that the plain fixed-point iteration overshoots on the
     image's content (steps.relaxation). Measured on 8 images (README): DDIM 15.3 dB, Exact balanced 27.5 (damping off
-    18.1), GNRI default 27.3 — the issue's +10 dB at T=2 met on the flow model. EPS / V models are never damped."""
+    22.0; 18.1 before the solver's secant safeguard), GNRI default 27.3 — the issue's +10 dB at T=2 met on the flow
+    model. On the 2 images here: 13.7, 26.2 (off 22.3), 26.1. EPS / V models are never damped."""
     if ref[7] != "sd3-mmdit-flow":
         pytest.skip("damping applies to flow (CONST) models only; the EPS model runs the plain iteration")
     ddim, off = cell(ref, "DDIM", 2), cell(ref, "Exact balanced, damping off", 2)
     exact, gnri = cell(ref, "Exact balanced", 2), cell(ref, "GNRI quasi-newton", 2)
-    assert exact["psnr"] >= off["psnr"] + 5.0, (exact["psnr"], off["psnr"])
+    assert exact["psnr"] >= off["psnr"] + 2.0, (exact["psnr"], off["psnr"])
     assert gnri["psnr"] >= ddim["psnr"] + 10.0 and exact["psnr"] >= ddim["psnr"] + 10.0, (ddim, exact, gnri)
     assert exact["fwd"] == off["fwd"] <= 3 * ddim["fwd"] and gnri["fwd"] <= 3 * ddim["fwd"]

@@ -86,9 +86,10 @@ def relaxation(sigma_lo: float, sigma_hi: float, model_kind: str) -> float:
 
     makes both ends contract alike. It is used only where it damps (ω < 1, i.e. |λ_img| > λ_noise), so EPS / V models
     and small flow steps keep ω = 1; at a flow model's top level (α = 0) D ignores z and there is no image direction.
-    Only the first step (σ_lo = 0) is damped: there the model's input is mostly image and the bound holds (flow
-    reference model, T=2: 22.7 → 27.5 dB); on later large steps real content falls short of the ideal gain 1/α and
-    the solver's secant safeguard corrects an overshoot better (damping them too cost 0.1–0.6 dB at T = 3, 4, 6).
+    Only the first step (σ_lo = 0) is damped, as measured: there it pays (flow reference model, T=2, 3 evaluations:
+    22.0 → 27.5 dB); on later large steps real content falls short of the ideal gain 1/α (its variance is not ≫ the
+    noise's) and the solver's secant safeguard corrects an overshoot better (damping them too cost 0.1–0.6 dB at
+    T = 3, 4, 6).
     """
     alpha = signal_scale(sigma_hi, model_kind)
     if sigma_lo > 0.0 or alpha <= 0.0:

@@ -59,7 +59,7 @@ class FixedPointOptions:
     warm_start: bool = True    # extrapolate the previous increment (free)
     ridge: float = 1e-10       # relative Tikhonov term for the small least-squares problem
     stall: int = 0             # stop an item whose best residual fell < 10 % over this many evaluations (0 = off)
-    relax: bool = True         # damp steps where the plain iteration overshoots (steps.relaxation; flow models only)
+    relax: bool = True         # damp a flow model's first step where the plain iteration overshoots (steps.relaxation)
 
     def validate(self) -> "FixedPointOptions":
         if not self.tol > 0:

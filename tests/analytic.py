@@ -21,12 +21,13 @@ def eps_exact(x0: torch.Tensor, sigma: float) -> torch.Tensor:
     return x0 * math.sqrt((S * S + sigma * sigma) / (S * S))
 
 
-def flow_var(sigma: float) -> float:
-    return (1 - sigma) ** 2 * S * S + sigma * sigma
+def flow_var(sigma: float, s: float = S) -> float:
+    return (1 - sigma) ** 2 * s * s + sigma * sigma
 
 
-def flow_denoiser(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    return x * ((1 - sigma) * S * S / flow_var(sigma))
+def flow_denoiser(x: torch.Tensor, sigma: float, s: float = S) -> torch.Tensor:
+    """The ideal flow denoiser for data N(0, s²) (s = S unless a test needs data large against the noise)."""
+    return x * ((1 - sigma) * s * s / flow_var(sigma, s))
 
 
 def flow_exact(x0: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 from inversion_core import Denoiser, ddim_step, invert, replay
 from inversion_core.solvers.fixed_point import FixedPointOptions, make_fixed_point_step
 
-from analytic import eps_denoiser, nonlinear_denoiser, psnr
+from analytic import eps_denoiser, flow_denoiser, nonlinear_denoiser, psnr
 from analytic import image, karras
 
 
@@ -136,10 +136,8 @@ def test_damping_converges_where_the_plain_iteration_diverges_on_a_flow_model():
     EPS models are not affected (ω = 1)."""
     from inversion_core.invert import StepContext
 
-    s2 = 25.0
-
     def flow_big(x, sigma):
-        return x * ((1 - sigma) * s2 / ((1 - sigma) ** 2 * s2 + sigma ** 2))
+        return flow_denoiser(x, sigma, s=5.0)
 
     x0 = image(2) * 10.0
     ctx = StepContext(index=0, total=2, x0=x0, states=[x0], levels=[0.0, 0.62], model_kind="CONST")

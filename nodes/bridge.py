@@ -62,13 +62,28 @@ def model_family(model) -> str:
     return "SDXL" if fmt.startswith("SDXL") else fmt
 
 
+def _per_item_tensors(c: dict):
+    """The tensors of one prepared cond that the host may pair with the batch row by row: its model conds, its region
+    mask (ConditioningSetMask) and the hints of its ControlNet chain."""
+    for v in (c.get("model_conds") or {}).values():
+        yield getattr(v, "cond", None)
+    yield c.get("mask")
+    control, seen = c.get("control"), set()
+    while control is not None and id(control) not in seen:
+        seen.add(id(control))
+        yield getattr(control, "cond_hint_original", None)
+        control = getattr(control, "previous_controlnet", None)
+
+
 def _uniform_conditioning(model_wrap) -> bool:
-    """True when every prepared cond has batch 1, so a sub-batch of items can be evaluated on its own."""
+    """True when nothing in the prepared conds has more than one batch row, so a sub-batch of items can be evaluated on
+    its own. The host slices a per-item tensor to the leading rows of a smaller batch (``mask[:n]``, ControlNet's
+    ``broadcast_image_to``), which would pair the remaining items with the first items' masks or hints: with any such
+    tensor the whole batch is evaluated every time (slower once items converge, never wrong)."""
     conds = getattr(model_wrap, "conds", None) or {}
     for cond_list in conds.values():
         for c in cond_list:
-            for v in (c.get("model_conds") or {}).values():
-                t = getattr(v, "cond", None)
+            for t in _per_item_tensors(c):
                 if isinstance(t, torch.Tensor) and t.ndim > 0 and t.shape[0] != 1:
                     return False
     return True

@@ -360,3 +360,35 @@ def test_ddim_uniform_schedule_is_basic_schedulers_own():
         out = run_workflow(prompt)
         assert out["invert"][1].shape == out["sched"][0].shape == (steps + 1,)
         assert torch.allclose(out["invert"][1], out["sched"][0].float())
+
+
+def test_per_item_region_masks_stay_with_their_items():
+    """A batch whose conditioning carries one region mask per image (ConditioningSetMask with a batch of masks):
+    once one image converges the solver evaluates the others alone, and the host slices a per-item mask to the
+    leading rows of a smaller batch — so the pack must evaluate the whole batch there. Each item must equal its own
+    single run (it used to be solved against item 0's mask while its report said it converged)."""
+    import torch
+
+    model = host.tiny_model("eps")
+    x0 = host.tiny_latent(seed=5, batch=2)["samples"]
+    cond, other = host.tiny_conditioning(seed=1), host.tiny_conditioning(seed=7)
+    masks = torch.zeros(2, 16, 16)
+    masks[0] = 1.0
+    masks[1, :, :5] = 1.0
+    set_mask = host.node_class("ConditioningSetMask")()
+    negative = host.tiny_conditioning(seed=2)
+    node = host.node_class("ExactInvert")()
+    params = {"preset": "exact", "tolerance": 1e-6, "budget": 12, "memory": 3}
+
+    def invert(batch_rows):
+        positive = set_mask.append(cond, masks[batch_rows], "default", 1.0)[0] + other
+        latent = {"samples": x0[batch_rows]}
+        with torch.inference_mode():
+            return node.invert(model, positive, negative, latent, 6, "ddim_uniform", 1.0, 1.0, None, **params)[0]
+
+    both = invert(slice(0, 2))
+    single = [invert(slice(i, i + 1)) for i in range(2)]
+    # the items stop after different numbers of evaluations, so the solver does ask for a sub-batch
+    assert single[0]["inversion"]["stats"]["forward_evals"] != single[1]["inversion"]["stats"]["forward_evals"]
+    for i in range(2):
+        assert rms(both["samples"][i:i + 1], single[i]["samples"]) < 1e-4 * single[i]["samples"].std().item(), i

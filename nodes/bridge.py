@@ -448,9 +448,15 @@ def samples_change(samples: torch.Tensor, entry: dict) -> Optional[str]:
     return describe_change(top, samples, rtol=_rtol(samples.dtype))
 
 
-def _mask_for(mask: Optional[torch.Tensor], samples: torch.Tensor, name: str) -> Optional[torch.Tensor]:
+REPLAY_MASK_EMPTY = ("so nothing is edited: every replay step is pinned to the stored trajectory and the result is the reconstruction. "
+                     "(LoadImage's MASK of an image without an alpha channel is all 0: paint a mask, or use "
+                     "InvertMask / a SolidMask of 1 to edit everywhere)")
+
+
+def _mask_for(mask: Optional[torch.Tensor], samples: torch.Tensor, name: str,
+              empty: str = REPLAY_MASK_EMPTY) -> Optional[torch.Tensor]:
     """A MASK ([H, W], [B, H, W] or [B, 1, H, W], 1 = edit) resized to the latent (bilinear, as the host's samplers
-    resize noise masks) → [B or 1, 1, h, w]."""
+    resize noise masks) → [B or 1, 1, h, w]. ``empty``: what an all-zero mask means for the caller (warned)."""
     if mask is None:
         return None
     m = mask.float()
@@ -468,9 +474,7 @@ def _mask_for(mask: Optional[torch.Tensor], samples: torch.Tensor, name: str) ->
         m = torch.nn.functional.interpolate(m, size=samples.shape[-2:], mode="bilinear", align_corners=False)
     m = m.clamp(0.0, 1.0)
     if float(m.max()) == 0.0:
-        warn(f"{name}: the mask is 0 everywhere, so nothing is edited: every replay step is pinned to the stored "
-             "trajectory and the result is the reconstruction. (LoadImage's MASK of an image without an alpha "
-             "channel is all 0: paint a mask, or use InvertMask / a SolidMask of 1 to edit everywhere)")
+        warn(f"{name}: the mask is 0 everywhere, {empty}")
     return m
 
 

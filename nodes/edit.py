@@ -28,6 +28,7 @@ from .common import CATEGORY
 
 KEY = "inversion_edit"          # our entry in transformer_options
 SOURCE_BRANCHES = ("batched", "cached")
+START_TOLERANCE = 1e-3   # relative difference between the sampler's first latent and the engine's inverted latent
 _HOOKS = ("set_model_unet_function_wrapper", "set_model_attn1_replace", "set_model_attn2_replace",
           "set_model_output_block_patch")
 
@@ -162,6 +163,8 @@ class EditEngine:
                 "Inverted Latent Sampler (or the Inverted Replay SAMPLER with the sigmas the inversion returned); "
                 "other samplers and schedules cannot be pinned to the stored trajectory")
         self.stats["calls"] += 1
+        if k == 0:
+            self._check_start(x, len(cou))
         if not self.settings.any_step(k):
             return apply_model(x, t, **c)
         start = time.perf_counter()
@@ -203,6 +206,24 @@ class EditEngine:
             self.cache.clear()
             self._flux_text.clear()
             self.stats["seconds"] += time.perf_counter() - start
+
+    def _check_start(self, x: torch.Tensor, chunks: int) -> None:
+        """The sampler must start from the inverted latent the engine was built from: the source branch follows that
+        latent's stored trajectory, so from any other start (another image's inversion, a KSampler's noise) the edit
+        would be steered by the wrong image without a sign of it."""
+        top = self.states_down[0]
+        n = x.shape[0]
+        if chunks < 1 or n % chunks or n // chunks != top.shape[0] or tuple(x.shape[1:]) != tuple(top.shape[1:]):
+            return                               # the shape check of the caller names this case
+        ref = top.to(device=x.device, dtype=torch.float32).flatten(1)
+        got = x.detach().float().reshape(chunks, top.shape[0], -1)
+        rel = ((got - ref).norm(dim=-1) / ref.norm(dim=-1).clamp_min(1e-12)).max().item()
+        if rel > START_TOLERANCE:
+            raise ValueError(
+                "Inversion Edit Engine: the sampler starts from a latent that is not the inverted latent this engine "
+                f"was built from (relative difference {rel:.3g}). Connect the same inverted LATENT to the engine and "
+                "to the Inverted Latent Sampler: the engine's source branch follows that latent's stored trajectory "
+                "and cannot steer the edit of another latent or of fresh noise")
 
     def _source_c(self, apply_model, c: dict, cou: list, b: int, x: torch.Tensor) -> dict:
         """The edit's model inputs with the cond chunks' conditioning replaced by the source prompt's (uncond chunks
@@ -433,7 +454,10 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
     if dit and not flux and not hasattr(model, "add_object_patch"):
         raise RuntimeError("Inversion Edit Engine: this ComfyUI's ModelPatcher lacks add_object_patch (needed for "
                            "MMDiT blocks)")
-    m = _mask_for(mask, samples, "mask")
+    m = _mask_for(mask, samples, "mask", empty=(
+        "so the source's keys / values are kept everywhere; the edit prompt still changes the image (this mask "
+        "does not pin the latent: the Inverted Latent Sampler's mask does). LoadImage's MASK of an image without an "
+        "alpha channel is all 0: paint a mask, or use InvertMask"))
     settings = resolve_settings(mode, model_family(model), total, layers_available, window_start=window_start,
                                 window_end=window_end, layers=layers, strength=strength, residual=residual_features,
                                 reweight=reweight, tokens=tokens, masked=m is not None, dit=dit)

@@ -101,6 +101,22 @@ def test_masked_edit_keeps_the_outside_equal_to_the_reconstruction():
     assert (kv_only - unmasked).abs().max().item() > 1e-3
 
 
+def test_an_all_zero_engine_mask_warns_what_it_means(caplog):
+    """An all-zero MASK on the engine keeps the source's keys / values everywhere; it pins no latent, so the edit
+    still changes the image: the warning must not promise the reconstruction (the sampler's mask message does)."""
+    from test_editing_host import warnings_of
+
+    prompt = edit_prompt(target_seed=42, cfg=1.0, batch=1)
+    prompt["mask"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 16, "height": 16}}
+    prompt["engine"]["inputs"]["mask"] = ["mask", 0]
+    caplog.clear()
+    edited, plain, _ = run(prompt, mode="masactrl", window_start=0.0, window_end=1.0)
+    said = warnings_of(caplog, "mask is 0 everywhere")
+    assert said and all("source's keys / values are kept everywhere" in w and "nothing is edited" not in w
+                        for w in said), said
+    assert (edited - plain).abs().max().item() > 1e-3          # the engine acts: not a reconstruction
+
+
 def test_the_sampler_path_gives_the_same_edit():
     prompt = edit_prompt(target_seed=42, cfg=1.0, batch=1)
     prompt["guider"] = {"class_type": "CFGGuider", "inputs": {
@@ -124,6 +140,24 @@ def test_a_sigma_off_the_schedule_is_an_error_naming_the_fix():
     with pytest.raises(WorkflowError) as e:
         run_workflow(prompt, outputs=["ks"])
     assert "not on the inverted latent's schedule" in str(e.value) and e.value.node_id == "ks"
+
+
+@pytest.mark.parametrize("window", ((0.0, 1.0), (0.5, 0.5)))
+def test_a_start_other_than_the_engines_inverted_latent_is_an_error(window):
+    """The engine replays its own inversion's trajectory: the Inverted Latent Sampler fed another image's inversion
+    (same schedule), or a KSampler starting from noise on that schedule, would be steered by the wrong image. Even
+    an empty window (the engine is a no-op) says so: the graph is miswired."""
+    prompt = edit_prompt(target_seed=42, batch=1)
+    prompt["engine"]["inputs"].update(window_start=window[0], window_end=window[1])
+    prompt["other_latent"] = {"class_type": "InversionTestLatent",
+                              "inputs": {"seed": 99, "batch": 1, "channels": 4, "size": 16}}
+    prompt["other"] = dict(prompt["invert"], inputs=dict(prompt["invert"]["inputs"], latent=["other_latent", 0]))
+    prompt["edited"]["inputs"]["inverted_latent"] = ["other", 0]
+    with pytest.raises(WorkflowError) as e:
+        run_workflow(prompt, outputs=["edited"])
+    assert "not the inverted latent this engine was built from" in str(e.value) and e.value.node_id == "edited"
+    prompt["edited"]["inputs"]["inverted_latent"] = ["invert", 0]      # the same graph, wired right, runs
+    assert torch.isfinite(run_workflow(prompt, outputs=["edited"])["edited"][0]["samples"]).all()
 
 
 def test_bad_inputs_name_themselves():

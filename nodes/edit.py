@@ -141,8 +141,13 @@ class EditEngine:
     """The source branch and the injection, for one inverted latent. ``stats`` counts what the source branch cost."""
 
     def __init__(self, settings: EditSettings, schedule: list, states_down: list, source_cond, mask, branch: str,
-                 patch_size: int = 1):
+                 patch_size: int = 1, inner_wrapper=None, inner_attention: Optional[dict] = None):
         self.settings, self.schedule, self.states_down = settings, schedule, states_down
+        # patches the MODEL already had where the engine installs its own: called in place of the host's default
+        # (a model function wrapper around apply_model; attention replaces, keyed ("attn1" | "attn2", layer)), so
+        # another node's patch (IP-Adapter, an attention kernel, …) keeps working under the engine
+        self.inner_wrapper = inner_wrapper
+        self.inner_attention = dict(inner_attention or {})
         self.patch_size = int(patch_size)
         self.source_cond, self.mask, self.branch = source_cond, mask, branch
         self.cache: dict = {}
@@ -166,7 +171,7 @@ class EditEngine:
         if k == 0:
             self._check_start(x, len(cou))
         if not self.settings.any_step(k):
-            return apply_model(x, t, **c)
+            return self._apply(apply_model, x, t, c, cou)
         start = time.perf_counter()
         chunks = len(cou)
         n = x.shape[0]
@@ -193,19 +198,33 @@ class EditEngine:
                 opts[KEY] = _Context(k, "batched", n, b, cou, x.shape[2:])
                 c_all["transformer_options"] = opts
                 self.current = opts[KEY]
-                out = apply_model(torch.cat([x_src, x]), torch.cat([t, t]), **c_all)
+                out = self._apply(apply_model, torch.cat([x_src, x]), torch.cat([t, t]), c_all, cou + cou)
                 return out[n:]
             opts = dict(c.get("transformer_options", {}))
             opts[KEY] = self.current = _Context(k, "capture", n, b, cou, x.shape[2:])
-            apply_model(x_src, t, **dict(c_src, transformer_options=opts))
+            self._apply(apply_model, x_src, t, dict(c_src, transformer_options=opts), cou)
             opts = dict(c.get("transformer_options", {}))
             opts[KEY] = self.current = _Context(k, "inject", n, b, cou, x.shape[2:])
-            return apply_model(x, t, **dict(c, transformer_options=opts))
+            return self._apply(apply_model, x, t, dict(c, transformer_options=opts), cou)
         finally:
             self.current = None
             self.cache.clear()
             self._flux_text.clear()
             self.stats["seconds"] += time.perf_counter() - start
+
+    def _apply(self, apply_model, x: torch.Tensor, t: torch.Tensor, c: dict, cou: list):
+        """apply_model(x, t, **c), through the model function wrapper the MODEL had before the engine, if any."""
+        if self.inner_wrapper is None:
+            return apply_model(x, t, **c)
+        return self.inner_wrapper(apply_model, {"input": x, "timestep": t, "c": c, "cond_or_uncond": list(cou)})
+
+    def _attend(self, which: str, layer, q, k, v, extra_options: dict):
+        """The attention of a replaced layer: the MODEL's earlier replace patch for it, else the host's kernel."""
+        inner = self.inner_attention.get((which, layer))
+        if inner is not None:
+            return inner(q, k, v, extra_options)
+        attention, heads, precision, _, _ = _call_site(extra_options)
+        return attention.optimized_attention(q, k, v, heads, attn_precision=precision)
 
     def _check_start(self, x: torch.Tensor, chunks: int) -> None:
         """The sampler must start from the inverted latent the engine was built from: the source branch follows that
@@ -265,27 +284,27 @@ class EditEngine:
         return list(src), list(tensors)
 
     def attn1(self, q, k, v, extra_options):
-        attention, heads, precision, ctx, layer = _call_site(extra_options)
+        _, _, _, ctx, layer = _call_site(extra_options)
         s = self.settings
         if ctx is None:
-            return attention.optimized_attention(q, k, v, heads, attn_precision=precision)
+            return self._attend("attn1", layer, q, k, v, extra_options)
         inject = s.self_steps[ctx.step] and layer in s.self_layers
         masked = self.mask is not None and s.mask_steps[ctx.step] and layer in s.mask_layers
         if not (inject or masked):
-            return attention.optimized_attention(q, k, v, heads, attn_precision=precision)
+            return self._attend("attn1", layer, q, k, v, extra_options)
         src, edit = self._split(ctx, layer, "attn1", q, k, v)
         if src is None:   # capture phase: the source runs unchanged
-            return attention.optimized_attention(q, k, v, heads, attn_precision=precision)
+            return self._attend("attn1", layer, q, k, v, extra_options)
         keep = token_mask_for_layer(self.mask.to(q.device), q.shape[1], edit[0].shape[0]) if masked else None
         qe, ke, ve = inject_self_attention(*edit, *src, use_q=inject and s.use_q, use_k=inject and s.use_k,
                                            use_v=inject and s.use_v, strength=s.strength, keep=keep)
         if ctx.phase == "batched":
             qe, ke, ve = torch.cat([src[0], qe]), torch.cat([src[1], ke]), torch.cat([src[2], ve])
-        return attention.optimized_attention(qe, ke, ve, heads, attn_precision=precision)
+        return self._attend("attn1", layer, qe, ke, ve, extra_options)
 
     def attn2(self, q, k, v, extra_options):
         attention, heads, precision, ctx, layer = _call_site(extra_options)
-        out = attention.optimized_attention(q, k, v, heads, attn_precision=precision)
+        out = self._attend("attn2", layer, q, k, v, extra_options)
         if ctx is None or not self.settings.cross_steps or not self.settings.cross_steps[ctx.step]:
             return out
         src, edit = self._split(ctx, layer, "attn2", q, k)
@@ -461,10 +480,13 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
     settings = resolve_settings(mode, model_family(model), total, layers_available, window_start=window_start,
                                 window_end=window_end, layers=layers, strength=strength, residual=residual_features,
                                 reweight=reweight, tokens=tokens, masked=m is not None, dit=dit)
+    inner_wrapper, inner_attention = _patches_underneath(model, layers_available, flux, dit, settings)
     engine = EditEngine(settings, schedule, states_down, source_conditioning, m, source_branch,
-                        patch_size=getattr(diffusion_model, "patch_size", 1))
+                        patch_size=getattr(diffusion_model, "patch_size", 1), inner_wrapper=inner_wrapper,
+                        inner_attention=inner_attention)
     patched = model.clone()
     # the patches are installed even for an empty window: outside the window every call takes the host's own path
+    # (or the MODEL's earlier patch there)
     patched.set_model_unet_function_wrapper(engine)
     if flux:
         for layer in layers_available:
@@ -472,9 +494,12 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
         return patched, engine
     if dit:
         for layer in layers_available:
-            block = diffusion_model.joint_blocks[layer[1]]
-            patched.add_object_patch(f"diffusion_model.joint_blocks.{layer[1]}",
-                                     _JointBlockWithInjection(block, engine, layer))
+            name = f"diffusion_model.joint_blocks.{layer[1]}"
+            block = model.get_model_object(name) if hasattr(model, "get_model_object") else \
+                diffusion_model.joint_blocks[layer[1]]
+            while isinstance(block, _JointBlockWithInjection) and name not in model.object_patches:
+                block = block._original      # left in place by another engine's MODEL that is still loaded
+            patched.add_object_patch(name, _JointBlockWithInjection(block, engine, layer))
         return patched, engine
     for layer in layers_available:
         patched.set_model_attn1_replace(engine.attn1, layer[0], layer[1], layer[2])
@@ -483,6 +508,42 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
     if settings.residual_block is not None:
         patched.set_model_output_block_patch(engine.output_block)
     return patched, engine
+
+
+def _attention_key(layer: tuple) -> tuple:
+    return (layer[0], layer[1], layer[2]) if len(layer) > 2 and layer[2] is not None else (layer[0], layer[1])
+
+
+def _patches_underneath(model, layers: list, flux: bool, dit: bool, settings) -> tuple:
+    """(model function wrapper, {("attn1" | "attn2", layer): replace patch}) the MODEL already has where the engine
+    installs its own, for the engine to call in their place. What cannot be combined is an error naming it."""
+    options = model.model_options
+    wrapper = options.get("model_function_wrapper")
+    if isinstance(wrapper, EditEngine):
+        raise ValueError("model: this MODEL already carries an Inversion Edit Engine; build the engine from the "
+                         "model without one (one engine per replay)")
+    replace = options.get("transformer_options", {}).get("patches_replace", {})
+    if flux:
+        taken = [layer for layer in layers if (f"{layer[0]}_block", layer[1]) in replace.get("dit", {})]
+        if taken:
+            raise ValueError(f"model: another node already replaces Flux block(s) {taken[:4]}; the engine's key / "
+                             "value injection replaces those blocks too and cannot be combined with it")
+        return wrapper, {}
+    if dit:
+        return wrapper, {}
+    inner = {}
+    for which in ("attn1", "attn2"):
+        patches = replace.get(which, {})
+        for layer in layers:
+            # the host looks a replace up by (block, number, index) first, then by (block, number)
+            fn = patches.get(_attention_key(layer), patches.get((layer[0], layer[1])))
+            if fn is not None:
+                inner[(which, layer)] = fn
+    if settings.cross_steps and any(which == "attn2" for which, _ in inner):
+        raise ValueError("model: another node already replaces cross-attention (an attn2 replace patch, e.g. an "
+                         "IP-Adapter); Prompt-to-Prompt rewrites the cross-attention output and cannot be combined "
+                         "with it. Use pnp or masactrl (they keep such patches)")
+    return wrapper, inner
 
 
 _WINDOW_TIP = ("as a fraction of the replay's steps (0 = the noisiest step, 1 = the end), so it means the same at 4 "

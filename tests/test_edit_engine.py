@@ -1,6 +1,8 @@
 """Inversion Edit Engine through the host's executor: invariances that hold for any weights (tiny random models)."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -158,6 +160,55 @@ def test_a_start_other_than_the_engines_inverted_latent_is_an_error(window):
     assert "not the inverted latent this engine was built from" in str(e.value) and e.value.node_id == "edited"
     prompt["edited"]["inputs"]["inverted_latent"] = ["invert", 0]      # the same graph, wired right, runs
     assert torch.isfinite(run_workflow(prompt, outputs=["edited"])["edited"][0]["samples"]).all()
+
+
+def test_patches_already_on_the_model_keep_working():
+    """Another node's patches on the MODEL (an attention replace, a model function wrapper) run under the engine:
+    with an empty window the engine's replay equals the patched model's own replay (they used to be dropped, the
+    result silently the unpatched model's). Prompt-to-Prompt, which rewrites cross-attention, refuses an existing
+    cross-attention replace instead of overriding it; an engine on an engine is refused too."""
+    import comfy.ldm.modules.attention as attention
+
+    node, sampler = host.node_class("InversionEditEngine")(), host.node_class("InvertedLatentSampler")()
+    model, cond = host.tiny_model(), host.tiny_conditioning()
+    target = host.tiny_conditioning(seed=42)
+    inv = run_workflow(invert_and_replay(steps=4, method="ExactInvert", extra=EXACT), outputs=["invert"])["invert"][0]
+
+    def replay(m):
+        with torch.inference_mode():
+            return sampler.sample(m, target, cond, 2.0, inv)[0]["samples"]
+
+    def hot_attention(q, k, v, extra):                       # attention at temperature 2
+        return attention.optimized_attention(q * 0.5, k, v, extra["n_heads"])
+
+    def damped(apply_model, args):
+        return apply_model(args["input"], args["timestep"], **args["c"]) * 0.9
+
+    with_attn, with_wrapper = model.clone(), model.clone()
+    for layer in node_layers(model):
+        with_attn.set_model_attn1_replace(hot_attention, *layer)
+    with_wrapper.set_model_unet_function_wrapper(damped)
+    plain = replay(model)
+    for user in (with_attn, with_wrapper):
+        own = replay(user)
+        assert (own - plain).abs().max().item() > 1e-3                       # the user's patch acts
+        for mode in ("pnp", "masactrl"):
+            engine, = node.patch(user, inv, cond, mode, window_start=0.5, window_end=0.5)
+            assert (replay(engine) - own).abs().max().item() <= 1e-6, mode   # and still acts under the engine
+    with_cross = model.clone()
+    for layer in node_layers(model):
+        with_cross.set_model_attn2_replace(hot_attention, *layer)
+    with pytest.raises(ValueError, match="cross-attention"):
+        node.patch(with_cross, inv, cond, "p2p")
+    node.patch(with_cross, inv, cond, "pnp")                                # pnp leaves cross-attention alone
+    engine, = node.patch(model, inv, cond, "pnp")
+    with pytest.raises(ValueError, match="already carries an Inversion Edit Engine"):
+        node.patch(engine, inv, cond, "pnp")
+
+
+def node_layers(model) -> list:
+    edit = sys.modules[host.pack_module().__name__ + ".nodes.edit"]
+    return edit.unet_layers(model.model.diffusion_model)
 
 
 def test_bad_inputs_name_themselves():

@@ -85,6 +85,20 @@ def test_dit_empty_window_is_bit_identical_and_batched_equals_cached(setup):
     assert torch.equal(replay(setup, setup["tgt"]), plain)
 
 
+def test_dit_engines_built_one_after_another_do_not_nest(setup):
+    """Each engine wraps the host's own joint block, not the wrapper another engine's MODEL left in place while it
+    is loaded (those nested, and every replay went through all earlier engines and kept them alive)."""
+    edit, blocks = setup["edit"], []
+    for _ in range(3):
+        model, _ = edit.build_engine_patch(setup["model"], setup["inv"], setup["src"], "dit_kv",
+                                           window_start=0.0, window_end=0.6)
+        with torch.inference_mode():
+            setup["bridge"].run_replay(model, setup["tgt"], setup["neg"], 2.0, setup["inv"])   # loads its patches
+        blocks.append(model.object_patches["diffusion_model.joint_blocks.0"])
+    assert all(type(b._original) is not edit._JointBlockWithInjection for b in blocks)
+    assert len({id(b._original) for b in blocks}) == 1
+
+
 def test_dit_masked_edit_keeps_the_outside(setup):
     mask = torch.zeros(16, 16)
     mask[4:12, 4:12] = 1.0

@@ -121,11 +121,13 @@ class _FluxBlockPatch:
 class _Context:
     """What the wrapper tells the patches for one model call (lives in transformer_options[KEY])."""
 
-    __slots__ = ("step", "phase", "n", "b", "cond_or_uncond", "hw")
+    __slots__ = ("step", "phase", "n", "b", "cond_or_uncond", "hw", "tokens")
 
-    def __init__(self, step: int, phase: str, n: int, b: int, cond_or_uncond: list, hw: tuple = ()):
+    def __init__(self, step: int, phase: str, n: int, b: int, cond_or_uncond: list, hw: tuple = (),
+                 tokens: tuple = (None, None)):
         self.step, self.phase, self.n, self.b, self.cond_or_uncond = step, phase, n, b, list(cond_or_uncond)
         self.hw = tuple(hw)      # the latent's spatial size (Flux: how many image tokens follow the text)
+        self.tokens = tuple(tokens)   # (source, edit) cross-attention lengths before the batched branch pads them
 
 
 
@@ -185,6 +187,7 @@ class EditEngine:
         x_src = repeat_chunks(state.to(device=x.device, dtype=x.dtype), chunks)
         c_src = self._source_c(apply_model, c, cou, b, x)
         branch = "cached" if c.get("control") is not None else self.branch  # ControlNet residuals are per batch
+        tokens = tuple(getattr(d.get("c_crossattn"), "shape", (0, None))[1] for d in (c_src, c))
         self.stats["source_calls"] += 1
         try:
             if branch == "batched":
@@ -195,16 +198,16 @@ class EditEngine:
                     c_all[key] = concat_tokens([c_src[key], val]) if isinstance(val, torch.Tensor) else val
                 opts = dict(c.get("transformer_options", {}))
                 opts["cond_or_uncond"] = cou + cou
-                opts[KEY] = _Context(k, "batched", n, b, cou, x.shape[2:])
+                opts[KEY] = _Context(k, "batched", n, b, cou, x.shape[2:], tokens)
                 c_all["transformer_options"] = opts
                 self.current = opts[KEY]
                 out = self._apply(apply_model, torch.cat([x_src, x]), torch.cat([t, t]), c_all, cou + cou)
                 return out[n:]
             opts = dict(c.get("transformer_options", {}))
-            opts[KEY] = self.current = _Context(k, "capture", n, b, cou, x.shape[2:])
+            opts[KEY] = self.current = _Context(k, "capture", n, b, cou, x.shape[2:], tokens)
             self._apply(apply_model, x_src, t, dict(c_src, transformer_options=opts), cou)
             opts = dict(c.get("transformer_options", {}))
-            opts[KEY] = self.current = _Context(k, "inject", n, b, cou, x.shape[2:])
+            opts[KEY] = self.current = _Context(k, "inject", n, b, cou, x.shape[2:], tokens)
             return self._apply(apply_model, x, t, dict(c, transformer_options=opts), cou)
         finally:
             self.current = None
@@ -321,6 +324,9 @@ class EditEngine:
             length = k.shape[1]
             period = 77 if length % 77 == 0 else length
             cols = reweight_columns(length, s.tokens, period) if s.tokens else torch.ones(length, dtype=torch.bool)
+        if s.swap and ctx.tokens[0] != ctx.tokens[1]:
+            raise ValueError("Prompt-to-Prompt word swap needs source and edit prompts of the same token length "
+                             f"(source {ctx.tokens[0]}, edit {ctx.tokens[1]} tokens)")
         p2p = p2p_cross_attention(edit[0][idx], edit[1][idx], v_e[idx], src[0][idx], src[1][idx], heads,
                                   swap_strength=s.strength if s.swap else 0.0, reweight=s.reweight, columns=cols)
         offset = ctx.n if ctx.phase == "batched" else 0

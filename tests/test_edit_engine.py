@@ -206,6 +206,21 @@ def test_patches_already_on_the_model_keep_working():
         node.patch(engine, inv, cond, "pnp")
 
 
+@pytest.mark.parametrize("branch", ("batched", "cached"))
+def test_p2p_word_swap_needs_prompts_of_one_length_on_either_branch(branch):
+    """The batched branch pads the source and edit prompts to a common length; the word swap must still refuse
+    prompts whose tokens do not line up (the cached branch always did)."""
+    node, sampler = host.node_class("InversionEditEngine")(), host.node_class("InvertedLatentSampler")()
+    model, cond = host.tiny_model(), host.tiny_conditioning()
+    inv = run_workflow(invert_and_replay(steps=4, method="ExactInvert", extra=EXACT), outputs=["invert"])["invert"][0]
+    engine, = node.patch(model, inv, cond, "p2p", window_start=0.0, window_end=1.0, source_branch=branch)
+    with torch.inference_mode():
+        same = sampler.sample(engine, host.tiny_conditioning(seed=42), cond, 2.0, inv)[0]["samples"]
+        assert torch.isfinite(same).all()
+        with pytest.raises(ValueError, match="same token length"):
+            sampler.sample(engine, host.tiny_conditioning(seed=42, tokens=5), cond, 2.0, inv)
+
+
 def node_layers(model) -> list:
     edit = sys.modules[host.pack_module().__name__ + ".nodes.edit"]
     return edit.unet_layers(model.model.diffusion_model)

@@ -241,6 +241,13 @@ class InversionSampler(comfy.samplers.Sampler):
                 self.record.warnings.append(short + "; use a scheduler that starts at sigma_max (karras, normal, "
                                             "simple, sgm_uniform) or denoise < 1 if you meant a partial inversion")
                 warn(f"{self.method} inversion: {self.record.warnings[-1]}")
+        if float(schedule[-1]) > 0.0:
+            self.record.warnings.append(
+                f"the schedule ends at sigma {float(schedule[-1]):.4g}, not 0: the input latent was taken as the noisy "
+                "latent at that level, not as the clean image, and a replay stops there without denoising (edits "
+                "come out noisy). To invert an image give a schedule that ends at 0 (for a partial inversion: "
+                "denoise < 1, or the low half of SplitSigmas)")
+            warn(f"{self.method} inversion: {self.record.warnings[-1]}")
         top = self.record.states[-1]
         INVERTED.add(top, schedule)
         return top.to(device=x0.device)

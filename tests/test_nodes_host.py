@@ -291,6 +291,24 @@ def test_a_schedule_that_stops_short_is_warned_and_recorded(caplog):
     assert not [r for r in caplog.records if r.name == "comfyui-inversion"]
 
 
+def test_a_schedule_that_does_not_end_at_zero_is_warned_and_recorded(caplog):
+    """The high half of SplitSigmas ends above 0: the image latent becomes the noisy latent at that level and the
+    replay never denoises it. Said in the record and the log (a lower level is allowed: it may be meant)."""
+    prompt = default_inversion("DDIMInvert", "eps", 4)
+    prompt["sched"] = {"class_type": "BasicScheduler", "inputs": {
+        "model": ["model", 0], "scheduler": "karras", "steps": 8, "denoise": 1.0}}
+    prompt["split"] = {"class_type": "SplitSigmas", "inputs": {"sigmas": ["sched", 0], "step": 4}}
+    prompt["invert"]["inputs"]["sigmas"] = ["split", 0]
+    caplog.clear()
+    out = run_workflow(prompt)
+    bottom = float(out["split"][0][-1])
+    said = [w for w in out["invert"][0]["inversion"]["warnings"] if "not 0" in w]
+    assert bottom > 0 and said and said[0].startswith(f"the schedule ends at sigma {bottom:.4g}, not 0"), said
+    assert any("not 0: the input latent was taken as the noisy latent" in r.getMessage() for r in caplog.records)
+    entry = run_workflow(default_inversion("DDIMInvert", "eps", 4))["invert"][0]["inversion"]
+    assert not [w for w in entry["warnings"] if "not 0" in w]
+
+
 @pytest.fixture
 def progress_every_evaluation():
     bridge = sys.modules[f"{host.PACK_DIR_NAME}.nodes.bridge"]

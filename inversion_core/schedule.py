@@ -23,7 +23,10 @@ def as_sampling_schedule(sigmas: Tensor | Sequence[float], name: str = "sigmas")
     Accepts either direction: an ascending schedule (e.g. the output of the host's FlipSigmas, whose first level is
     lifted from 0 to 1e-4) is turned back into the descending one it came from.
     """
-    s = torch.as_tensor(sigmas, dtype=torch.float32).detach().flatten().cpu().clone()
+    s = torch.as_tensor(sigmas, dtype=torch.float32).detach()
+    if sum(d > 1 for d in s.shape) > 1:
+        raise ScheduleError(f"{name}: expected one list of sigma levels (1-D), got a tensor of shape {tuple(s.shape)}")
+    s = s.flatten().cpu().clone()
     if s.numel() < 2:
         raise ScheduleError(f"{name}: a schedule needs at least 2 sigma levels (1 step), got {s.numel()}")
     if not torch.isfinite(s).all():

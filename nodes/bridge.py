@@ -312,9 +312,11 @@ def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor) -> None:
              "replaying it anyway (the result is not a reconstruction). Connect the inversion's output directly if "
              "that was not meant")
     else:
-        warn("Inverted Replay SAMPLER: latent_image is not the noise of an inversion made in this session (a plain "
-             "latent, noise changed after inversion, or an inversion from an earlier session); replaying it anyway "
-             "on the given sigmas. For a reconstruction, connect the inversion's output and its sigmas directly")
+        warn("Inverted Replay SAMPLER: latent_image is not the noise of any of the last "
+             f"{INVERTED.items.maxlen} inversions this process remembers (a plain latent, noise changed after "
+             "inversion, an older inversion or one from an earlier session), so its sigmas cannot be checked; "
+             "replaying it anyway on the given sigmas. For a reconstruction, connect the inversion's output and its "
+             "sigmas directly (the Inverted Latent Sampler reads them from the LATENT and always checks)")
 
 
 class _OffsetSampler(comfy.samplers.Sampler):

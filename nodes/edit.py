@@ -48,7 +48,9 @@ def _convert_cond(cond):
 
 
 def unet_layers(diffusion_model) -> list:
-    """Every transformer block of a host UNet as (kind, block id, index within the block)."""
+    """Every transformer block of a host UNet as (kind, block id, index within the block) whose attn1 is a
+    self-attention (blocks built with ``disable_self_attn``, e.g. the SD x4 upscaler's, attend to the text there: the
+    engine leaves them alone)."""
     attention = _host_attention()
     out = []
     groups = (("input", getattr(diffusion_model, "input_blocks", [])),
@@ -58,7 +60,8 @@ def unet_layers(diffusion_model) -> list:
         for block_id, block in enumerate(blocks):
             for sub in (block if isinstance(block, torch.nn.Sequential) else [block]):
                 if isinstance(sub, attention.SpatialTransformer):
-                    out.extend((kind, block_id, t) for t in range(len(sub.transformer_blocks)))
+                    out.extend((kind, block_id, t) for t, blk in enumerate(sub.transformer_blocks)
+                               if not getattr(blk, "disable_self_attn", False))
     return out
 
 

@@ -221,6 +221,20 @@ def test_p2p_word_swap_needs_prompts_of_one_length_on_either_branch(branch):
             sampler.sample(engine, host.tiny_conditioning(seed=42, tokens=5), cond, 2.0, inv)
 
 
+def test_blocks_whose_attn1_reads_the_text_are_left_alone():
+    """A transformer block built with disable_self_attn (SD x4 upscaler) has a cross-attention in attn1: the engine's
+    self-attention injection must not touch it."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+
+    def blocks(disable):
+        return torch.nn.Sequential(SpatialTransformer(32, 2, 16, depth=1, context_dim=8, disable_self_attn=disable))
+
+    unet = torch.nn.Module()
+    unet.input_blocks = torch.nn.ModuleList([blocks(True), blocks(False)])
+    edit = sys.modules[host.pack_module().__name__ + ".nodes.edit"]
+    assert edit.unet_layers(unet) == [("input", 1, 0)]
+
+
 def node_layers(model) -> list:
     edit = sys.modules[host.pack_module().__name__ + ".nodes.edit"]
     return edit.unet_layers(model.model.diffusion_model)

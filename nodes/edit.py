@@ -11,6 +11,9 @@ SamplerCustomAdvanced) and any inversion method's LATENT work unchanged. The mat
 """
 from __future__ import annotations
 
+import functools
+import inspect
+
 import time
 from typing import Any, Optional
 
@@ -37,6 +40,22 @@ def _host_attention():
     import comfy.ldm.modules.attention as attention
 
     return attention
+
+
+def _options_kwargs(attention_fn, options: Optional[dict]) -> dict:
+    """``transformer_options=options`` where the host's attention function takes it (upstream ComfyUI: it carries an
+    ``optimized_attention_override`` another node may have set, e.g. an attention kernel), else nothing (the PyPI
+    fork's functions have no such parameter)."""
+    return {"transformer_options": options} if options and _takes_options(attention_fn) else {}
+
+
+@functools.lru_cache(maxsize=32)
+def _takes_options(attention_fn) -> bool:
+    try:
+        params = inspect.signature(attention_fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "transformer_options" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _convert_cond(cond):
@@ -230,7 +249,8 @@ class EditEngine:
         if inner is not None:
             return inner(q, k, v, extra_options)
         attention, heads, precision, _, _ = _call_site(extra_options)
-        return attention.optimized_attention(q, k, v, heads, attn_precision=precision)
+        return attention.optimized_attention(q, k, v, heads, attn_precision=precision,
+                                             **_options_kwargs(attention.optimized_attention, extra_options))
 
     def _check_start(self, x: torch.Tensor, chunks: int) -> None:
         """The sampler must start from the inverted latent the engine was built from: the source branch follows that
@@ -359,7 +379,8 @@ class EditEngine:
             x_qkv = (qe, ke, ve) if ctx.phase == "inject" else tuple(
                 torch.cat([a, e]) for a, e in zip(src, (qe, ke, ve)))
         qkv = [torch.cat((c_qkv[i], x_qkv[i]), dim=1) for i in range(3)]
-        out = attention.optimized_attention(qkv[0], qkv[1], qkv[2], xb.attn.num_heads)
+        out = attention.optimized_attention(qkv[0], qkv[1], qkv[2], xb.attn.num_heads, **_options_kwargs(
+            attention.optimized_attention, kwargs.get("transformer_options")))
         split = c_qkv[0].shape[1]
         context = None if cb.pre_only else cb.post_attention(out[:, :split], *c_rest)
         return context, xb.post_attention(out[:, split:], *x_rest)

@@ -221,6 +221,36 @@ def test_p2p_word_swap_needs_prompts_of_one_length_on_either_branch(branch):
             sampler.sample(engine, host.tiny_conditioning(seed=42, tokens=5), cond, 2.0, inv)
 
 
+def test_an_attention_override_reaches_the_engines_attention(monkeypatch):
+    """Upstream ComfyUI's attention functions take transformer_options, whose optimized_attention_override another
+    node may set (an attention kernel): the engine's own attention calls must pass it on. Simulated here with a host
+    attention function of that signature (the PyPI fork's take none: then nothing is passed)."""
+    import comfy.ldm.modules.attention as attention
+
+    node, sampler = host.node_class("InversionEditEngine")(), host.node_class("InvertedLatentSampler")()
+    model, cond = host.tiny_model(), host.tiny_conditioning()
+    inv = run_workflow(invert_and_replay(steps=4, method="ExactInvert", extra=EXACT), outputs=["invert"])["invert"][0]
+    original, seen = attention.optimized_attention, []
+
+    def upstream_like(q, k, v, heads, mask=None, attn_precision=None, transformer_options=None):
+        override = (transformer_options or {}).get("optimized_attention_override")
+        if override is not None:
+            return override(original, q, k, v, heads, attn_precision=attn_precision)
+        return original(q, k, v, heads, attn_precision=attn_precision)
+
+    def kernel(func, *args, **kwargs):
+        seen.append(1)
+        return func(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "optimized_attention", upstream_like)
+    user = model.clone()
+    user.model_options["transformer_options"]["optimized_attention_override"] = kernel
+    engine, = node.patch(user, inv, cond, "masactrl", window_start=0.0, window_end=1.0)
+    with torch.inference_mode():
+        sampler.sample(engine, host.tiny_conditioning(seed=42), cond, 1.0, inv)
+    assert len(seen) >= 4 * len(node_layers(model)), len(seen)
+
+
 def test_blocks_whose_attn1_reads_the_text_are_left_alone():
     """A transformer block built with disable_self_attn (SD x4 upscaler) has a cross-attention in attn1: the engine's
     self-attention injection must not touch it."""

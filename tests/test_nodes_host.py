@@ -274,11 +274,7 @@ def test_a_schedule_that_stops_short_is_warned_and_recorded(caplog):
     logged = [r.getMessage() for r in caplog.records if r.name == "comfyui-inversion" and r.levelname == "WARNING"]
     assert logged == [f"[comfyui-inversion] ddim inversion: {entry['warnings'][0]}"], logged
     # a SIGMAS input that stops short: the same
-    prompt = default_inversion("DDIMInvert", "eps", 4)
-    prompt["sched"] = {"class_type": "BasicScheduler", "inputs": {
-        "model": ["model", 0], "scheduler": "karras", "steps": 8, "denoise": 1.0}}
-    prompt["split"] = {"class_type": "SplitSigmas", "inputs": {"sigmas": ["sched", 0], "step": 4}}
-    prompt["invert"]["inputs"]["sigmas"] = ["split", 1]
+    prompt = split_sigmas_inversion(half=1)
     caplog.clear()
     out = run_workflow(prompt)
     assert out["invert"][0]["inversion"]["stats"]["reach"] < 0.2
@@ -291,14 +287,20 @@ def test_a_schedule_that_stops_short_is_warned_and_recorded(caplog):
     assert not [r for r in caplog.records if r.name == "comfyui-inversion"]
 
 
-def test_a_schedule_that_does_not_end_at_zero_is_warned_and_recorded(caplog):
-    """The high half of SplitSigmas ends above 0: the image latent becomes the noisy latent at that level and the
-    replay never denoises it. Said in the record and the log (a lower level is allowed: it may be meant)."""
+def split_sigmas_inversion(half: int) -> dict:
+    """DDIM Invert on one half (0 = high, 1 = low) of an 8-step karras schedule split at step 4 (SplitSigmas)."""
     prompt = default_inversion("DDIMInvert", "eps", 4)
     prompt["sched"] = {"class_type": "BasicScheduler", "inputs": {
         "model": ["model", 0], "scheduler": "karras", "steps": 8, "denoise": 1.0}}
     prompt["split"] = {"class_type": "SplitSigmas", "inputs": {"sigmas": ["sched", 0], "step": 4}}
-    prompt["invert"]["inputs"]["sigmas"] = ["split", 0]
+    prompt["invert"]["inputs"]["sigmas"] = ["split", half]
+    return prompt
+
+
+def test_a_schedule_that_does_not_end_at_zero_is_warned_and_recorded(caplog):
+    """The high half of SplitSigmas ends above 0: the image latent becomes the noisy latent at that level and the
+    replay never denoises it. Said in the record and the log (a lower level is allowed: it may be meant)."""
+    prompt = split_sigmas_inversion(half=0)
     caplog.clear()
     out = run_workflow(prompt)
     bottom = float(out["split"][0][-1])

@@ -111,6 +111,18 @@ def test_real_failure_is_singled_out():
     assert (plot[0, :, :, 0] > 0.7).logical_and(plot[0, :, :, 2] < 0.3).any()       # red bars drawn
 
 
+def test_a_one_evaluation_step_is_the_ddim_step_and_not_judged():
+    """Budget 1 stores the DDIM step itself; its recorded residual is that of the DDIM guess (100 % of the step's
+    size by construction), so judging it would flag every step of what is plain DDIM (which is not judged). The
+    same image at budget 2 is judged as usual."""
+    one = dict(BALANCED, preset="custom", budget=1)
+    table = run_workflow(reference_prompt("ExactInvert", one, steps=10))["report"][0]
+    assert "BAD STEPS" not in table, table
+    assert "measured at the best evaluated point" in table
+    table = run_workflow(reference_prompt("ExactInvert", dict(one, budget=2), cfg=30.0))["report"][0]
+    assert "BAD STEPS" in table, table
+
+
 def test_tolerance_presets_still_list_missed_steps():
     tight = dict(BALANCED, preset="custom", tolerance=1e-9, budget=2)
     table = run_workflow(reference_prompt("ExactInvert", tight, steps=4))["report"][0]

@@ -177,7 +177,7 @@ class _Inverted:
         with self.lock:
             items = list(self.bdia)
         for top, *state in reversed(items):
-            if top.shape == x.shape and describe_change(top, x) is None:
+            if top.shape == x.shape and describe_change(top, x, rtol=_rtol(x.dtype)) is None:
                 return tuple(state)
         return None
 
@@ -185,21 +185,21 @@ class _Inverted:
         with self.lock:
             self.items.append((top.detach().float().cpu().clone(), schedule.clone()))
 
-    def find(self, x: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[str]]:
-        """(schedule, None) for a stored top equal to ``x``; else (None, how ``x`` relates to the closest one, if it
-        is a flipped / rotated / scaled copy of one)."""
+    def find(self, x: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[str], Optional[torch.Tensor]]:
+        """(schedule, None, stored float32 top) for a stored top equal to ``x`` (up to its dtype's rounding); else
+        (None, how ``x`` relates to the closest one if it is a flipped / rotated / scaled copy of one, None)."""
         with self.lock:
             items = list(self.items)
         related = None
         for top, schedule in reversed(items):
             if top.shape != x.shape:
                 continue
-            change = describe_change(top, x)
+            change = describe_change(top, x, rtol=_rtol(x.dtype))
             if change is None:
-                return schedule, None
+                return schedule, None, top
             if related is None and not change.startswith("changed"):
                 related = change
-        return None, related
+        return None, related, None
 
 
 INVERTED = _Inverted()
@@ -278,8 +278,10 @@ class ReplaySampler(comfy.samplers.Sampler):
                              "Inverted Latent Sampler's mask input instead of SamplerCustomAdvanced")
         bdia = self.bdia
         if not self.checked:
-            check_replay_input(x_top, schedule)
+            stored_top = check_replay_input(x_top, schedule)
             bdia = bdia or INVERTED.bdia_for(x_top)     # a BDIA top is never replayed with the plain step
+            if stored_top is not None:                  # the inversion's own float32 top, not a rounded copy of it
+                x_top = stored_top.to(device=x_top.device)
         den = _denoiser(model_wrap, extra_args)
         if bdia is not None:
             pair = None if bdia[0] is None else bdia[0].to(device=x_top.device)
@@ -297,16 +299,17 @@ def _levels(schedule: torch.Tensor, n: int = 6) -> str:
     return "[" + ", ".join(v if len(v) <= n else v[:n - 1] + ["...", v[-1]]) + f"] ({len(v) - 1} steps)"
 
 
-def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor) -> None:
-    """The Inverted Replay SAMPLER's guard (see ReplaySampler)."""
-    stored, related = INVERTED.find(x_top)
+def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor) -> Optional[torch.Tensor]:
+    """The Inverted Replay SAMPLER's guard (see ReplaySampler): the float32 top of the inversion ``x_top`` is (a stored
+    copy of), or None when it is none of the remembered ones."""
+    stored, related, top = INVERTED.find(x_top)
     if stored is not None:
         if stored.shape != schedule.shape or not torch.allclose(stored, schedule, rtol=1e-4, atol=1e-6):
             raise ValueError(
                 f"sigmas: this latent was inverted on sigmas {_levels(stored)} but the replay got {_levels(schedule)}; "
                 "replaying on other levels does not give the image back. Connect the same (descending) sigmas "
                 "the inversion used, before FlipSigmas")
-        return
+        return top
     if related is not None:
         warn(f"Inverted Replay SAMPLER: latent_image is a recent inversion's noise {related} after the inversion; "
              "replaying it anyway (the result is not a reconstruction). Connect the inversion's output directly if "
@@ -425,6 +428,10 @@ def run_inversion(model, positive, negative, cfg: float, latent: dict, schedule:
     out = {k: v for k, v in latent.items() if k not in ("samples", LATENT_KEY)}
     out["samples"] = top.to(samples.dtype).cpu()
     entry["top_samples"] = out["samples"].clone()    # what `samples` must still be (host latent format)
+    if out["samples"].dtype != torch.float32:
+        # a half-precision LATENT rounds the inverted noise (fp16: 120 -> 73 dB for BDIA, bf16: 56); the replay of
+        # unchanged samples starts from this float32 copy instead
+        entry["top_float32"] = top.float().cpu().clone()
     out[LATENT_KEY] = entry
     return out
 
@@ -548,6 +555,9 @@ def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_po
              f"({change}); replaying them on the stored schedule anyway (no reconstruction: fine for variations, "
              "otherwise connect the inversion node's LATENT directly)")
     bdia = _bdia_replay_state(entry, states_down, total, change)     # BDIA records replay with the BDIA step
+    start = samples
+    if change is None and isinstance(entry.get("top_float32"), torch.Tensor):
+        start = entry["top_float32"].to(device=samples.device)     # not the half-precision copy of it
     offsets = None
     if any(weights):
         if source_positive is None:
@@ -558,11 +568,11 @@ def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_po
                 "correction_strength to 0")
         check_conditioning(source_positive, samples.shape[0], "source_positive")
         offset_sampler = _OffsetSampler(states_down, weights, bdia)
-        _guide(model, source_positive, negative, cfg, samples, offset_sampler, schedule)
+        _guide(model, source_positive, negative, cfg, start, offset_sampler, schedule)
         offsets = offset_sampler.offsets
     m = _mask_for(mask_input, samples, "mask" if mask is not None else "inverted_latent noise_mask")
     sampler = ReplaySampler(offsets, weights, m, states_down if m is not None else None, checked=True, bdia=bdia)
-    out_samples = _guide(model, positive, negative, cfg, samples, sampler, schedule)
+    out_samples = _guide(model, positive, negative, cfg, start, sampler, schedule)
     out = {k: v for k, v in latent.items() if k not in ("samples", LATENT_KEY, "noise_mask")}
     out["samples"] = out_samples.to(samples.dtype).cpu()
     return out

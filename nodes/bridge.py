@@ -241,6 +241,12 @@ class InversionSampler(comfy.samplers.Sampler):
                 self.record.warnings.append(short + "; use a scheduler that starts at sigma_max (karras, normal, "
                                             "simple, sgm_uniform) or denoise < 1 if you meant a partial inversion")
                 warn(f"{self.method} inversion: {self.record.warnings[-1]}")
+        for hook in self.hooks:
+            notice = getattr(hook, "notice", None)
+            said = notice(len(self.record.steps)) if notice is not None else None
+            if said:
+                self.record.warnings.append(said)
+                warn(f"{self.method} inversion: {said}")
         if float(schedule[-1]) > 0.0:
             self.record.warnings.append(
                 f"the schedule ends at sigma {float(schedule[-1]):.4g}, not 0: the input latent was taken as the noisy "

@@ -67,11 +67,14 @@ class EasyInvInvert(_InvertNode):
     EXTRA = {
         "preset": (EASYINV_PRESETS, {"default": "auto", "tooltip": (
             "auto: the reference implementation's setting for the model family (SDXL: eta 0.8, window 0.85-0.95; "
-            "others: eta 0.5, window 0.05-0.25). custom: use the eta and window inputs below.")}),
+            "others: eta 0.5, window 0.05-0.25: no step at T <= 4, SDXL's none at T <= 6, where EasyInv is plain "
+            "DDIM and warns). custom: use the eta and window inputs below.")}),
         "eta": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
                           "tooltip": "Blend weight of the current latent (1 = plain DDIM). Used with preset custom."}),
         "window_start": ("FLOAT", {"default": 0.05, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
-            "Blend on steps i with start*T < i < end*T (0-based, open interval). Used with preset custom.")}),
+            "Blend on steps i with start*T < i < end*T (0-based, open interval). Used with preset custom. A window "
+            "that holds no step of the schedule (few steps, a narrow window) blends nothing: the result is plain "
+            "DDIM, and the inversion says so in a warning.")}),
         "window_end": ("FLOAT", {"default": 0.25, "min": 0.0, "max": 1.0, "step": 0.01,
                                  "tooltip": "End of the blend window as a fraction of the steps. Used with custom."}),
         "variant": (list(easyinv.VARIANTS), {"default": "paper", "tooltip": (

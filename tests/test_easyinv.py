@@ -55,6 +55,18 @@ def test_empty_window_is_exactly_ddim(variant):
     assert den.calls == 4                                         # model evaluations = T, as DDIM
 
 
+@pytest.mark.parametrize("variant", ["paper", "output"])
+def test_a_walk_that_blends_nothing_says_so(variant):
+    hook = EasyInvBlend(variant=variant)
+    invert(Denoiser(nonlinear_denoiser), image(), karras(4), ddim_step, method="easyinv", hooks=[hook])
+    assert hook.blended == [] and "nothing was blended" in hook.notice(4)
+    invert(Denoiser(nonlinear_denoiser), image(), karras(20), ddim_step, method="easyinv", hooks=[hook])
+    assert hook.blended == [2, 3, 4] and hook.notice(20) is None
+    hook = EasyInvBlend(eta=1.0, variant=variant)
+    invert(Denoiser(nonlinear_denoiser), image(), karras(20), ddim_step, method="easyinv", hooks=[hook])
+    assert "eta is 1" in hook.notice(20)
+
+
 def test_window_indices_follow_the_paper():
     assert [i for i in range(50) if in_window(i, 50, (0.05, 0.25))] == list(range(3, 13))
 

@@ -218,6 +218,15 @@ def test_easyinv_auto_preset_runs_with_ddim_cost():
     ddim = run_workflow(invert_and_replay(steps=20))
     assert rms(out["invert"][0]["samples"], ddim["invert"][0]["samples"]) > 1e-4    # the blend acted
     assert torch.isfinite(out["replay"][0]["samples"]).all()
+    assert not [w for w in entry["warnings"] if "EasyInv" in w]
+
+
+def test_easyinv_whose_window_holds_no_step_warns(caplog):
+    caplog.clear()
+    out = run_workflow(invert_and_replay(method="EasyInvInvert", steps=4, extra={"preset": "auto"}))
+    said = out["invert"][0]["inversion"]["warnings"]
+    assert any(w.startswith("EasyInv's window 0.05-0.25 holds no step of this 4-step schedule") for w in said), said
+    assert any("nothing was blended" in r.getMessage() for r in caplog.records)
 
 
 # ---------------------------------------------------------------------------- issue 15: reach sigma_max, progress

@@ -42,6 +42,7 @@ class EasyInvBlend:
     window: tuple[float, float] = (0.05, 0.25)
     variant: str = "paper"
     _prev_target: Optional[Tensor] = field(default=None, repr=False)
+    blended: list = field(default_factory=list, repr=False)   # the step indices the last walk blended
 
     def __post_init__(self):
         if not 0.0 <= float(self.eta) <= 1.0:
@@ -62,13 +63,28 @@ class EasyInvBlend:
     def before_step(self, ctx: StepContext, x_i: Tensor) -> Tensor:
         if ctx.index == 0:
             self._prev_target = None
+            self.blended = []
         target = x_i
         if self.variant == "paper" and self._prev_target is not None and in_window(ctx.index, ctx.total, self.window):
             target = self.eta * x_i + (1.0 - self.eta) * self._prev_target.to(x_i.device)
+            self.blended.append(ctx.index)
         self._prev_target = target
         return target
 
     def after_step(self, ctx: StepContext, x_next: Tensor) -> Tensor:
         if self.variant == "output" and in_window(ctx.index, ctx.total, self.window):
+            self.blended.append(ctx.index)
             return self.eta * x_next + (1.0 - self.eta) * ctx.states[-1].to(x_next.device)
         return x_next
+
+    def notice(self, total: int) -> Optional[str]:
+        """What the user must know after a walk of ``total`` steps: a window that held no step (or an eta of 1)
+        left the inversion plain DDIM."""
+        a, b = self.window
+        if not self.blended:
+            return (f"EasyInv's window {a:g}-{b:g} holds no step of this {total}-step schedule (it blends steps i "
+                    f"with {a:g}*T < i < {b:g}*T, 0-based): nothing was blended and the result is plain DDIM; widen "
+                    "the window (preset custom) or invert with more steps")
+        if self.eta == 1.0:
+            return "EasyInv's eta is 1 (keep all of the current latent): nothing was blended, the result is plain DDIM"
+        return None

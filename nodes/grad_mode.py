@@ -29,6 +29,7 @@ context so that nothing the solver touches is one.
 from __future__ import annotations
 
 import contextlib
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
@@ -168,8 +169,10 @@ class GradInversionSampler(InversionSampler):
             return super().sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
                                   disable_pbar)
         aborted = None
+        aborted_seconds = 0.0
         known = _needs_protection(model_wrap)
         for protect in ((True,) if known else (False, True)):
+            started = time.perf_counter()
             try:
                 with grad_mode(model_wrap, protect_saved=protect) as report:
                     out = super().sample(model_wrap, _normal(sigmas), extra_args, callback, _normal(noise),
@@ -179,6 +182,7 @@ class GradInversionSampler(InversionSampler):
                     raise
                 den = getattr(self, "denoiser", None)
                 aborted = (den.forward_evals, den.backward_evals) if den is not None else (0.0, 0.0)
+                aborted_seconds = time.perf_counter() - started
                 _remember_protection(model_wrap)
                 continue
             self.report = report
@@ -188,6 +192,7 @@ class GradInversionSampler(InversionSampler):
                 self.record.params["grad_mode"] = report.as_dict()
                 self.record.params["derivatives"] = self.params["derivatives"]
                 if aborted is not None and self.record.steps:
+                    self.record.seconds += aborted_seconds       # the time, like the evaluations, of both attempts
                     first = self.record.steps[0]
                     first.forward_evals += aborted[0]
                     first.backward_evals += aborted[1]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import time
 
 import pytest
 import torch
@@ -241,10 +242,11 @@ def test_every_model_evaluation_is_counted_including_an_aborted_attempt():
     pack = host.pack_module()
     bridge = sys.modules[pack.__name__ + ".nodes.bridge"]
     model, cond, latent = host.tiny_model("eps", inference_mode=True), host.tiny_conditioning(), host.tiny_latent(size=8)
-    calls = []
+    calls, spent = [], []                       # (spent: the start time of each call)
 
     def counting(apply_model, args):            # the host's own wrapper hook: sees every call of the network
         calls.append(args["input"].shape[0])
+        spent.append(time.perf_counter())
         return apply_model(args["input"], args["timestep"], **args["c"])
 
     model = model.clone()
@@ -258,6 +260,8 @@ def test_every_model_evaluation_is_counted_including_an_aborted_attempt():
     assert "aborted" in entry["params"]["derivatives"] and "saved activations copied" in entry["params"]["derivatives"]
     assert "aborted by the host's in-place update" in entry["step_stats"][0]["note"]
     assert entry["stats"]["forward_evals"] == pytest.approx(len(calls))       # batch 1: one call = one evaluation
+    span = spent[-1] - spent[0]                                     # first call (attempt 1) to last (attempt 2)
+    assert entry["stats"]["seconds"] >= 0.95 * span                 # and its time: both attempts (the gap is ms)
     # the same model again: it is known to need the copies, so nothing is aborted (and nothing wasted) this time
     calls.clear()
     with torch.inference_mode():

@@ -470,9 +470,9 @@ def samples_change(samples: torch.Tensor, entry: dict) -> Optional[str]:
     return describe_change(top, samples, rtol=_rtol(samples.dtype))
 
 
-REPLAY_MASK_EMPTY = ("so nothing is edited: every replay step is pinned to the stored trajectory and the result is the reconstruction. "
-                     "(LoadImage's MASK of an image without an alpha channel is all 0: paint a mask, or use "
-                     "InvertMask / a SolidMask of 1 to edit everywhere)")
+REPLAY_MASK_EMPTY = ("so nothing is edited: every replay step is pinned to the stored trajectory and the result is the "
+                     "reconstruction. (LoadImage's MASK of an image without an alpha channel is all 0: paint a mask, "
+                     "or use InvertMask / a SolidMask of 1 to edit everywhere)")
 
 
 def _mask_for(mask: Optional[torch.Tensor], samples: torch.Tensor, name: str,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-
 import time
 from typing import Any, Optional
 
@@ -329,7 +328,7 @@ class EditEngine:
         return self._attend("attn1", layer, qe, ke, ve, extra_options)
 
     def attn2(self, q, k, v, extra_options):
-        attention, heads, precision, ctx, layer = _call_site(extra_options)
+        _, heads, _, ctx, layer = _call_site(extra_options)
         out = self._attend("attn2", layer, q, k, v, extra_options)
         if ctx is None or not self.settings.cross_steps or not self.settings.cross_steps[ctx.step]:
             return out
@@ -540,10 +539,6 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
     return patched, engine
 
 
-def _attention_key(layer: tuple) -> tuple:
-    return (layer[0], layer[1], layer[2]) if len(layer) > 2 and layer[2] is not None else (layer[0], layer[1])
-
-
 def _patches_underneath(model, layers: list, flux: bool, dit: bool, settings) -> tuple:
     """(model function wrapper, {("attn1" | "attn2", layer): replace patch}) the MODEL already has where the engine
     installs its own, for the engine to call in their place. What cannot be combined is an error naming it."""
@@ -566,7 +561,7 @@ def _patches_underneath(model, layers: list, flux: bool, dit: bool, settings) ->
         patches = replace.get(which, {})
         for layer in layers:
             # the host looks a replace up by (block, number, index) first, then by (block, number)
-            fn = patches.get(_attention_key(layer), patches.get((layer[0], layer[1])))
+            fn = patches.get(tuple(layer), patches.get(tuple(layer[:2])))
             if fn is not None:
                 inner[(which, layer)] = fn
     if settings.cross_steps and any(which == "attn2" for which, _ in inner):

@@ -42,9 +42,7 @@ def _titled(ui: dict, title: str) -> dict:
 def _prepare(ui: dict, image_file: str, source_prompt: str, edit_prompt: str | None = None) -> dict:
     """The workflow with its image and prompts set (the files' own defaults are one held-out cat)."""
     ui = json.loads(json.dumps(ui))
-    for n in ui["nodes"]:
-        if n["type"] == "LoadImage":
-            n["widgets_values"][0] = image_file
+    _titled(ui, "Load held-out image")["widgets_values"][0] = image_file    # LoadImage or the pack's loader
     _titled(ui, "Source prompt")["widgets_values"][0] = source_prompt
     if edit_prompt is not None:
         _titled(ui, "Edit prompt")["widgets_values"][0] = edit_prompt
@@ -122,6 +120,7 @@ def main(argv=None) -> dict:
     tags = [n["title"][: -len(" invert")] for n in all_ui["nodes"] if (n.get("title") or "").endswith(" invert")]
     per_method: dict[str, list[dict]] = {t: [] for t in tags}
     grid_rows, edit_prompts = [], []
+    pixels = {name: img for name, _, img in rm.heldout_images(heldout_dir)}
     for item in index:
         file, prompt = item["file"], item["prompt"]
         shutil.copy(heldout_dir / file, input_dir / Path(file).name)
@@ -131,6 +130,8 @@ def main(argv=None) -> dict:
         ui = _prepare(all_ui, Path(file).name, prompt)
         out = host.run_workflow(ui_to_api(ui, defs), on_event=_progress_printer(ui))
         original = out[str(_titled(ui, "Load held-out image")["id"])][0]
+        if not torch.allclose(original, pixels[Path(file).stem], atol=1 / 255):
+            raise RuntimeError(f"{ALL_METHODS.name} loaded another image than {file}: the demo would mislabel it")
         row = [original]
         stem = Path(file).stem
         _save(original, out_dir / f"{stem}_original.png")
@@ -155,7 +156,7 @@ def main(argv=None) -> dict:
     for tag, rows in per_method.items():
         mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
         summary[tag] = mean
-        lines.append(f"| {tag} | {mean['psnr']:.2f} | {mean['ssim']:.4f} | {mean['fwd']:.0f} / {mean['bwd']:.0f} | "
+        lines.append(f"| {tag} | {mean['psnr']:.2f} | {mean['ssim']:.4f} | {mean['fwd']:.1f} / {mean['bwd']:.1f} | "
                      f"{mean['seconds']:.2f} |")
     note = (f"\n{len(index)} held-out 32x32 images of the reference model, the settings of "
             f"{ALL_METHODS.relative_to(ROOT)} (source prompt = the image's label); the edit column is "

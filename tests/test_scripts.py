@@ -22,13 +22,17 @@ def test_reduced_demo_writes_images_and_the_table(tmp_path):
     _needs_reference_model()
     import demo
 
-    summary = demo.main(["--images", "1", "--out", str(tmp_path)])
+    summary = demo.main(["--images", "2", "--out", str(tmp_path)])
     table = (tmp_path / "results.md").read_text()
     for method in summary:
         assert f"| {method} |" in table
     assert {"DDIM", "EasyInv", "Exact"} <= set(summary)
     assert (tmp_path / "demo.png").stat().st_size > 1000
-    assert len(list(tmp_path.glob("*_edit_*.png"))) == 1
+    assert len(list(tmp_path.glob("*_edit_*.png"))) == 2
+    # each row is its own held-out image (the demo checks the loaded pixels against the file; here: they differ)
+    from PIL import Image
+    originals = [Image.open(p).tobytes() for p in sorted(tmp_path.glob("*_original.png"))]
+    assert len(originals) == 2 and originals[0] != originals[1]
     # the measured ordering the README reports: the exact solver reconstructs better than plain DDIM
     assert summary["Exact"]["psnr"] > summary["DDIM"]["psnr"] + 3
     assert summary["DDIM"]["fwd"] == 10

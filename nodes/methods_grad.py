@@ -39,7 +39,8 @@ class GNRIInvert(_GradInvertNode):
             "Guidance weight λ of G(z) = |z - mu|^2 / (2 sigma^2) (mu = the image latent, or (1-sigma)·image for "
             "flow models). 0.1 is the official code's alpha. quasi-newton / newton: the guidance is scaled by the "
             "squared relative residual, so it shapes the first iterations and vanishes at the solution (it cannot "
-            "bias the converged latent). reference code: added to every element's residual and to the step size, "
+            "bias the converged latent; quasi-newton caps it at half the unguided step, so a large lambda cannot "
+            "stall the solve short of the solution). reference code: added to every element's residual and to the step size, "
             "as in the official code.")}),
         "tolerance": ("FLOAT", {"default": 1e-4, "min": 1e-9, "max": 1.0, "step": 1e-6, "round": False,
                                 "tooltip": "Stop a step once the RMS residual |z - f(z)| (latent units) is at most "

@@ -276,3 +276,19 @@ def test_anderson_variant_shares_the_exact_solver_and_stays_exact():
     assert torch.equal(zero.states[-1], ref.states[-1])
     with pytest.raises(ValueError, match="lambda"):
         GNRIAnderson(lam=-1)
+
+
+@pytest.mark.parametrize("lam", (10.0, 100.0))
+def test_a_large_guidance_weight_cannot_stall_the_anderson_variant_short_of_the_solution(lam):
+    """Uncapped, the pull λ·ρ²·(z − μ) can balance the residual at a false fixed point; capped at half the unguided
+    step, the guided solve still reaches the unguided solver's exact inversion."""
+    from inversion_core.solvers.fixed_point import FixedPointOptions, make_fixed_point_step
+    from inversion_core.solvers.gnri import GNRIAnderson
+
+    x0, sig = image(), karras(8)
+    guided = invert(Denoiser(nonlinear_denoiser), x0, sig, GNRIAnderson(lam=lam, tol=1e-6, max_evals=40),
+                    method="g")
+    plain = invert(Denoiser(nonlinear_denoiser), x0, sig,
+                   make_fixed_point_step(FixedPointOptions(tol=1e-6, max_evals=40)), method="f")
+    assert not guided.unconverged_steps
+    assert (guided.states[-1] - plain.states[-1]).abs().max() < 1e-4

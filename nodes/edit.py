@@ -178,6 +178,7 @@ class EditEngine:
         self._src_conds: dict = {}
         self._flux_text: dict = {}                  # per model call: the text token count the double blocks saw
         self.stats = {"calls": 0, "source_calls": 0, "seconds": 0.0}
+        self._last_step: Optional[int] = None        # the step of the previous model call (a lower one: a new run)
 
     # ------------------------------------------------------------------------------------------ model wrapper
     def __call__(self, apply_model, args: dict):
@@ -191,8 +192,9 @@ class EditEngine:
                 "Inverted Latent Sampler (or the Inverted Replay SAMPLER with the sigmas the inversion returned); "
                 "other samplers and schedules cannot be pinned to the stored trajectory")
         self.stats["calls"] += 1
-        if k == 0:
-            self._check_start(x, len(cou))
+        if self._last_step is None or k <= self._last_step:     # a new run (a BDIA replay starts at k = 1)
+            self._check_start(x, len(cou), k)
+        self._last_step = k
         if not self.settings.any_step(k):
             return self._apply(apply_model, x, t, c, cou)
         start = time.perf_counter()
@@ -251,11 +253,12 @@ class EditEngine:
         return attention.optimized_attention(q, k, v, heads, attn_precision=precision,
                                              **_options_kwargs(attention.optimized_attention, extra_options))
 
-    def _check_start(self, x: torch.Tensor, chunks: int) -> None:
+    def _check_start(self, x: torch.Tensor, chunks: int, k: int) -> None:
         """The sampler must start from the inverted latent the engine was built from: the source branch follows that
         latent's stored trajectory, so from any other start (another image's inversion, a KSampler's noise) the edit
-        would be steered by the wrong image without a sign of it."""
-        top = self.states_down[0]
+        would be steered by the wrong image without a sign of it. ``k``: the step of the run's first model call
+        (0; 1 for a BDIA replay, whose first latent z_{T-1} is the stored pair state)."""
+        top = self.states_down[k]
         n = x.shape[0]
         if chunks < 1 or n % chunks or n // chunks != top.shape[0] or tuple(x.shape[1:]) != tuple(top.shape[1:]):
             return                               # the shape check of the caller names this case

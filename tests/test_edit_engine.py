@@ -8,7 +8,7 @@ import torch
 
 import host
 from host import WorkflowError, run_workflow
-from test_nodes_host import invert_and_replay
+from test_nodes_host import invert_and_replay, with_defaults
 
 ENGINE = {"strength": 1.0, "window_start": -1.0, "window_end": -1.0, "layers": "auto", "residual_features": False,
           "reweight": 1.0, "tokens": "", "source_branch": "batched"}
@@ -144,12 +144,17 @@ def test_a_sigma_off_the_schedule_is_an_error_naming_the_fix():
     assert "not on the inverted latent's schedule" in str(e.value) and e.value.node_id == "ks"
 
 
-@pytest.mark.parametrize("window", ((0.0, 1.0), (0.5, 0.5)))
-def test_a_start_other_than_the_engines_inverted_latent_is_an_error(window):
+@pytest.mark.parametrize("method, window", (("ExactInvert", (0.0, 1.0)), ("ExactInvert", (0.5, 0.5)),
+                                            ("BDIAInvert", (0.0, 1.0))))
+def test_a_start_other_than_the_engines_inverted_latent_is_an_error(method, window):
     """The engine replays its own inversion's trajectory: the Inverted Latent Sampler fed another image's inversion
     (same schedule), or a KSampler starting from noise on that schedule, would be steered by the wrong image. Even
-    an empty window (the engine is a no-op) says so: the graph is miswired."""
+    an empty window (the engine is a no-op) says so: the graph is miswired. A BDIA replay's first model call is one
+    step down (its first latent is the stored pair state): checked there."""
     prompt = edit_prompt(target_seed=42, batch=1)
+    if method != "ExactInvert":
+        prompt["invert"] = with_defaults({"class_type": method, "inputs": {
+            k: v for k, v in prompt["invert"]["inputs"].items() if k not in EXACT}})
     prompt["engine"]["inputs"].update(window_start=window[0], window_end=window[1])
     prompt["other_latent"] = {"class_type": "InversionTestLatent",
                               "inputs": {"seed": 99, "batch": 1, "channels": 4, "size": 16}}

@@ -186,8 +186,8 @@ class BDIAInversionStep:
     def __call__(self, den: Denoiser, target: Tensor, guess: Tensor, sigma_lo: float, sigma_hi: float,
                  ctx: StepContext) -> tuple[Tensor, StepStats]:
         if ctx.total < 2:
-            raise ValueError("steps: BDIA needs at least 2 steps (its replay starts from the pair (z_T, z_{T-1}); with "
-                             "1 step that pair would hold the image itself)")
+            raise ValueError("steps / sigmas: BDIA needs a schedule of at least 2 steps (its replay starts from the "
+                             "pair (z_T, z_{T-1}); with 1 step that pair would hold the image itself)")
         if ctx.index == 0:
             return self._start(den, target, guess, sigma_lo, sigma_hi, ctx)
         z_i = target

@@ -62,7 +62,7 @@ def inversion_inputs(default_steps: int = 50) -> dict:
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": (
                 "Partial inversion, as in BasicScheduler: invert only the lowest `denoise` part of a "
                 "steps/denoise schedule; replay starts from there, so edits keep more of the image. Below 1 the "
-                "top is below sigma_max on purpose: recorded, not warned.")}),
+                "top is below sigma_max on purpose: recorded (a NOTE in the Inversion Report), not warned.")}),
         },
         "optional": {
             "sigmas": ("SIGMAS", {"tooltip": "Optional custom schedule (descending, or ascending from FlipSigmas); "

@@ -616,7 +616,7 @@ class InversionEditEngine:
                     "start >= end injects nothing (plain replay).")}),
                 "layers": ("STRING", {"default": "auto", "tooltip": (
                     "Self-attention layers that take the source's features: auto = the family preset (SD1.x PnP "
-                    "output.4-11, MasaCtrl output.6-11; SDXL and others: decoder; SD3: joint; Flux: all double and "
+                    "output.4-11, MasaCtrl output.6-11; SDXL: PnP / P2P decoder, MasaCtrl output.0-2; others: decoder; SD3: joint; Flux: all double and "
                     "single blocks), or a list like 'decoder', 'output.3-8', 'middle, output.0.0', 'single.20-', "
                     "'all'. Deeper/more layers keep more structure.")}),
                 "residual_features": ("BOOLEAN", {"default": True, "tooltip": (

@@ -45,8 +45,9 @@ CONVENTION_INPUT = ("convention", (list(CONVENTIONS), {"default": "current level
     "Where the one model evaluation per step is taken. current level: at the current latent, labelled with its own "
     "sigma - exactly ComfyUI's FlipSigmas + euler unsampling. input-matched: the classic DDIM inversion of "
     "diffusers / EasyInv / PnP - the network sees the current latent at its own input scale, labelled with the next, "
-    "noisier sigma. Neither wins everywhere: on the reference model input-matched is +1.0 dB at T=10 on "
-    "ddim_uniform but -0.6 to -1.6 dB at T=4 (README, Results); current level never does worse than stock.")}))
+    "noisier sigma. Neither wins everywhere: on the EPS reference model input-matched is +0.3 to +1.0 dB on simple "
+    "/ ddim_uniform but -0.1 to -1.6 dB on karras / normal, -1.0 dB on the flow model (README, DDIM's labelling "
+    "convention); current level never does worse than stock.")}))
 
 
 class DDIMInvert(_InvertNode):

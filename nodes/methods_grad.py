@@ -115,8 +115,8 @@ class PreciseInvInvert(_GradInvertNode):
             "step that lowered the loss, halved (retrying from the best point) after one that raised it.")}),
         "initialiser": (["exact", "ddim"], {"default": "exact", "tooltip": (
             "exact (default): start each step from the pack's Exact Invert solve (3 model evaluations, no "
-            "gradients) - measured closer to the threshold, so fewer gradient steps: +3 to +7 dB at the same "
-            "budget on the reference model. ddim: start from one DDIM inversion step, as the paper does.")}),
+            "gradients) - measured closer to the threshold, so fewer gradient steps: +1 to +8 dB at the same "
+            "budget on the reference models (most at T >= 4). ddim: start from one DDIM inversion step, as the paper does.")}),
     }
 
     def sampler(self, model, threshold_preset, custom_threshold, max_iterations, step_size, initialiser="exact"):

@@ -12,7 +12,7 @@ What it flags (so that real failures stand out instead of every step "missing" s
   judged either);
 * budgeted presets (Exact fast / balanced, every GNRI variant) promise a number of model evaluations per step, not a
   tolerance: the report says what they spent instead of listing every step as "missed tolerance";
-  tolerance-driven methods (Exact exact / custom, GNRI paper, PreciseInv) list the steps that missed it;
+  tolerance-driven methods (Exact exact / custom, PreciseInv) list the steps that missed it;
 * a schedule that stops short of the model's σ_max (how far up the inversion went), and a LATENT whose samples are no
   longer the noise this record describes.
 """
@@ -115,7 +115,8 @@ def report_table(original: torch.Tensor, reconstructed: torch.Tensor, entry: Opt
         kind = entry.get("model_kind", "")
         lines.append(f"schedule: sigma 0 -> {top:.4g}, {100 * top / smax:.1f}% of the model's sigma_max {smax:.4g} "
                      f"(the image's share of the latent there: {100 * image_share(top, kind):.0f}%)")
-    lines += [f"WARNING: {w}" for w in list(entry.get("warnings") or []) + list(notes)]
+    lines += [f"{'NOTE' if w.startswith('partial inversion') else 'WARNING'}: {w}"      # partial: asked for
+              for w in list(entry.get("warnings") or []) + list(notes)]
     lines.append("per-step residual (RMS, latent units, inversion order; measured at the best evaluated point, one map "
                  "step before the stored latent, which typically lands closer): "
                  + (", ".join(f"{r:.2e}" for r in residual) if residual else "not measured by this method"))

@@ -71,7 +71,7 @@ def reference_edit_engine_pnp(defs) -> dict:
               f"{REFERENCE_STEPS} steps), then replay it with a new prompt ('astronaut', cfg 3) through the "
               "Inversion Edit Engine: a source branch pinned to the stored trajectory gives the edit its decoder "
               "features and self-attention maps over the first 30 % of the steps (features over 48 %). On this "
-              "model that keeps the layout (structure distance about a quarter of plain replay's) while the edit "
+              "model that keeps the layout (structure distance about 40 % of plain replay's) while the edit "
               "prompt still wins the model's own classifier. The preview shows plain replay for comparison. "
               "Longer window = more structure, weaker edit."))
 

@@ -322,9 +322,8 @@ def reference_reconstruct_all_methods(defs) -> dict:
         "it is, the smaller that method's inversion error."
         + (" Each row's Inversion Report shows PSNR/SSIM, the cost in model evaluations and seconds, and flags "
            "bad steps." if report else "")
-        + (" GNRI and PreciseInv differentiate through the model: they take far longer than the others (tens of "
-           "seconds on a CPU even for this tiny model)." if wf.has("GNRIInvert") or wf.has("PreciseInvInvert")
-           else "")
+        + (" PreciseInv differentiates through the model and is the slowest (seconds on a CPU even for this tiny "
+           "model); GNRI's default needs no gradients (about 3x DDIM)." if wf.has("PreciseInvInvert") else "")
         + "\n\n" + REFERENCE_SETUP.format(image=image))
     return wf.to_ui()
 
@@ -486,8 +485,8 @@ def sd15_easyinv_reconstruct_edit(defs) -> dict:
         note=("Stable Diffusion 1.5: EasyInv inversion (50 steps, karras: up to the model's sigma_max, cfg 1, "
               "preset auto = the SD1.x "
               "setting), then two replays of the inverted latent: with the source prompt at cfg 1 (reconstruction) "
-              "and with an edit prompt at cfg 7.5 with source correction 0.8 (lower = stronger edit). Write a "
-              "source prompt that describes your image."))
+              "and with an edit prompt at cfg 7.5 with source correction 0.8 (on the pack's reference model more correction made the edit stronger, "
+              "not more faithful: try 0 and 1 and look). Write a source prompt that describes your image."))
 
 
 def sdxl_edit(defs) -> dict:
@@ -499,8 +498,8 @@ def sdxl_edit(defs) -> dict:
         note=("SDXL base: EasyInv inversion (50 steps, karras: up to the model's sigma_max, cfg 1; preset auto "
               "picks the SDXL setting, "
               "eta 0.8, window 0.85-0.95), then a reconstruction replay (source prompt, cfg 1) and an edit replay "
-              "(edit prompt, cfg 5, source correction 0.8; lower = stronger edit). Write a source prompt that "
-              "describes your image."))
+              "(edit prompt, cfg 5, source correction 0.8; on the pack's reference model more correction made the edit stronger, not "
+              "more faithful: try 0 and 1 and look). Write a source prompt that describes your image."))
 
 
 def sdxl_turbo_gnri(defs) -> dict:

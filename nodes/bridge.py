@@ -286,8 +286,8 @@ class ReplaySampler(comfy.samplers.Sampler):
         if not self.checked:
             stored_top = check_replay_input(x_top, schedule)
             bdia = bdia or INVERTED.bdia_for(x_top)     # a BDIA top is never replayed with the plain step
-            if stored_top is not None:                  # the inversion's own float32 top, not a rounded copy of it
-                x_top = stored_top.to(device=x_top.device)
+            if stored_top is not None and describe_change(stored_top, x_top, rtol=FLOAT32_ROUND_TRIP) is not None:
+                x_top = stored_top.to(device=x_top.device)   # a half-precision copy: the inversion's float32 top
         den = _denoiser(model_wrap, extra_args)
         if bdia is not None:
             pair = None if bdia[0] is None else bdia[0].to(device=x_top.device)
@@ -454,6 +454,9 @@ def read_inverted(latent: Any, name: str = "latent") -> tuple[torch.Tensor, dict
     except ValueError as e:
         raise ValueError(f"{name}: {e}") from None
     return latent["samples"], entry
+
+
+FLOAT32_ROUND_TRIP = 1e-5   # relative RMS a float32 top keeps through the latent format's scale in and out
 
 
 def _rtol(dtype: torch.dtype) -> float:

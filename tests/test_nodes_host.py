@@ -447,3 +447,9 @@ def test_a_half_precision_latent_replays_from_the_float32_inversion(dtype):
     assert entry["top_float32"].dtype == torch.float32
     found = bridge.check_replay_input(entry["states"][-1].to(dtype), entry["sigmas"])
     assert found is not None and found.dtype == torch.float32 and torch.equal(found, entry["states"][-1])
+    node = host.node_class
+    with torch.inference_mode():                     # the SAMPLER path, from the half-precision LATENT alone
+        chained = node("SamplerCustomAdvanced")().sample(
+            node("DisableNoise")().get_noise()[0], node("CFGGuider")().get_guider(model, cond, cond, 1.0)[0],
+            node("InvertedReplaySampler")().get_sampler()[0], entry["sigmas"], inv)[0]["samples"]
+    assert rms(chained.float(), half["samples"].float()) <= 0.5 * rounding

@@ -3,8 +3,8 @@
 * ``structure_distance``: PIE-Bench's structure distance (Tumanyan et al.'s self-similarity loss) with any feature
   extractor: the cosine self-similarity matrices over spatial positions of source and edit features, their mean
   squared difference, ×1000 (PIE-Bench reports ×10³). Lower = the edit kept the source's structure.
-* ``patch_features``: a model-free feature map — each pixel patch, mean-removed (so brightness and colour shifts do
-  not count as structure).
+* ``patch_features``: a model-free feature map — each pixel patch with its mean over all its values removed (so a
+  uniform brightness shift does not count as structure; a colour shift, which moves the channels apart, does).
 * ``background_psnr``: PSNR over the pixels outside the edit mask only.
 * ``classifier_errors``: per prompt, mean over fixed σ and noise of ‖ε − ε̂(x_σ, c)‖² (Li et al.'s diffusion
   classifier); the margin between two prompts is how much better the model explains the image with one of them.

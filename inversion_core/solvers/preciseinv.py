@@ -42,6 +42,7 @@ Cost: 1 + (updates + 1) forward evaluations and one backward pass per update (``
 """
 from __future__ import annotations
 
+import time
 from typing import Union
 
 import torch
@@ -130,7 +131,9 @@ class PreciseInvSolver:
                 grad = None
                 if not last and bool((improved & (per >= self.threshold)).any()):
                     want = improved & (per >= self.threshold)
+                    started = time.perf_counter()
                     (grad,) = torch.autograd.grad(per_g[want].sum(), e)
+                    den.model_seconds += time.perf_counter() - started       # backward passes are model time
                     den.count_backward(int(want.sum()) if den.subset_ok else B)
                     grad_ok = torch.isfinite(grad).flatten(1).all(1)
                     bad_grad = want & ~grad_ok

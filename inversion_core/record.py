@@ -46,7 +46,7 @@ class InversionRecord:
     steps: list[StepStats] = field(default_factory=list)
     model_kind: str = ""                # "EPS" / "V_PREDICTION" / "CONST" …
     seconds: float = 0.0
-    model_seconds: float = 0.0          # of which inside the model (forward calls)
+    model_seconds: float = 0.0          # of which inside the model (forward and backward passes)
     model_sigma_max: Optional[float] = None   # the model's own top sigma (pure noise), to say how far up we went
     warnings: list[str] = field(default_factory=list)   # what the user should know about this inversion
 

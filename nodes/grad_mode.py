@@ -169,7 +169,7 @@ class GradInversionSampler(InversionSampler):
             return super().sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
                                   disable_pbar)
         aborted = None
-        aborted_seconds = 0.0
+        aborted_seconds = aborted_model_seconds = 0.0
         known = _needs_protection(model_wrap)
         for protect in ((True,) if known else (False, True)):
             started = time.perf_counter()
@@ -183,6 +183,7 @@ class GradInversionSampler(InversionSampler):
                 den = getattr(self, "denoiser", None)
                 aborted = (den.forward_evals, den.backward_evals) if den is not None else (0.0, 0.0)
                 aborted_seconds = time.perf_counter() - started
+                aborted_model_seconds = den.model_seconds if den is not None else 0.0
                 _remember_protection(model_wrap)
                 continue
             self.report = report
@@ -193,6 +194,7 @@ class GradInversionSampler(InversionSampler):
                 self.record.params["derivatives"] = self.params["derivatives"]
                 if aborted is not None and self.record.steps:
                     self.record.seconds += aborted_seconds       # the time, like the evaluations, of both attempts
+                    self.record.model_seconds += aborted_model_seconds
                     first = self.record.steps[0]
                     first.forward_evals += aborted[0]
                     first.backward_evals += aborted[1]

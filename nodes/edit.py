@@ -25,6 +25,7 @@ from ..inversion_core.edit import (MODES, concat_tokens, find_step, inject_self_
                                    repeat_chunks, resolve_settings, token_mask_for_layer)
 from ..inversion_core.edit.attention import reweight_columns
 from ..inversion_core.edit.select import MODE_HELP, EditSettings, layer_name
+from ..inversion_core.record import describe_change
 from .bridge import _mask_for, check_conditioning, model_family, model_kind, read_inverted
 from .common import CATEGORY
 
@@ -262,15 +263,14 @@ class EditEngine:
         n = x.shape[0]
         if chunks < 1 or n % chunks or n // chunks != top.shape[0] or tuple(x.shape[1:]) != tuple(top.shape[1:]):
             return                               # the shape check of the caller names this case
-        ref = top.to(device=x.device, dtype=torch.float32).flatten(1)
-        got = x.detach().float().reshape(chunks, top.shape[0], -1)
-        rel = ((got - ref).norm(dim=-1) / ref.norm(dim=-1).clamp_min(1e-12)).max().item()
-        if rel > START_TOLERANCE:
-            raise ValueError(
-                "Inversion Edit Engine: the sampler starts from a latent that is not the inverted latent this engine "
-                f"was built from (relative difference {rel:.3g}). Connect the same inverted LATENT to the engine and "
-                "to the Inverted Latent Sampler: the engine's source branch follows that latent's stored trajectory "
-                "and cannot steer the edit of another latent or of fresh noise")
+        for chunk in x.chunk(chunks):
+            change = describe_change(top, chunk, rtol=START_TOLERANCE)
+            if change is not None:
+                raise ValueError(
+                    "Inversion Edit Engine: the sampler starts from a latent that is not the inverted latent this "
+                    f"engine was built from ({change}). Connect the same inverted LATENT to the engine and to the "
+                    "Inverted Latent Sampler: the engine's source branch follows that latent's stored trajectory and "
+                    "cannot steer the edit of another latent or of fresh noise")
 
     def _source_c(self, apply_model, c: dict, cou: list, b: int, x: torch.Tensor) -> dict:
         """The edit's model inputs with the cond chunks' conditioning replaced by the source prompt's (uncond chunks
@@ -616,7 +616,8 @@ class InversionEditEngine:
                     "start >= end injects nothing (plain replay).")}),
                 "layers": ("STRING", {"default": "auto", "tooltip": (
                     "Self-attention layers that take the source's features: auto = the family preset (SD1.x PnP "
-                    "output.4-11, MasaCtrl output.6-11; SDXL: PnP / P2P decoder, MasaCtrl output.0-2; others: decoder; SD3: joint; Flux: all double and "
+                    "output.4-11, MasaCtrl output.6-11; SDXL: PnP / P2P decoder, MasaCtrl output.0-2; others: "
+                    "decoder; SD3: joint; Flux: all double and "
                     "single blocks), or a list like 'decoder', 'output.3-8', 'middle, output.0.0', 'single.20-', "
                     "'all'. Deeper/more layers keep more structure.")}),
                 "residual_features": ("BOOLEAN", {"default": True, "tooltip": (

@@ -4,10 +4,10 @@ What it flags (so that real failures stand out instead of every step "missing" s
 
 * a step is **bad** when its residual (RMS of x_i − S(z), what the replay from the best *evaluated* point z misses at
   that step; the fixed-point solvers store f(z), one map step further, which lands closer — measured 2–3× on the
-  reference model, though not guaranteed) is more than ``BAD_RELATIVE`` of
-  DDIM's first residual there — the residual f(x_i) − x_i of the fixed-point map at the current latent, i.e. the
-  step's own size RMS(x_{i+1} − x_i) — so the solve did not even halve the error of the plain DDIM guess; or worse
-  than DDIM's own residual where the solver measured that (``StepStats.ddim_residual``). A step of one evaluation is
+  reference model, though not guaranteed) is more than ``BAD_RELATIVE`` of DDIM's first residual there — the
+  residual f(x_i) − x_i of the fixed-point map at the current latent, i.e. the step's own size RMS(x_{i+1} − x_i) —
+  so the solve did not even halve the error of the plain DDIM guess; or worse than DDIM's own residual where the
+  solver measured that (``StepStats.ddim_residual``). A step of one evaluation is
   not judged: its residual is the DDIM guess's by construction and its latent is the DDIM step (plain DDIM is not
   judged either);
 * budgeted presets (Exact fast / balanced, every GNRI variant) promise a number of model evaluations per step, not a

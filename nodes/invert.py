@@ -13,8 +13,8 @@ from .common import CATEGORY, INVERSION_OUTPUT_NAMES, INVERSION_OUTPUT_TOOLTIPS,
 
 class _InvertNode:
     """Shared declaration: the inputs every inversion node has, plus ``EXTRA`` of its own (required) and
-    ``OPTIONAL`` (inputs added later, optional so that saved prompts without them keep their old meaning); two
-    outputs."""
+    ``OPTIONAL`` (inputs added later: optional, so that prompts saved before them still validate; they run with
+    the input's default); two outputs."""
 
     CATEGORY = CATEGORY
     RETURN_TYPES = INVERSION_OUTPUTS

@@ -52,13 +52,14 @@ METHODS = [  # (label, node class, widget values that differ from the node's def
     ("PreciseInv fast", "PreciseInvInvert", {"threshold_preset": "fast (1e-2)"}),
     ("PreciseInv precise", "PreciseInvInvert", {}),
     ("PreciseInv precise, ddim init", "PreciseInvInvert", {"initialiser": "ddim"}),
+    ("PreciseInv precise, gd", "PreciseInvInvert", {"optimizer": "gd"}),
     ("BDIA", "BDIAInvert", {}),
 ]
 QUICK_METHODS = (STOCK, "DDIM", "EasyInv", "Exact balanced", "GNRI quasi-newton", "GNRI reference code",
                  "PreciseInv fast")
 # Methods that differentiate through the model: in bf16 on a CPU this costs many minutes per cell, so a CPU run
 # measures them in fp32 only (the table says so); --all-half or --device cuda measures them too.
-GRADIENT_METHODS = ("PreciseInv precise", "PreciseInv precise, ddim init")
+GRADIENT_METHODS = ("PreciseInv precise", "PreciseInv precise, ddim init", "PreciseInv precise, gd")
 
 
 def node_params(pack, node_name: str, overrides: dict) -> dict:

@@ -28,9 +28,10 @@ def loss_of(raw, x_hi, x_lo, lo, hi):
 @pytest.mark.parametrize("raw, schedule, kind", [(eps_denoiser, karras, "eps"), (flow_denoiser, flow_schedule, "flow"),
                                                  (nonlinear_denoiser, karras, "eps")], ids=["eps", "flow", "nonlinear"])
 @pytest.mark.parametrize("eta", [PRESETS["fast"], PRESETS["precise"]], ids=["fast", "precise"])
-def test_every_step_reaches_the_threshold(raw, schedule, kind, eta):
+@pytest.mark.parametrize("optimizer", ["gd", "lbfgs"])
+def test_every_step_reaches_the_threshold(raw, schedule, kind, eta, optimizer):
     x0, sig = image(), schedule(8)
-    solver = PreciseInvSolver(threshold=eta, marginal=kind)
+    solver = PreciseInvSolver(threshold=eta, marginal=kind, optimizer=optimizer)
     rec = invert(Denoiser(raw), x0, sig, solver, method="preciseinv")
     assert rec.unconverged_steps == [] and all(st.iterations <= 30 for st in rec.steps)
     levels = sig.flip(0).tolist()
@@ -148,6 +149,25 @@ def test_memory_is_flat_nothing_from_a_step_graph_survives():
     assert conv.weight.grad is None               # gradients are taken w.r.t. the noise only
 
 
+def test_lbfgs_needs_fewer_gradient_steps_than_gradient_descent():
+    """The loss's Hessian ~ J_r^T J_r is ill-conditioned on large steps: gd creeps, L-BFGS does not. Measured on the
+    nonlinear analytic denoiser: 4 steps to 1e-8, 42 backward passes (gd) against 12.5; 2 steps to 1e-5, gd misses
+    in 100 updates, L-BFGS converges in 71."""
+    x0 = image()
+    gd = invert(Denoiser(nonlinear_denoiser), x0, karras(4), PreciseInvSolver(threshold=1e-8, max_iter=100),
+                method="p")
+    lb = invert(Denoiser(nonlinear_denoiser), x0, karras(4),
+                PreciseInvSolver(threshold=1e-8, max_iter=100, optimizer="lbfgs"), method="p")
+    assert gd.unconverged_steps == [] and lb.unconverged_steps == []
+    assert lb.backward_evals <= gd.backward_evals / 2, (lb.backward_evals, gd.backward_evals)
+    two = [invert(Denoiser(nonlinear_denoiser), x0, karras(2),
+                  PreciseInvSolver(threshold=1e-5, max_iter=100, optimizer=o), method="p") for o in ("gd", "lbfgs")]
+    assert two[0].unconverged_steps == [1] and two[1].unconverged_steps == []
+    for rec in (lb, two[1]):          # what L-BFGS returns replays onto the image as closely as its loss says
+        back = replay(Denoiser(nonlinear_denoiser), rec.states[-1], karras(len(rec.steps)))
+        assert (back - x0).pow(2).mean().sqrt() < 1e-2
+
+
 def test_adam_option_also_converges():
     rec = invert(Denoiser(eps_denoiser), image(), karras(4),
                  PreciseInvSolver(threshold=1e-4, optimizer="adam", step_size=0.1, max_iter=200), method="p")
@@ -214,6 +234,7 @@ def test_preciseinv_node_runs_in_the_host_executor():
     inverted, sigmas = out["invert"]
     entry = inverted["inversion"]
     assert entry["method"] == "preciseinv" and entry["params"]["threshold"] == 1e-5
+    assert entry["params"]["optimizer"] == "lbfgs"      # a prompt without the (optional) input runs the default
     assert entry["params"]["grad_mode"]["cloned_tensors"] > 0
     assert entry["stats"]["backward_evals"] > 0 and entry["stats"]["unconverged_steps"] == []
     assert all(max(s["residual"]) ** 2 < 1e-5 for s in entry["step_stats"])

@@ -28,6 +28,14 @@ the item's best iterate (the gradient of the rejected point is not used). It fin
 paper's Theorem 1 without knowing L, and on the analytic test denoisers reaches η = 1e-5 in 2–20 updates per step.
 ``optimizer="adam"``: Adam on ε (β = 0.9, 0.999, 1e-8) with learning rate ``step_size`` (methods.md's 0.1), with the
 same halve-and-retry rule but no growth; measured 5–20× more evaluations than "gd" on the same denoisers.
+``optimizer="lbfgs"`` (the pack's choice, not the paper's): the same loss, gradient, threshold and halve-and-retry
+rule, but the step is the limited-memory BFGS direction H_k·∇_ε L (two-loop recursion per item over its last
+``LBFGS_MEMORY`` accepted pairs s = ε_{k+1} − ε_k, y = ∇L_{k+1} − ∇L_k, with H⁰ = (sᵀy / yᵀy)·I, or gd's normalised
+step before the first pair); each trial starts at ``step_size`` (1 = the full quasi-Newton step). Why: the loss is a
+least-squares in r whose Hessian ≈ J_rᵀJ_r is badly conditioned on large steps (J_r = I − h·∂d/∂z has singular
+values down to σ_lo/σ_hi on the directions the model reads as noise), where gradient descent creeps; measured on
+the reference models at the same 50-iteration cap: +4.8 to +8.8 dB at T = 4 and on flow at T = 10, in fewer
+evaluations (README, Results).
 
 Stopping and divergence, per item: an item stops (and is no longer evaluated: ``active``) once L < η. A loss that
 rose is never kept (halve and retry, counted in the note as "rejected"). A loss or gradient that is NaN/inf, or a
@@ -43,7 +51,7 @@ Cost: 1 + (updates + 1) forward evaluations and one backward pass per update (``
 from __future__ import annotations
 
 import time
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -58,7 +66,49 @@ from .gnri import MarginalMean, _rows, marginal_mean
 
 PRESETS = {"fast": 1e-2, "precise": 1e-5}
 INITS = ("ddim", "exact")
-OPTIMIZERS = ("adam", "gd")
+OPTIMIZERS = ("adam", "gd", "lbfgs")
+LBFGS_MEMORY = 5          # curvature pairs kept per item
+
+
+class _LBFGSMemory:
+    """Per-item L-BFGS history over flattened ε; pairs are recorded only for items that moved (accepted a step) and
+    only when they satisfy the curvature condition sᵀy > 0, so a rejected or non-convex trial never enters H."""
+
+    def __init__(self, batch: int, memory: int = LBFGS_MEMORY):
+        self.memory = memory
+        self.pairs: list[tuple[Tensor, Tensor, Tensor]] = []      # (s [B, N], y [B, N], valid [B])
+        self.last: Optional[tuple[Tensor, Tensor]] = None         # (ε, ∇L) at each item's last accepted point
+        self.seen = torch.zeros(batch, dtype=torch.bool)
+
+    def direction(self, eps: Tensor, grad: Tensor, moved: Tensor, default_scale: float) -> Tensor:
+        """H·∇L at the items that moved to ``eps`` (others: zeros), after adding their new pair."""
+        e, g = eps.flatten(1).double(), grad.flatten(1).double()
+        if self.last is not None:
+            s, y = e - self.last[0], g - self.last[1]
+            sy = (s * y).sum(1)
+            ok = moved & self.seen & (sy > 1e-12 * s.norm(dim=1) * y.norm(dim=1))
+            zero = torch.zeros_like(s)
+            self.pairs = (self.pairs + [(torch.where(ok[:, None], s, zero), torch.where(ok[:, None], y, zero),
+                                         ok)])[-self.memory:]
+            e = torch.where(moved[:, None], e, self.last[0])
+            g_keep = torch.where(moved[:, None], g, self.last[1])
+        else:
+            g_keep = g
+        self.last = (e, g_keep)
+        self.seen = self.seen | moved
+        q, alphas = g.clone(), []
+        for s, y, ok in reversed(self.pairs):                      # newest first
+            rho = torch.where(ok, 1.0 / (s * y).sum(1).clamp_min(1e-300), torch.zeros_like(ok, dtype=q.dtype))
+            a = rho * (s * q).sum(1)
+            q = q - a[:, None] * y
+            alphas.append((a, rho, s, y))
+        gamma = torch.full((q.shape[0],), float(default_scale), dtype=q.dtype)
+        for s, y, ok in self.pairs:                                # H⁰ from each item's newest valid pair
+            gamma = torch.where(ok, (s * y).sum(1) / (y * y).sum(1).clamp_min(1e-300), gamma)
+        out = gamma[:, None] * q
+        for a, rho, s, y in reversed(alphas):                      # oldest first
+            out = out + (a - rho * (y * out).sum(1))[:, None] * s
+        return torch.where(moved[:, None], out, torch.zeros_like(out)).to(grad.dtype).view_as(grad)
 
 
 class PreciseInvSolver:
@@ -85,7 +135,7 @@ class PreciseInvSolver:
         self.threshold, self.max_iter, self.step_size = float(threshold), int(max_iter), float(step_size)
         self.optimizer = optimizer
         self.marginal = marginal_mean(marginal)
-        self.grow = 2.0 if optimizer == "gd" else 1.0
+        self.grow = 2.0 if optimizer == "gd" else 1.0      # lbfgs restarts each new direction at step_size
         self.trace: list[dict] = []
 
     def set_marginal(self, kind: Union[str, MarginalMean]) -> None:
@@ -116,6 +166,7 @@ class PreciseInvSolver:
         last_ok = torch.ones(B, dtype=torch.bool)
         history: list[list[float]] = [[] for _ in range(B)]
         reasons: dict[int, str] = {}
+        lbfgs = _LBFGSMemory(B) if self.optimizer == "lbfgs" else None
         for k in range(self.max_iter + 1):
             last = k == self.max_iter
             with torch.enable_grad():
@@ -162,6 +213,8 @@ class PreciseInvSolver:
                         v = torch.where(_rows(moved, v).bool(), 0.999 * v + 0.001 * g * g, v)
                         tt = t_adam.clamp_min(1)
                         fresh = (m / _rows(1 - 0.9 ** tt, m)) / ((v / _rows(1 - 0.999 ** tt, v)).sqrt() + 1e-8)
+                    elif lbfgs is not None:
+                        fresh = lbfgs.direction(eps, g, moved, n / (2.0 * sigma_hi * sigma_hi))
                     else:
                         # ∂mean(r²)/∂ε = (2σ/N)·J_rᵀr; rescaled, step_size 1 moves x by J_rᵀr (ε by J_rᵀr/σ)
                         fresh = g * (n / (2.0 * sigma_hi * sigma_hi))
@@ -169,6 +222,8 @@ class PreciseInvSolver:
                 # step size: grow after two accepted steps in a row (gd), halve after a rejected one and retry
                 # from the best iterate
                 lr = torch.where(moved & last_ok & (updates > 0), lr * self.grow, lr)
+                if lbfgs is not None:      # a backtracking line search: every new direction starts at the full step
+                    lr = torch.where(moved, torch.full_like(lr, self.step_size), lr)
                 lr = torch.where(rose, lr * 0.5, lr)
                 last_ok = (last_ok | moved) & ~rose
                 rejected = rejected + rose.long()

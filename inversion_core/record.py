@@ -49,6 +49,7 @@ class InversionRecord:
     model_seconds: float = 0.0          # of which inside the model (forward and backward passes)
     model_sigma_max: Optional[float] = None   # the model's own top sigma (pure noise), to say how far up we went
     warnings: list[str] = field(default_factory=list)   # what the user should know about this inversion
+    model_signature: dict[str, Any] = field(default_factory=dict)   # the host's description of the model's sampling
 
     @property
     def reach(self) -> Optional[float]:
@@ -93,6 +94,7 @@ class InversionRecord:
             "sigmas": self.sigmas.clone(),
             "states": [s.clone() for s in self.states],
             "model_kind": self.model_kind,
+            "model_signature": dict(self.model_signature),
             "stats": self.stats(),
             "step_stats": [vars(s).copy() for s in self.steps],
             "warnings": list(self.warnings),

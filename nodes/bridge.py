@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -52,6 +52,58 @@ def model_kind(model_sampling) -> str:
         if cls is not None and isinstance(ms, cls):
             return name
     return type(ms).__name__
+
+
+_SAMPLING_METHODS = ("calculate_input", "calculate_denoised", "noise_scaling", "inverse_noise_scaling", "timestep",
+                     "sigma", "percent_to_sigma", "set_sigmas", "set_parameters")
+
+
+def sampling_signature(ms, schedule: torch.Tensor) -> dict:
+    """What the network is fed at each level of ``schedule``: the host's model-sampling classes (prediction type:
+    EPS / X0 / V_PREDICTION / CONST …, and sigma table: discrete / distilled (LCM) / flow …) and the timestep each
+    level maps to. ``model_kind`` alone cannot tell X0 or LCM sampling from EPS (the host subclasses EPS for them)."""
+    # the classes that define how the model samples (the host's own, or a node's: the fork's X0 / LCM live in its
+    # ModelSamplingDiscrete node's module); the dynamic leaf class the host builds from them defines none
+    classes = [c.__name__ for c in type(ms).__mro__
+               if any(m in vars(c) for m in _SAMPLING_METHODS) and not issubclass(torch.nn.Module, c)]
+    levels = [float(v) for v in schedule.tolist() if float(v) > 0.0]
+    with torch.no_grad():
+        steps = [float(ms.timestep(torch.tensor(v, dtype=torch.float32))) for v in levels]
+    return {"classes": classes, "timesteps": steps, "sigma_max": float(ms.sigma_max)}
+
+
+def check_sampling(ms, schedule: torch.Tensor, signature: Optional[dict], name: str, action: str) -> None:
+    """An error when the model's sampling classes differ from those ``signature`` (sampling_signature at inversion
+    time) records; a warning when only its σ_max, or else the timesteps it feeds the network at the schedule's
+    levels, differ (a zsnr / sigma-table patch: the user may mean it)."""
+    if not signature:
+        return
+    now = sampling_signature(ms, schedule)
+    if "classes" in signature and now["classes"] != signature["classes"]:
+        raise ValueError(
+            f"{name}: this latent was inverted with model sampling {'/'.join(signature.get('classes') or ['?'])} but "
+            f"this model samples with {'/'.join(now['classes'])} (a ModelSamplingDiscrete x0 / lcm / v_prediction "
+            f"patch, or another model): the network's output means something else there, so the {action} would "
+            "not start from the inversion. Use the model (and model_sampling patch) it was inverted with")
+    inverted_max = signature.get("sigma_max")
+    if inverted_max and not math.isclose(now["sigma_max"], float(inverted_max), rel_tol=1e-3):
+        warn(f"{name}: its noise schedule tops out at sigma {now['sigma_max']:.4g}, the model this latent was "
+             f"inverted with at {float(inverted_max):.4g} (a different model or model_sampling patch); the stored "
+             f"schedule then means other noise levels and the {action} will not reconstruct the image")
+        return
+    old, new = signature.get("timesteps") or [], now["timesteps"]
+    differ = [i for i, (a, b) in enumerate(zip(new, old)) if abs(a - b) > 1e-3 + 1e-4 * abs(b)]
+    if len(old) == len(new) and differ:
+        i = differ[0]
+        warn(f"{name}: this model maps the schedule's sigmas to other timesteps than the model this latent was "
+             f"inverted with ({new[i]:.4g} vs {old[i]:.4g} at level {i}; a zsnr / sigma-table patch or another "
+             f"model), so the network sees other noise levels and the {action} will not reconstruct the image")
+
+
+def _legacy_signature(entry: dict) -> Optional[dict]:
+    """A record made before signatures were stored: its model's σ_max is all there is to compare."""
+    inverted_max = (entry.get("stats") or {}).get("model_sigma_max")
+    return {"sigma_max": inverted_max} if inverted_max else None
 
 
 def model_family(model) -> str:
@@ -172,34 +224,56 @@ class _Inverted:
                               grid, space))
 
     def bdia_for(self, x: torch.Tensor) -> Optional[tuple]:
-        """(pair state, gamma, grid, space) when ``x`` is the top of a recent BDIA inversion (replayed with BDIA
-        only)."""
+        """(pair state, gamma, grid, space) when ``x`` is the top of a recent BDIA inversion, or a run of its batch
+        items (LatentFromBatch), whose pair state is sliced alike (replayed with BDIA only)."""
         with self.lock:
             items = list(self.bdia)
-        for top, *state in reversed(items):
-            if top.shape == x.shape and describe_change(top, x, rtol=_rtol(x.dtype)) is None:
-                return tuple(state)
+        for top, pair, *state in reversed(items):
+            start = _rows_of(top, x)
+            if start is not None:
+                return (pair[start:start + x.shape[0]], *state)
         return None
 
-    def add(self, top: torch.Tensor, schedule: torch.Tensor) -> None:
+    def add(self, top: torch.Tensor, schedule: torch.Tensor, signature: Optional[dict] = None) -> None:
         with self.lock:
-            self.items.append((top.detach().float().cpu().clone(), schedule.clone()))
+            self.items.append((top.detach().float().cpu().clone(), schedule.clone(), signature))
 
-    def find(self, x: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[str], Optional[torch.Tensor]]:
-        """(schedule, None, stored float32 top) for a stored top equal to ``x`` (up to its dtype's rounding); else
-        (None, how ``x`` relates to the closest one if it is a flipped / rotated / scaled copy of one, None)."""
+    def find(self, x: torch.Tensor) -> "_Found":
+        """The stored inversion whose top is ``x`` (up to its dtype's rounding), or whose batch items ``x`` is a
+        contiguous run of (LatentFromBatch); else how ``x`` relates to the closest one if it is a flipped / rotated
+        / scaled copy of one."""
         with self.lock:
             items = list(self.items)
         related = None
-        for top, schedule in reversed(items):
-            if top.shape != x.shape:
-                continue
-            change = describe_change(top, x, rtol=_rtol(x.dtype))
-            if change is None:
-                return schedule, None, top
-            if related is None and not change.startswith("changed"):
-                related = change
-        return None, related, None
+        for top, schedule, signature in reversed(items):
+            start = _rows_of(top, x)
+            if start is not None:
+                return _Found(schedule, top[start:start + x.shape[0]], signature, start, top.shape[0], None)
+            if related is None and top.shape == x.shape:
+                change = describe_change(top, x, rtol=_rtol(x.dtype))
+                if not change.startswith("changed"):
+                    related = change
+        return _Found(None, None, None, None, None, related)
+
+
+class _Found(NamedTuple):
+    schedule: Optional[torch.Tensor]
+    top: Optional[torch.Tensor]          # the stored float32 top (the matching rows)
+    signature: Optional[dict]            # sampling_signature at inversion time
+    start: Optional[int]                 # first matching batch item
+    batch: Optional[int]                 # the inversion's batch size
+    related: Optional[str]               # no match: how x relates to a stored top (flipped / scaled …), if it does
+
+
+def _rows_of(top: torch.Tensor, x: torch.Tensor) -> Optional[int]:
+    """The first batch item i with top[i:i + len(x)] equal to ``x`` (up to x's dtype rounding), or None."""
+    b = x.shape[0]
+    if top.shape[1:] != x.shape[1:] or b > top.shape[0]:
+        return None
+    for i in range(top.shape[0] - b + 1):
+        if describe_change(top[i:i + b], x, rtol=_rtol(x.dtype)) is None:
+            return i
+    return None
 
 
 INVERTED = _Inverted()
@@ -229,18 +303,25 @@ class InversionSampler(comfy.samplers.Sampler):
             self.resolve_family(model_family(model_wrap.inner_model))
         ms = model_wrap.inner_model.model_sampling
         kind = model_kind(ms)
+        above = top_above_model(schedule, ms, kind)
         self.record = invert(den, x0, schedule, self.solver, method=self.method, params=self.params,
                              hooks=self.hooks, callback=lambda step, total, x: progress.step(step, total, x, x),
                              model_kind=kind)
         self.record.model_sigma_max = float(ms.sigma_max)
+        self.record.model_signature = sampling_signature(ms, schedule)
         short = reach_message(schedule, self.record.model_sigma_max, kind)
         if short is not None:
             if self.partial:
                 self.record.warnings.append(f"partial inversion (denoise < 1): {short}")
             else:
-                self.record.warnings.append(short + "; use a scheduler that starts at sigma_max (karras, normal, "
-                                            "simple, sgm_uniform) or denoise < 1 if you meant a partial inversion")
+                self.record.warnings.append(short + "; for a full inversion use a scheduler that starts at sigma_max "
+                                            "(karras, normal, simple, sgm_uniform); if a partial inversion was meant "
+                                            "(denoise < 1 on the scheduler), this is expected")
                 warn(f"{self.method} inversion: {self.record.warnings[-1]}")
+        for said in [above, ignored_noise(noise, latent_image)]:
+            if said:
+                self.record.warnings.append(said)
+                warn(f"{self.method} inversion: {said}")
         for hook in self.hooks:
             notice = getattr(hook, "notice", None)
             said = notice(len(self.record.steps)) if notice is not None else None
@@ -255,8 +336,33 @@ class InversionSampler(comfy.samplers.Sampler):
                 "denoise < 1, or the low half of SplitSigmas)")
             warn(f"{self.method} inversion: {self.record.warnings[-1]}")
         top = self.record.states[-1]
-        INVERTED.add(top, schedule)
+        INVERTED.add(top, schedule, self.record.model_signature)
         return top.to(device=x0.device)
+
+
+def top_above_model(schedule: torch.Tensor, ms, kind: str) -> Optional[str]:
+    """An error for a flow model asked to go above σ = 1 (x = (1 − σ)·x0 + σ·ε means nothing there); for other models
+    a warning when the schedule starts above the model's σ_max (SIGMAS made for another model): the network is then
+    evaluated outside the noise levels it knows (its timestep clamps at the top)."""
+    top, sigma_max = float(schedule.max()), float(ms.sigma_max)
+    if top <= sigma_max * 1.01:
+        return None
+    where = (f"the schedule starts at sigma {top:.4g}, above this model's sigma_max {sigma_max:.4g} (SIGMAS made for "
+             "another model? KarrasScheduler's default sigma_max 14.6 is SD1's)")
+    if kind == "CONST":
+        raise ValueError(f"sigmas: {where}; a flow model's latent is (1 - sigma)·image + sigma·noise, which has no "
+                         "meaning above sigma 1. Use BasicScheduler with this model, or sigmas up to its sigma_max")
+    return where + ": the model is evaluated outside the noise levels it was trained on, and edits from there " \
+                   "behave unlike the model's own generations"
+
+
+def ignored_noise(noise: Optional[torch.Tensor], latent_image: Optional[torch.Tensor]) -> Optional[str]:
+    """A note when a sampler that adds no noise was handed a non-zero NOISE (SamplerCustom add_noise on, or a
+    RandomNoise node): inversion and its replay are deterministic, so it is not used."""
+    if latent_image is None or noise is None or not bool((noise != 0).any()):
+        return None
+    return ("the NOISE input (add_noise on / RandomNoise) is not used: inversion and its replay add no noise. Set "
+            "add_noise off (SamplerCustom) or connect DisableNoise (SamplerCustomAdvanced) to silence this")
 
 
 class ReplaySampler(comfy.samplers.Sampler):
@@ -284,7 +390,10 @@ class ReplaySampler(comfy.samplers.Sampler):
                              "Inverted Latent Sampler's mask input instead of SamplerCustomAdvanced")
         bdia = self.bdia
         if not self.checked:
-            stored_top = check_replay_input(x_top, schedule)
+            said = ignored_noise(noise, latent_image)
+            if said:
+                warn(f"Inverted Replay SAMPLER: {said}")
+            stored_top = check_replay_input(x_top, schedule, model_wrap.inner_model.model_sampling)
             bdia = bdia or INVERTED.bdia_for(x_top)     # a BDIA top is never replayed with the plain step
             if stored_top is not None and describe_change(stored_top, x_top, rtol=FLOAT32_ROUND_TRIP) is not None:
                 x_top = stored_top.to(device=x_top.device)   # a half-precision copy: the inversion's float32 top
@@ -305,27 +414,34 @@ def _levels(schedule: torch.Tensor, n: int = 6) -> str:
     return "[" + ", ".join(v if len(v) <= n else v[:n - 1] + ["...", v[-1]]) + f"] ({len(v) - 1} steps)"
 
 
-def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor) -> Optional[torch.Tensor]:
+def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None) -> Optional[torch.Tensor]:
     """The Inverted Replay SAMPLER's guard (see ReplaySampler): the float32 top of the inversion ``x_top`` is (a stored
-    copy of), or None when it is none of the remembered ones."""
-    stored, related, top = INVERTED.find(x_top)
-    if stored is not None:
+    copy of, or a run of its batch items), or None when it is none of the remembered ones. With the model's
+    ``ms`` (model_sampling), a different model sampling than the inversion's is an error (check_sampling)."""
+    found = INVERTED.find(x_top)
+    if found.schedule is not None:
+        stored = found.schedule
         if stored.shape != schedule.shape or not torch.allclose(stored, schedule, rtol=1e-4, atol=1e-6):
+            part = ("" if found.batch == x_top.shape[0] else
+                    f" (batch items {found.start}..{found.start + x_top.shape[0] - 1} of {found.batch})")
             raise ValueError(
-                f"sigmas: this latent was inverted on sigmas {_levels(stored)} but the replay got {_levels(schedule)}; "
-                "replaying on other levels does not give the image back. Connect the same (descending) sigmas "
-                "the inversion used, before FlipSigmas")
-        return top
-    if related is not None:
-        warn(f"Inverted Replay SAMPLER: latent_image is a recent inversion's noise {related} after the inversion; "
-             "replaying it anyway (the result is not a reconstruction). Connect the inversion's output directly if "
-             "that was not meant")
+                f"sigmas: this latent{part} was inverted on sigmas {_levels(stored)} but the replay got "
+                f"{_levels(schedule)}; replaying on other levels does not give the image back. Connect the same "
+                "(descending) sigmas the inversion used, before FlipSigmas")
+        if ms is not None:
+            check_sampling(ms, schedule, found.signature, "model", "replay")
+        return found.top
+    if found.related is not None:
+        warn(f"Inverted Replay SAMPLER: latent_image is a recent inversion's noise {found.related} after the "
+             "inversion; replaying it anyway (the result is not a reconstruction). Connect the inversion's output "
+             "directly if that was not meant")
     else:
-        warn("Inverted Replay SAMPLER: latent_image is not the noise of any of the last "
-             f"{INVERTED.items.maxlen} inversions this process remembers (a plain latent, noise changed after "
-             "inversion, an older inversion or one from an earlier session), so its sigmas cannot be checked; "
-             "replaying it anyway on the given sigmas. For a reconstruction, connect the inversion's output and its "
-             "sigmas directly (the Inverted Latent Sampler reads them from the LATENT and always checks)")
+        warn("Inverted Replay SAMPLER: latent_image is not the noise (nor a run of batch items of it) of any of the "
+             f"last {INVERTED.items.maxlen} inversions this process remembers (a plain latent, noise changed after "
+             "inversion, an older inversion or one from an earlier session), so its sigmas cannot be checked and a "
+             "BDIA inversion's pair state cannot be found; replaying it anyway with the plain step on the given "
+             "sigmas. For a reconstruction, connect the inversion's output and its sigmas directly (the Inverted "
+             "Latent Sampler reads them from the LATENT and always checks)")
 
 
 class _OffsetSampler(comfy.samplers.Sampler):
@@ -535,12 +651,8 @@ def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_po
         raise ValueError(f"model: this latent was inverted with a {entry['model_kind']} model but this is a "
                          f"{kind} model; replay with the model it was inverted with")
     schedule = entry["sigmas"]
+    check_sampling(ms, schedule, entry.get("model_signature") or _legacy_signature(entry), "model", "replay")
     total = len(schedule) - 1
-    inverted_max = (entry.get("stats") or {}).get("model_sigma_max")
-    if inverted_max and not math.isclose(float(ms.sigma_max), float(inverted_max), rel_tol=1e-3):
-        warn(f"model: its noise schedule tops out at sigma {float(ms.sigma_max):.4g}, the model this latent was "
-             f"inverted with at {float(inverted_max):.4g} (a different model or model_sampling patch); the stored "
-             "schedule then means other noise levels and the replay will not reconstruct the image")
     strength = float(correction_strength)
     weights = step_weights(total, strength, int(correction_start_step), int(correction_end_step))
     states_down = list(reversed(entry.get("states") or []))

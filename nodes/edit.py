@@ -26,7 +26,7 @@ from ..inversion_core.edit import (MODES, concat_tokens, find_step, inject_self_
 from ..inversion_core.edit.attention import reweight_columns
 from ..inversion_core.edit.select import MODE_HELP, EditSettings, layer_name
 from ..inversion_core.record import describe_change
-from .bridge import _mask_for, check_conditioning, model_family, model_kind, read_inverted
+from .bridge import _mask_for, check_conditioning, check_sampling, model_family, model_kind, read_inverted
 from .common import CATEGORY
 
 KEY = "inversion_edit"          # our entry in transformer_options
@@ -482,6 +482,8 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
     if entry.get("model_kind") and entry["model_kind"] != kind:
         raise ValueError(f"model: this latent was inverted with a {entry['model_kind']} model but this is a {kind} "
                          "model; edit with the model it was inverted with")
+    check_sampling(model.get_model_object("model_sampling"), entry["sigmas"], entry.get("model_signature"), "model",
+                   "edit")
     schedule = [float(s) for s in entry["sigmas"].tolist()]
     total = len(schedule) - 1
     states_down = list(reversed(entry.get("states") or []))

@@ -260,8 +260,9 @@ def test_replay_sampler_checks_latent_and_sigmas(caplog):
                                                                        latent_image=["latent", 0]))
     caplog.clear()
     run_workflow(plain)
-    assert any(w.startswith("[comfyui-inversion] Inverted Replay SAMPLER: latent_image is not the noise of any of "
-                            "the last 16 inversions this process remembers") for w in warnings_of(caplog)), \
+    assert any(w.startswith("[comfyui-inversion] Inverted Replay SAMPLER: latent_image is not the noise (nor a run "
+                            "of batch items of it) of any of the last 16 inversions this process remembers")
+               for w in warnings_of(caplog)), \
         warnings_of(caplog)
     flipped = dict(chain)
     flipped["lflip"] = {"class_type": "LatentFlip", "inputs": {"samples": ["custom", 0],
@@ -309,3 +310,99 @@ def test_replay_with_a_model_on_another_noise_schedule_is_warned(caplog):
     run_workflow(prompt)
     found = warnings_of(caplog, "model: its noise schedule tops out at sigma")
     assert len(found) == 1 and "the model this latent was inverted with at 14.61" in found[0], warnings_of(caplog)
+
+
+@pytest.mark.parametrize("sampling", ["x0", "lcm"])
+def test_replay_or_edit_with_another_model_sampling_is_an_error(sampling):
+    """The host's X0 and LCM sampling subclass EPS, so the model kind alone let them through: replaying an EPS
+    inversion with x0 sampling gave 8.8 dB on the reference model, lcm 49 instead of 59, without a word."""
+    prompt = invert_and_replay(method="ExactInvert", extra=EXACT)
+    prompt["patched"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["model", 0],
+                                                                           "sampling": sampling, "zsnr": False}}
+    prompt["replay"]["inputs"]["model"] = ["patched", 0]
+    with pytest.raises(WorkflowError, match="inverted with model sampling"):
+        run_workflow(prompt)
+    chain = add_custom_chain(invert_and_replay(method="ExactInvert", extra=EXACT), "ExactInvertSampler", EXACT)
+    chain["patched"] = prompt["patched"]
+    chain["replay_guider"] = {"class_type": "CFGGuider", "inputs": {
+        "model": ["patched", 0], "positive": ["positive", 0], "negative": ["negative", 0], "cfg": 1.0}}
+    chain["custom_replay"]["inputs"]["guider"] = ["replay_guider", 0]
+    with pytest.raises(WorkflowError, match="inverted with model sampling"):
+        run_workflow(chain, ["custom_replay"])
+    engine = invert_and_replay(method="ExactInvert", extra=EXACT)
+    engine["engine"] = with_defaults({"class_type": "InversionEditEngine", "inputs": {
+        "model": ["patched", 0], "inverted_latent": ["invert", 0], "source_conditioning": ["positive", 0]}})
+    engine["patched"] = prompt["patched"]
+    with pytest.raises(WorkflowError, match="inverted with model sampling"):
+        run_workflow(engine, ["engine"])
+
+
+def test_the_same_model_sampling_patched_again_replays_as_before():
+    prompt = invert_and_replay(method="ExactInvert", extra=EXACT)
+    prompt["patched"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["model", 0], "sampling": "eps",
+                                                                           "zsnr": False}}
+    prompt["replay_patched"] = dict(prompt["replay"], inputs=dict(prompt["replay"]["inputs"], model=["patched", 0]))
+    out = run_workflow(prompt)
+    assert torch.equal(out["replay_patched"][0]["samples"], out["replay"][0]["samples"])
+
+
+def test_sigmas_above_the_models_sigma_max_are_an_error_on_flow_and_a_warning_otherwise(caplog):
+    """KarrasScheduler's defaults (sigma_max 14.6) are SD1's: on a flow model (sigma <= 1) the inversion ran far
+    outside the model (reference model: 24.7 / 13.4 dB against 44.9 / 45.6, no warning); on EPS σ_max 80 it ran
+    with no warning either."""
+    flow = add_custom_chain(invert_and_replay(kind="flow", method="ExactInvert", extra=EXACT), "ExactInvertSampler",
+                            EXACT)
+    flow["sched"] = {"class_type": "KarrasScheduler", "inputs": {"steps": 8, "sigma_max": 14.614642,
+                                                                  "sigma_min": 0.0291675, "rho": 7.0}}
+    with pytest.raises(WorkflowError, match="above this model's sigma_max 1"):
+        run_workflow(flow, ["custom"])
+    eps = add_custom_chain(invert_and_replay(method="ExactInvert", extra=EXACT), "ExactInvertSampler", EXACT)
+    eps["sched"] = {"class_type": "KarrasScheduler", "inputs": {"steps": 8, "sigma_max": 80.0,
+                                                                 "sigma_min": 0.0291675, "rho": 7.0}}
+    caplog.clear()
+    run_workflow(eps, ["custom"])
+    assert len(warnings_of(caplog, "starts at sigma 80, above this model's sigma_max 14.61")) == 1, \
+        warnings_of(caplog)
+
+
+@pytest.mark.parametrize("method, node, extra", [("BDIAInvert", "BDIAInvertSampler", {}),
+                                                 ("ExactInvert", "ExactInvertSampler", EXACT)])
+def test_inverted_replay_sampler_finds_an_item_picked_from_a_batch(method, node, extra):
+    """LatentFromBatch between a SAMPLER-twin inversion and the Inverted Replay SAMPLER: the registry matched whole
+    batches only, so a picked BDIA item was replayed with the plain step (9.9 dB instead of 124 on the reference
+    model) and a pick replayed on other sigmas was not caught."""
+    prompt = add_custom_chain(invert_and_replay(method=method, batch=3, extra=extra), node, extra)
+    prompt["pick"] = {"class_type": "LatentFromBatch", "inputs": {"samples": ["custom", 0], "batch_index": 1,
+                                                                  "length": 2}}
+    prompt["pick_replay"] = dict(prompt["custom_replay"],
+                                 inputs=dict(prompt["custom_replay"]["inputs"], latent_image=["pick", 0]))
+    out = run_workflow(prompt, ["pick_replay", "custom_replay", "latent"])
+    whole, picked = out["custom_replay"][0]["samples"], out["pick_replay"][0]["samples"]
+    assert torch.allclose(picked, whole[1:3], atol=1e-6, rtol=0), (picked - whole[1:3]).abs().max()
+    if method == "BDIAInvert":       # the pair state was sliced alike: still exact
+        x0 = out["latent"][0]["samples"][1:3]
+        assert (picked - x0).pow(2).mean().sqrt() < 1e-5 * x0.pow(2).mean().sqrt()
+    prompt["half"] = {"class_type": "BasicScheduler", "inputs": {"model": ["model", 0], "scheduler": "ddim_uniform",
+                                                                 "steps": 4, "denoise": 1.0}}
+    prompt["pick_replay"]["inputs"]["sigmas"] = ["half", 0]
+    with pytest.raises(WorkflowError, match=r"batch items 1\.\.2 of 3\) was inverted on sigmas"):
+        run_workflow(prompt, ["pick_replay"])
+
+
+def test_noise_handed_to_an_inversion_sampler_is_named_as_unused(caplog):
+    """SamplerCustom with add_noise on: inversion and its replay add no noise, and said nothing about it."""
+    prompt = invert_and_replay(method="ExactInvert", extra=EXACT)
+    prompt["sched"] = {"class_type": "BasicScheduler", "inputs": {
+        "model": ["model", 0], "scheduler": "ddim_uniform", "steps": 8, "denoise": 1.0}}
+    prompt["flip"] = {"class_type": "FlipSigmas", "inputs": {"sigmas": ["sched", 0]}}
+    prompt["inv_sampler"] = with_defaults({"class_type": "ExactInvertSampler", "inputs": dict(EXACT)})
+    for add_noise in (False, True):
+        prompt[f"custom_{add_noise}"] = {"class_type": "SamplerCustom", "inputs": {
+            "model": ["model", 0], "add_noise": add_noise, "noise_seed": 7, "cfg": 1.0, "positive": ["positive", 0],
+            "negative": ["negative", 0], "sampler": ["inv_sampler", 0], "sigmas": ["flip", 0],
+            "latent_image": ["latent", 0]}}
+    caplog.clear()
+    out = run_workflow(prompt, ["custom_False", "custom_True"])
+    assert torch.equal(out["custom_False"][0]["samples"], out["custom_True"][0]["samples"])
+    assert len(warnings_of(caplog, "the NOISE input (add_noise on / RandomNoise) is not used")) == 1, \
+        warnings_of(caplog)

@@ -71,14 +71,26 @@ LBFGS_MEMORY = 5          # curvature pairs kept per item
 
 
 class _LBFGSMemory:
-    """Per-item L-BFGS history over flattened ε; pairs are recorded only for items that moved (accepted a step) and
-    only when they satisfy the curvature condition sᵀy > 0, so a rejected or non-convex trial never enters H."""
+    """Per-item L-BFGS history over flattened ε: each item keeps its own last ``memory`` pairs (s, y), oldest first,
+    recorded only when it accepted a step and the pair satisfies the curvature condition sᵀy > 0, so a rejected or
+    non-convex trial never enters H (nor pushes an item's older pairs out)."""
 
     def __init__(self, batch: int, memory: int = LBFGS_MEMORY):
         self.memory = memory
-        self.pairs: list[tuple[Tensor, Tensor, Tensor]] = []      # (s [B, N], y [B, N], valid [B])
+        self.s: Optional[Tensor] = None                           # [B, m, N] float64
+        self.y: Optional[Tensor] = None
+        self.valid = torch.zeros(batch, memory, dtype=torch.bool)
         self.last: Optional[tuple[Tensor, Tensor]] = None         # (ε, ∇L) at each item's last accepted point
         self.seen = torch.zeros(batch, dtype=torch.bool)
+
+    def _push(self, ok: Tensor, s: Tensor, y: Tensor) -> None:
+        if self.s is None:
+            self.s = torch.zeros(s.shape[0], self.memory, s.shape[1], dtype=s.dtype)
+            self.y = torch.zeros_like(self.s)
+        sel = ok[:, None, None]
+        self.s = torch.where(sel, torch.cat([self.s[:, 1:], s[:, None]], 1), self.s)
+        self.y = torch.where(sel, torch.cat([self.y[:, 1:], y[:, None]], 1), self.y)
+        self.valid = torch.where(ok[:, None], torch.cat([self.valid[:, 1:], ok[:, None]], 1), self.valid)
 
     def direction(self, eps: Tensor, grad: Tensor, moved: Tensor, default_scale: float) -> Tensor:
         """H·∇L at the items that moved to ``eps`` (others: zeros), after adding their new pair."""
@@ -86,28 +98,27 @@ class _LBFGSMemory:
         if self.last is not None:
             s, y = e - self.last[0], g - self.last[1]
             sy = (s * y).sum(1)
-            ok = moved & self.seen & (sy > 1e-12 * s.norm(dim=1) * y.norm(dim=1))
-            zero = torch.zeros_like(s)
-            self.pairs = (self.pairs + [(torch.where(ok[:, None], s, zero), torch.where(ok[:, None], y, zero),
-                                         ok)])[-self.memory:]
+            self._push(moved & self.seen & (sy > 1e-12 * s.norm(dim=1) * y.norm(dim=1)), s, y)
             e = torch.where(moved[:, None], e, self.last[0])
-            g_keep = torch.where(moved[:, None], g, self.last[1])
-        else:
-            g_keep = g
-        self.last = (e, g_keep)
+            g = torch.where(moved[:, None], g, self.last[1])
+        self.last = (e, g)
         self.seen = self.seen | moved
-        q, alphas = g.clone(), []
-        for s, y, ok in reversed(self.pairs):                      # newest first
-            rho = torch.where(ok, 1.0 / (s * y).sum(1).clamp_min(1e-300), torch.zeros_like(ok, dtype=q.dtype))
-            a = rho * (s * q).sum(1)
-            q = q - a[:, None] * y
-            alphas.append((a, rho, s, y))
+        q = g.clone()
         gamma = torch.full((q.shape[0],), float(default_scale), dtype=q.dtype)
-        for s, y, ok in self.pairs:                                # H⁰ from each item's newest valid pair
-            gamma = torch.where(ok, (s * y).sum(1) / (y * y).sum(1).clamp_min(1e-300), gamma)
+        if self.s is not None:
+            sy = (self.s * self.y).sum(2)                                           # [B, m]
+            rho = torch.where(self.valid, 1.0 / sy.clamp_min(1e-300), torch.zeros_like(sy))
+            alpha = torch.zeros_like(sy)
+            for j in reversed(range(self.memory)):                                  # newest first
+                alpha[:, j] = rho[:, j] * (self.s[:, j] * q).sum(1)
+                q = q - alpha[:, j, None] * self.y[:, j]
+            for j in range(self.memory):                                            # H⁰ from the newest valid pair
+                yy = (self.y[:, j] * self.y[:, j]).sum(1).clamp_min(1e-300)
+                gamma = torch.where(self.valid[:, j], sy[:, j] / yy, gamma)
         out = gamma[:, None] * q
-        for a, rho, s, y in reversed(alphas):                      # oldest first
-            out = out + (a - rho * (y * out).sum(1))[:, None] * s
+        if self.s is not None:
+            for j in range(self.memory):                                            # oldest first
+                out = out + (alpha[:, j] - rho[:, j] * (self.y[:, j] * out).sum(1))[:, None] * self.s[:, j]
         return torch.where(moved[:, None], out, torch.zeros_like(out)).to(grad.dtype).view_as(grad)
 
 

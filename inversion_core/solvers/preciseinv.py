@@ -34,7 +34,7 @@ rule, but the step is the limited-memory BFGS direction H_k·∇_ε L (two-loop 
 step before the first pair); each trial starts at ``step_size`` (1 = the full quasi-Newton step). Why: the loss is a
 least-squares in r whose Hessian ≈ J_rᵀJ_r is badly conditioned on large steps (J_r = I − h·∂d/∂z has singular
 values down to σ_lo/σ_hi on the directions the model reads as noise), where gradient descent creeps; measured on
-the reference models at the same 50-iteration cap: +4.8 to +8.8 dB at T = 4 and on flow at T = 10, in fewer
+the reference models at the same 50-iteration cap: +4.9 to +9.3 dB at T = 2 and 4 and on flow at T = 10, in fewer
 evaluations (README, Results).
 
 Stopping and divergence, per item: an item stops (and is no longer evaluated: ``active``) once L < η. A loss that

@@ -48,6 +48,8 @@ class Denoiser:
         result (the others are returned as zeros when the model could skip them)."""
         if self.check_interrupt is not None:
             self.check_interrupt()
+        if active is not None and not bool(active.any()):
+            return torch.zeros(x.shape, dtype=torch.float32, device=x.device)   # nothing to evaluate: no model call
         if active is not None and self.subset_ok and not bool(active.all()):
             idx = active.nonzero().flatten()
             part = self._eval(x[idx], sigma)

@@ -141,6 +141,27 @@ def _uniform_conditioning(model_wrap) -> bool:
     return True
 
 
+# model_options hooks that see the whole batch's predictions at once: a host cfg function may mix batch items (the
+# host's PerpNeg projects with a sum over the whole batch), so a sub-batch would be a different equation
+BATCH_HOOKS = ("sampler_cfg_function", "sampler_post_cfg_function", "sampler_pre_cfg_function")
+
+
+def _items_independent(model_wrap) -> bool:
+    """True when a sub-batch of items may be evaluated on its own (an item that converged stops paying): no per-item
+    conditioning tensors (_uniform_conditioning), no cfg hook that sees the whole batch, and the host's own
+    CFGGuider.predict_noise (a guider that overrides it, like PerpNegGuider, may combine items). Otherwise the whole
+    batch is evaluated every time: slower once items converge, never a different equation (measured with PerpNeg at
+    cfg 3 and the exact preset: 35.2 / 55.8 dB with sub-batches against 84.2 / 83.7 with the whole batch)."""
+    if not _uniform_conditioning(model_wrap):
+        return False
+    options = getattr(model_wrap, "model_options", None) or {}
+    if any(options.get(k) for k in BATCH_HOOKS):
+        return False
+    predict = getattr(type(model_wrap), "predict_noise", None)
+    base = getattr(comfy.samplers, "CFGGuider", None)
+    return predict is None or base is None or predict is getattr(base, "predict_noise", None)
+
+
 PROGRESS_INTERVAL = 0.25   # seconds between progress updates inside one step
 
 
@@ -195,7 +216,7 @@ def _denoiser(model_wrap, extra_args: dict, on_eval: Optional[Callable[[], None]
         return model_wrap(x, s, **extra_args)
 
     return Denoiser(raw, check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
-                    subset_ok=_uniform_conditioning(model_wrap), on_eval=on_eval,
+                    subset_ok=_items_independent(model_wrap), on_eval=on_eval,
                     input_scale=_input_scale(model_wrap.inner_model.model_sampling))
 
 

@@ -406,3 +406,36 @@ def test_noise_handed_to_an_inversion_sampler_is_named_as_unused(caplog):
     assert torch.equal(out["custom_False"][0]["samples"], out["custom_True"][0]["samples"])
     assert len(warnings_of(caplog, "the NOISE input (add_noise on / RandomNoise) is not used")) == 1, \
         warnings_of(caplog)
+
+
+def test_a_cfg_hook_that_sees_the_whole_batch_is_never_given_a_sub_batch():
+    """The host's PerpNeg projects with a sum over the whole batch: evaluating only the images that have not converged
+    solved another equation (exact preset, cfg 3, 2 images: 35.2 / 55.8 dB while every step reported convergence;
+    84.2 / 83.7 with the whole batch). With such a hook (or a guider that overrides predict_noise) every evaluation
+    takes the whole batch; without one, converged images still stop paying."""
+    import sys as _sys
+    pack = host.pack_module()
+    bridge = _sys.modules[pack.__name__ + ".nodes.bridge"]
+    base = host.tiny_model("eps")
+    cond, latent = host.tiny_conditioning(), host.tiny_latent(batch=3)
+    latent = {"samples": latent["samples"] * torch.tensor([1.0, 0.01, 4.0]).view(3, 1, 1, 1)}   # 1 converges first
+    perpneg = host.node_class("PerpNeg")().patch(base, host.tiny_conditioning(seed=5), 1.0)[0]
+    sizes = {}
+    for name, model in (("plain", base), ("perpneg", perpneg)):
+        calls = sizes.setdefault(name, [])
+
+        def counting(apply_model, args, calls=calls):
+            calls.append(args["input"].shape[0])
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+        model = model.clone()
+        model.set_model_unet_function_wrapper(counting)
+        sampler = host.node_class("ExactInvert")().sampler(model, "custom", 1e-4, 6, 3)
+        schedule = bridge.schedule_from_inputs(model, 3, "karras", None)
+        bridge.run_inversion(model, cond, cond, 3.0, latent, schedule, sampler)
+    assert any(n % 3 for n in sizes["plain"]), sizes["plain"]          # sub-batches once an image converged
+    assert all(n % 3 == 0 for n in sizes["perpneg"]), sizes["perpneg"]  # (cond, uncond, empty) x all 3 images
+    guider = host.node_class("PerpNegGuider")().get_guider(base, cond, cond, host.tiny_conditioning(seed=5), 3.0,
+                                                           1.0)[0]
+    assert not bridge._items_independent(guider) and bridge._items_independent(
+        _sys.modules["comfy.samplers"].CFGGuider(base))

@@ -121,6 +121,27 @@ def test_nan_gradient_falls_back_to_the_best_iterate_and_reports_the_step():
     assert all(torch.isfinite(torch.tensor(s.residual)).all() for s in rec.steps)
 
 
+@pytest.mark.parametrize("optimizer", ["gd", "lbfgs"])
+def test_every_image_stuck_ends_the_step_without_an_empty_model_call(optimizer):
+    """A model whose gradient points the wrong way (value x/2, derivative −1): on a step from σ = 0 every trial raises
+    the loss,
+    every image's step size halves until it is declared stuck. That used to call the model with an empty batch
+    (found under the host's PerpNeg: "cannot reshape tensor of 0 elements")."""
+    def raw(x, sigma):
+        return 1.5 * x.detach() - x
+
+    calls = []
+
+    def counted(x, sigma):
+        calls.append(x.shape[0])
+        return raw(x, sigma)
+
+    solver = PreciseInvSolver(threshold=1e-12, max_iter=200, optimizer=optimizer)
+    rec = invert(Denoiser(counted), image(), karras(1), solver, method="p")
+    assert min(calls) > 0 and rec.unconverged_steps
+    assert any("no descent" in st.note for st in rec.steps)
+
+
 def test_nan_from_the_model_names_the_step():
     def raw(x, sigma):
         return eps_denoiser(x, sigma) * (float("nan") if sigma > 1 else 1.0)

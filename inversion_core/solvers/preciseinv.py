@@ -243,6 +243,8 @@ class PreciseInvSolver:
                     reasons[i] = f"no descent after {int(updates[i])} updates even with a tiny step"
                 diverged = diverged | stuck
                 active = active & ~stuck
+                if not bool(active.any()):        # every image stopped here: no further (empty) evaluation
+                    break
                 eps = torch.where(_rows(active, eps).bool(), best_eps - _rows(lr, eps) * direction, eps)
             updates = updates + active.long()
         with torch.no_grad():

@@ -100,6 +100,49 @@ def check_sampling(ms, schedule: torch.Tensor, signature: Optional[dict], name: 
              f"model), so the network sees other noise levels and the {action} will not reconstruct the image")
 
 
+ENGINE_KEY = "inversion_edit"      # the edit engine's entry in transformer_options (nodes/edit.py KEY)
+PATCH_KINDS = {"weights": "weight patches (a LoRA, a model merge)",
+               "cfg": "cfg functions (RescaleCFG, PerpNeg, PAG, SAG ...)",
+               "blocks": "block / attention patches (FreeU, HyperTile, IP-Adapter ...)",
+               "wrapper": "a model function wrapper",
+               "objects": "object patches"}
+
+
+def patch_signature(model) -> dict:
+    """What other nodes patched on a ModelPatcher, by kind (names, counts and strengths; no tensors): what changes the
+    network's output without changing its model sampling. Empty for a model carrying the edit engine, which checks
+    its own inputs."""
+    opts = getattr(model, "model_options", None) or {}
+    to = opts.get("transformer_options") or {}
+    if ENGINE_KEY in to:
+        return {}
+    weights = getattr(model, "patches", None) or {}
+    return {
+        "weights": hash(tuple(sorted((k, tuple(float(p[0]) if isinstance(p[0], (int, float)) else 0.0 for p in v))
+                                     for k, v in weights.items()))),
+        "cfg": [k + ":" + str(len(opts[k]) if isinstance(opts[k], list) else 1) for k in BATCH_HOOKS if opts.get(k)],
+        "blocks": sorted([f"{k}:{len(v)}" for k, v in (to.get("patches") or {}).items()]
+                         + [f"{k}:{sorted(map(str, v))}" for k, v in (to.get("patches_replace") or {}).items()]),
+        "wrapper": "model_function_wrapper" in opts,
+        "objects": sorted(k for k in (getattr(model, "object_patches", None) or {}) if k != "model_sampling"),
+    }
+
+
+def check_patches(model, signature: Optional[dict], name: str, action: str) -> None:
+    """A warning (a LoRA or FreeU on the edit branch may be meant) when ``model`` carries other patches than the
+    model the latent was inverted with: the replay then solves another model's steps and does not reconstruct."""
+    old = (signature or {}).get("patches")
+    now = patch_signature(model) if model is not None else {}
+    if not old or not now:
+        return
+    differ = [PATCH_KINDS[k] for k in PATCH_KINDS if old.get(k) != now.get(k)]
+    if differ:
+        warn(f"{name}: it carries other {', '.join(differ)} than the model this latent was inverted with, so the "
+             f"{action} runs another model and will not reconstruct the image (measured: FreeU, PAG or a LoRA added "
+             "only to the replay model, 17-22 dB instead of 88). Intended for an edit? Then ignore this; for a "
+             "reconstruction, patch the model before the inversion node too")
+
+
 def _legacy_signature(entry: dict) -> Optional[dict]:
     """A record made before signatures were stored: its model's σ_max is all there is to compare."""
     inverted_max = (entry.get("stats") or {}).get("model_sigma_max")
@@ -329,7 +372,8 @@ class InversionSampler(comfy.samplers.Sampler):
                              hooks=self.hooks, callback=lambda step, total, x: progress.step(step, total, x, x),
                              model_kind=kind)
         self.record.model_sigma_max = float(ms.sigma_max)
-        self.record.model_signature = sampling_signature(ms, schedule)
+        self.record.model_signature = dict(sampling_signature(ms, schedule),
+                                           patches=patch_signature(getattr(model_wrap, "model_patcher", None)))
         short = reach_message(schedule, self.record.model_sigma_max, kind)
         if short is not None:
             if self.partial:
@@ -414,7 +458,8 @@ class ReplaySampler(comfy.samplers.Sampler):
             said = ignored_noise(noise, latent_image)
             if said:
                 warn(f"Inverted Replay SAMPLER: {said}")
-            stored_top = check_replay_input(x_top, schedule, model_wrap.inner_model.model_sampling)
+            stored_top = check_replay_input(x_top, schedule, model_wrap.inner_model.model_sampling,
+                                            getattr(model_wrap, "model_patcher", None))
             bdia = bdia or INVERTED.bdia_for(x_top)     # a BDIA top is never replayed with the plain step
             if stored_top is not None and describe_change(stored_top, x_top, rtol=FLOAT32_ROUND_TRIP) is not None:
                 x_top = stored_top.to(device=x_top.device)   # a half-precision copy: the inversion's float32 top
@@ -435,7 +480,7 @@ def _levels(schedule: torch.Tensor, n: int = 6) -> str:
     return "[" + ", ".join(v if len(v) <= n else v[:n - 1] + ["...", v[-1]]) + f"] ({len(v) - 1} steps)"
 
 
-def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None) -> Optional[torch.Tensor]:
+def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None, patcher=None) -> Optional[torch.Tensor]:
     """The Inverted Replay SAMPLER's guard (see ReplaySampler): the float32 top of the inversion ``x_top`` is (a stored
     copy of, or a run of its batch items), or None when it is none of the remembered ones. With the model's
     ``ms`` (model_sampling), a different model sampling than the inversion's is an error (check_sampling)."""
@@ -451,6 +496,7 @@ def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None) -> 
                 "(descending) sigmas the inversion used, before FlipSigmas")
         if ms is not None:
             check_sampling(ms, schedule, found.signature, "model", "replay")
+        check_patches(patcher, found.signature, "model", "replay")
         return found.top
     if found.related is not None:
         warn(f"Inverted Replay SAMPLER: latent_image is a recent inversion's noise {found.related} after the "
@@ -673,11 +719,16 @@ def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_po
                          f"{kind} model; replay with the model it was inverted with")
     schedule = entry["sigmas"]
     check_sampling(ms, schedule, entry.get("model_signature") or _legacy_signature(entry), "model", "replay")
+    check_patches(model, entry.get("model_signature"), "model", "replay")
     total = len(schedule) - 1
     strength = float(correction_strength)
     weights = step_weights(total, strength, int(correction_start_step), int(correction_end_step))
     states_down = list(reversed(entry.get("states") or []))
     mask_input = mask if mask is not None else latent.get("noise_mask")
+    if mask_input is not None and (getattr(model, "model_options", None) or {}).get("denoise_mask_function"):
+        warn("model: its denoise_mask_function (Differential Diffusion) is not used: the Inverted Latent Sampler pins "
+             "the region outside the mask to the stored trajectory at every step with the mask as given (a soft mask "
+             "blends by its value)")
     needs_states = any(weights) or mask_input is not None
     if needs_states and len(states_down) != total + 1:
         raise ValueError("inverted_latent: source correction and masked edits need the stored trajectory, which this "

@@ -26,10 +26,11 @@ from ..inversion_core.edit import (MODES, concat_tokens, find_step, inject_self_
 from ..inversion_core.edit.attention import reweight_columns
 from ..inversion_core.edit.select import MODE_HELP, EditSettings, layer_name
 from ..inversion_core.record import describe_change
-from .bridge import _mask_for, check_conditioning, check_sampling, model_family, model_kind, read_inverted
+from .bridge import (ENGINE_KEY, _mask_for, check_conditioning, check_patches, check_sampling, model_family,
+                     model_kind, read_inverted)
 from .common import CATEGORY
 
-KEY = "inversion_edit"          # our entry in transformer_options
+KEY = ENGINE_KEY                # our entry in transformer_options
 SOURCE_BRANCHES = ("batched", "cached")
 START_TOLERANCE = 1e-3   # relative difference between the sampler's first latent and the engine's inverted latent
 _HOOKS = ("set_model_unet_function_wrapper", "set_model_attn1_replace", "set_model_attn2_replace",
@@ -484,6 +485,7 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
                          "model; edit with the model it was inverted with")
     check_sampling(model.get_model_object("model_sampling"), entry["sigmas"], entry.get("model_signature"), "model",
                    "edit")
+    check_patches(model, entry.get("model_signature"), "model", "edit")
     schedule = [float(s) for s in entry["sigmas"].tolist()]
     total = len(schedule) - 1
     states_down = list(reversed(entry.get("states") or []))

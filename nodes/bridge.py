@@ -100,7 +100,6 @@ def check_sampling(ms, schedule: torch.Tensor, signature: Optional[dict], name: 
              f"model), so the network sees other noise levels and the {action} will not reconstruct the image")
 
 
-ENGINE_KEY = "inversion_edit"      # the edit engine's entry in transformer_options (nodes/edit.py KEY)
 PATCH_KINDS = {"weights": "weight patches (a LoRA, a model merge)",
                "cfg": "cfg functions (RescaleCFG, PerpNeg, PAG, SAG ...)",
                "blocks": "block / attention patches (FreeU, HyperTile, IP-Adapter ...)",
@@ -114,7 +113,7 @@ def patch_signature(model) -> dict:
     its own inputs."""
     opts = getattr(model, "model_options", None) or {}
     to = opts.get("transformer_options") or {}
-    if ENGINE_KEY in to:
+    if getattr(opts.get("model_function_wrapper"), "is_inversion_edit_engine", False):
         return {}
     weights = getattr(model, "patches", None) or {}
     return {
@@ -137,9 +136,9 @@ def check_patches(model, signature: Optional[dict], name: str, action: str) -> N
         return
     differ = [PATCH_KINDS[k] for k in PATCH_KINDS if old.get(k) != now.get(k)]
     if differ:
-        warn(f"{name}: it carries other {', '.join(differ)} than the model this latent was inverted with, so the "
-             f"{action} runs another model and will not reconstruct the image (measured: FreeU, PAG or a LoRA added "
-             "only to the replay model, 17-22 dB instead of 88). Intended for an edit? Then ignore this; for a "
+        warn(f"{name}: its patches differ from those of the model this latent was inverted with ({'; '.join(differ)}), "
+             f"so the {action} runs another model and will not reconstruct the image (measured: FreeU, PAG or a LoRA "
+             "added only to the replay model, 17-22 dB instead of 88). Intended for an edit? Then ignore this; for a "
              "reconstruction, patch the model before the inversion node too")
 
 

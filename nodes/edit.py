@@ -26,11 +26,11 @@ from ..inversion_core.edit import (MODES, concat_tokens, find_step, inject_self_
 from ..inversion_core.edit.attention import reweight_columns
 from ..inversion_core.edit.select import MODE_HELP, EditSettings, layer_name
 from ..inversion_core.record import describe_change
-from .bridge import (ENGINE_KEY, _mask_for, check_conditioning, check_patches, check_sampling, model_family,
-                     model_kind, read_inverted)
+from .bridge import (_mask_for, check_conditioning, check_patches, check_sampling, model_family, model_kind,
+                     read_inverted)
 from .common import CATEGORY
 
-KEY = ENGINE_KEY                # our entry in transformer_options
+KEY = "inversion_edit"          # our entry in transformer_options
 SOURCE_BRANCHES = ("batched", "cached")
 START_TOLERANCE = 1e-3   # relative difference between the sampler's first latent and the engine's inverted latent
 _HOOKS = ("set_model_unet_function_wrapper", "set_model_attn1_replace", "set_model_attn2_replace",
@@ -164,6 +164,8 @@ def _call_site(extra_options: dict):
 
 class EditEngine:
     """The source branch and the injection, for one inverted latent. ``stats`` counts what the source branch cost."""
+
+    is_inversion_edit_engine = True     # bridge.patch_signature: a MODEL with an engine checks its own inputs
 
     def __init__(self, settings: EditSettings, schedule: list, states_down: list, source_cond, mask, branch: str,
                  patch_size: int = 1, inner_wrapper=None, inner_attention: Optional[dict] = None):

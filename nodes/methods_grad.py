@@ -118,8 +118,9 @@ class PreciseInvInvert(_GradInvertNode):
             "retry from the best point after a step that raised the loss. adam: the learning rate.")}),
         "initialiser": (["exact", "ddim"], {"default": "exact", "tooltip": (
             "exact (default): start each step from the pack's Exact Invert solve (3 model evaluations, no "
-            "gradients) - measured closer to the threshold, so fewer gradient steps: +1 to +8 dB at the same "
-            "budget on the reference models (most at T >= 4). ddim: start from one DDIM inversion step, as the paper does.")}),
+            "gradients) - measured closer to the threshold, so fewer gradient steps: +1 to +14 dB at the same "
+            "budget on the reference models (lbfgs; most at T = 10). ddim: start from one DDIM inversion step, as "
+            "the paper does.")}),
     }
     OPTIONAL = {
         "optimizer": (["lbfgs", "gd", "adam"], {"default": "lbfgs", "tooltip": (

@@ -79,7 +79,7 @@ def check_sampling(ms, schedule: torch.Tensor, signature: Optional[dict], name: 
     if not signature:
         return
     now = sampling_signature(ms, schedule)
-    if "classes" in signature and now["classes"] != signature["classes"]:
+    if now["classes"] != signature.get("classes"):
         raise ValueError(
             f"{name}: this latent was inverted with model sampling {'/'.join(signature.get('classes') or ['?'])} but "
             f"this model samples with {'/'.join(now['classes'])} (a ModelSamplingDiscrete x0 / lcm / v_prediction "
@@ -140,12 +140,6 @@ def check_patches(model, signature: Optional[dict], name: str, action: str) -> N
              f"so the {action} runs another model and will not reconstruct the image (measured: FreeU, PAG or a LoRA "
              "added only to the replay model, 17-22 dB instead of 88). Intended for an edit? Then ignore this; for a "
              "reconstruction, patch the model before the inversion node too")
-
-
-def _legacy_signature(entry: dict) -> Optional[dict]:
-    """A record made before signatures were stored: its model's σ_max is all there is to compare."""
-    inverted_max = (entry.get("stats") or {}).get("model_sigma_max")
-    return {"sigma_max": inverted_max} if inverted_max else None
 
 
 def model_family(model) -> str:
@@ -717,7 +711,7 @@ def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_po
         raise ValueError(f"model: this latent was inverted with a {entry['model_kind']} model but this is a "
                          f"{kind} model; replay with the model it was inverted with")
     schedule = entry["sigmas"]
-    check_sampling(ms, schedule, entry.get("model_signature") or _legacy_signature(entry), "model", "replay")
+    check_sampling(ms, schedule, entry.get("model_signature"), "model", "replay")
     check_patches(model, entry.get("model_signature"), "model", "replay")
     total = len(schedule) - 1
     strength = float(correction_strength)

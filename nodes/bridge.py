@@ -12,6 +12,7 @@ samplers work in the model's sigma space in between and never call the host's ``
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import threading
@@ -107,13 +108,19 @@ PATCH_KINDS = {"weights": "weight patches (a LoRA, a model merge)",
                "objects": "object patches"}
 
 
+def edit_engine_of(model):
+    """The Inversion Edit Engine a ModelPatcher carries as its model function wrapper, else None."""
+    wrapper = (getattr(model, "model_options", None) or {}).get("model_function_wrapper")
+    return wrapper if getattr(wrapper, "is_inversion_edit_engine", False) else None
+
+
 def patch_signature(model) -> dict:
     """What other nodes patched on a ModelPatcher, by kind (names, counts and strengths; no tensors): what changes the
     network's output without changing its model sampling. Empty for a model carrying the edit engine, which checks
     its own inputs."""
     opts = getattr(model, "model_options", None) or {}
     to = opts.get("transformer_options") or {}
-    if getattr(opts.get("model_function_wrapper"), "is_inversion_edit_engine", False):
+    if edit_engine_of(model) is not None:
         return {}
     weights = getattr(model, "patches", None) or {}
     return {
@@ -754,7 +761,9 @@ def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_po
                 "correction_strength to 0")
         check_conditioning(source_positive, samples.shape[0], "source_positive")
         offset_sampler = _OffsetSampler(states_down, weights, bdia)
-        _guide(model, source_positive, negative, cfg, start, offset_sampler, schedule)
+        engine = edit_engine_of(model)      # the offsets are the source prompt's own, never an edited prediction
+        with engine.offsets_pass() if engine is not None else contextlib.nullcontext():
+            _guide(model, source_positive, negative, cfg, start, offset_sampler, schedule)
         offsets = offset_sampler.offsets
     m = _mask_for(mask_input, samples, "mask" if mask is not None else "inverted_latent noise_mask")
     sampler = ReplaySampler(offsets, weights, m, states_down if m is not None else None, checked=True, bdia=bdia)

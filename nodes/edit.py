@@ -11,6 +11,7 @@ SamplerCustomAdvanced) and any inversion method's LATENT work unchanged. The mat
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import time
@@ -22,7 +23,7 @@ import comfy.model_patcher
 import comfy.samplers
 
 from ..inversion_core.edit import (MODES, concat_tokens, find_step, inject_self_attention, p2p_cross_attention,
-                                   repeat_chunks, resolve_settings, token_mask_for_layer)
+                                   repeat_chunks, resolve_settings, token_mask_for_layer, token_period)
 from ..inversion_core.edit.attention import reweight_columns
 from ..inversion_core.edit.select import MODE_HELP, EditSettings, layer_name
 from ..inversion_core.record import describe_change
@@ -150,7 +151,7 @@ class _Context:
                  tokens: tuple = (None, None)):
         self.step, self.phase, self.n, self.b, self.cond_or_uncond = step, phase, n, b, list(cond_or_uncond)
         self.hw = tuple(hw)      # the latent's spatial size (Flux: how many image tokens follow the text)
-        self.tokens = tuple(tokens)   # (source, edit) cross-attention lengths before the batched branch pads them
+        self.tokens = tuple(tokens)   # (source, edit) prompt lengths as encoded (P2P only; before any repeat)
 
 
 
@@ -183,10 +184,25 @@ class EditEngine:
         self._flux_text: dict = {}                  # per model call: the text token count the double blocks saw
         self.stats = {"calls": 0, "source_calls": 0, "seconds": 0.0}
         self._last_step: Optional[int] = None        # the step of the previous model call (a lower one: a new run)
+        self._bypass = False                         # offsets_pass(): the MODEL as it was before the engine
 
     # ------------------------------------------------------------------------------------------ model wrapper
+    @contextlib.contextmanager
+    def offsets_pass(self):
+        """Source correction's offsets pass (bridge.run_replay). The offsets are the source prompt's own predictions
+        along the stored trajectory; there the source branch equals the evaluated one and every injection is a
+        no-op, except P2P re-weighting: it would change those predictions, and the correction would cancel it. The
+        engine steps aside for it (the no-op injections still run, so the offsets round exactly like the edit)."""
+        self._bypass = self.settings.reweight != 1.0
+        try:
+            yield self
+        finally:
+            self._bypass = False
+
     def __call__(self, apply_model, args: dict):
         x, t, c, cou = args["input"], args["timestep"], args["c"], list(args["cond_or_uncond"])
+        if self._bypass:
+            return self._apply(apply_model, x, t, c, cou)
         sigma = float(t.flatten()[0])
         k = find_step(sigma, self.schedule)
         if k is None:
@@ -214,7 +230,7 @@ class EditEngine:
         x_src = repeat_chunks(state.to(device=x.device, dtype=x.dtype), chunks)
         c_src = self._source_c(apply_model, c, cou, b, x)
         branch = "cached" if c.get("control") is not None else self.branch  # ControlNet residuals are per batch
-        tokens = tuple(getattr(d.get("c_crossattn"), "shape", (0, None))[1] for d in (c_src, c))
+        tokens = self._prompt_lengths(c_src, c, cou) if self.settings.swap or self.settings.reweight != 1.0 else (None, None)
         self.stats["source_calls"] += 1
         try:
             if branch == "batched":
@@ -274,6 +290,22 @@ class EditEngine:
                     f"engine was built from ({change}). Connect the same inverted LATENT to the engine and to the "
                     "Inverted Latent Sampler: the engine's source branch follows that latent's stored trajectory and "
                     "cannot steer the edit of another latent or of fresh noise")
+
+    @staticmethod
+    def _prompt_lengths(c_src: dict, c: dict, cou: list) -> tuple:
+        """(source, edit) prompt lengths in tokens, as the prompts were encoded: the host repeats a prompt to the
+        common length of everything batched with it (a longer negative, a prompt over 75 CLIP tokens), so the
+        tensors' own lengths do not say which tokens line up (P2P's word swap) or where a token's columns are."""
+        out = []
+        for d in (c_src, c):
+            val = d.get("c_crossattn")
+            if not isinstance(val, torch.Tensor) or val.ndim < 3:
+                out.append(None)
+                continue
+            parts = val.chunk(len(cou))
+            cond = [parts[j] for j in range(len(cou)) if cou[j] == 0]
+            out.append(token_period(torch.cat(cond) if cond else val))
+        return tuple(out)
 
     def _source_c(self, apply_model, c: dict, cou: list, b: int, x: torch.Tensor) -> dict:
         """The edit's model inputs with the cond chunks' conditioning replaced by the source prompt's (uncond chunks
@@ -350,7 +382,7 @@ class EditEngine:
         cols = None
         if s.reweight != 1.0:
             length = k.shape[1]
-            period = 77 if length % 77 == 0 else length
+            period = ctx.tokens[1] if ctx.tokens[1] and length % ctx.tokens[1] == 0 else length
             cols = reweight_columns(length, s.tokens, period) if s.tokens else torch.ones(length, dtype=torch.bool)
         if s.swap and ctx.tokens[0] != ctx.tokens[1]:
             raise ValueError("Prompt-to-Prompt word swap needs source and edit prompts of the same token length "

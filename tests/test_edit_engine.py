@@ -211,10 +211,12 @@ def test_patches_already_on_the_model_keep_working():
         node.patch(engine, inv, cond, "pnp")
 
 
+@pytest.mark.parametrize("edit_tokens", (5, 8))
 @pytest.mark.parametrize("branch", ("batched", "cached"))
-def test_p2p_word_swap_needs_prompts_of_one_length_on_either_branch(branch):
-    """The batched branch pads the source and edit prompts to a common length; the word swap must still refuse
-    prompts whose tokens do not line up (the cached branch always did)."""
+def test_p2p_word_swap_needs_prompts_of_one_length_on_either_branch(branch, edit_tokens):
+    """The batched branch pads the source and edit prompts to a common length, and the host pads cond and uncond to
+    one (an 8-token edit makes the 4-token source and negative 8 long); the word swap must still refuse prompts
+    whose tokens do not line up, at any cfg."""
     node, sampler = host.node_class("InversionEditEngine")(), host.node_class("InvertedLatentSampler")()
     model, cond = host.tiny_model(), host.tiny_conditioning()
     inv = run_workflow(invert_and_replay(steps=4, method="ExactInvert", extra=EXACT), outputs=["invert"])["invert"][0]
@@ -222,8 +224,51 @@ def test_p2p_word_swap_needs_prompts_of_one_length_on_either_branch(branch):
     with torch.inference_mode():
         same = sampler.sample(engine, host.tiny_conditioning(seed=42), cond, 2.0, inv)[0]["samples"]
         assert torch.isfinite(same).all()
-        with pytest.raises(ValueError, match="same token length"):
-            sampler.sample(engine, host.tiny_conditioning(seed=42, tokens=5), cond, 2.0, inv)
+        for cfg in (1.0, 2.0):
+            with pytest.raises(ValueError, match=f"same token length \\(source 4, edit {edit_tokens} tokens\\)"):
+                sampler.sample(engine, host.tiny_conditioning(seed=42, tokens=edit_tokens), cond, cfg, inv)
+
+
+def _p2p_reweight(model, inv, cond, positive, negative, cfg, reweight, **replay):
+    node, sampler = host.node_class("InversionEditEngine")(), host.node_class("InvertedLatentSampler")()
+    engine, = node.patch(model, inv, cond, "p2p", window_start=0.0, window_end=1.0, reweight=reweight, tokens="1")
+    with torch.inference_mode():
+        return sampler.sample(engine, positive, negative, cfg, inv, **replay)[0]["samples"]
+
+
+def test_p2p_reweighting_survives_source_correction():
+    """Source correction's offsets are the source prompt's own predictions on the stored trajectory. Computed through
+    the engine they carried the re-weighting too, and the correction cancelled it: with the source prompt the result
+    was the reconstruction to 1e-7 (RMS), as if re-weighting were off."""
+    model, cond = host.tiny_model(), host.tiny_conditioning()
+    inv = run_workflow(invert_and_replay(steps=4, method="ExactInvert", extra=EXACT), outputs=["invert"])["invert"][0]
+    neg = host.tiny_conditioning(seed=7)
+    rms = lambda a, b: (a - b).pow(2).mean().sqrt().item()  # noqa: E731
+    for cfg in (1.0, 2.0):
+        corr = dict(source_positive=cond, correction_strength=1.0)
+        plain = _p2p_reweight(model, inv, cond, cond, neg, cfg, 1.0, **corr)      # re-weighting off: a no-op
+        weighted = _p2p_reweight(model, inv, cond, cond, neg, cfg, 3.0, **corr)
+        uncorrected = rms(_p2p_reweight(model, inv, cond, cond, neg, cfg, 3.0),
+                          _p2p_reweight(model, inv, cond, cond, neg, cfg, 1.0))
+        assert uncorrected > 1e-3, uncorrected
+        # the correction moves the walk back onto the stored trajectory, it does not undo the re-weighting
+        assert rms(weighted, plain) > 0.5 * uncorrected, (rms(weighted, plain), uncorrected)
+
+
+def test_p2p_reweighting_does_not_depend_on_the_negatives_length():
+    """A negative twice the edit prompt's length makes the host repeat the edit prompt; the re-weighted columns were
+    found with the padded length as the period, so only the first copy of the token was scaled (45 % weaker)."""
+    model, cond = host.tiny_model(), host.tiny_conditioning()
+    inv = run_workflow(invert_and_replay(steps=4, method="ExactInvert", extra=EXACT), outputs=["invert"])["invert"][0]
+    edit = host.tiny_conditioning(seed=42)
+    neg = host.tiny_conditioning(seed=7)
+    neg2 = [[torch.cat([neg[0][0], neg[0][0]], dim=1), dict(neg[0][1])]]     # ConditioningConcat(neg, neg)
+    rms = lambda a, b: (a - b).pow(2).mean().sqrt().item()  # noqa: E731
+    off = _p2p_reweight(model, inv, cond, edit, neg, 2.0, 1.0)
+    short = _p2p_reweight(model, inv, cond, edit, neg, 2.0, 3.0)
+    long = _p2p_reweight(model, inv, cond, edit, neg2, 2.0, 3.0)
+    assert rms(short, off) > 1e-3, rms(short, off)
+    assert rms(short, long) < 1e-3 * rms(short, off), (rms(short, long), rms(short, off))
 
 
 def test_an_attention_override_reaches_the_engines_attention(monkeypatch):

@@ -106,6 +106,9 @@ def test_token_padding_is_exact_for_attention():
     assert both.shape == (2, 12, 8)
     q = torch.randn(1, 3, 8, generator=g)
     assert torch.allclose(sdpa(q, both[:1], both[:1], 2), sdpa(q, a, a, 2), atol=1e-6)
+    # the prompts' own lengths are recovered from the padded batch (P2P's token alignment and re-weighted columns)
+    assert (edit.token_period(both[:1]), edit.token_period(both[1:]), edit.token_period(both)) == (4, 6, 12)
+    assert edit.token_period(torch.cat([a, a[:, :3]], 1)) == 7          # a partial repeat is not a period
 
 
 def test_metrics():

@@ -131,7 +131,7 @@ def test_tolerance_presets_still_list_missed_steps():
 
 
 def test_stalled_first_step_on_the_flow_model_is_named():
-    """The flow reference model's first step (sigma 0 -> 0.155 at T=10) has no exact solution: its residual plateaus
+    """On the flow reference model's first step (sigma 0 -> 0.155 at T=10) the fixed-point iteration plateaus
     (~2e-3 after 150 evaluations, README). With the stall stop the step ends early and the report names it."""
     prompt = reference_prompt("ExactInvert", dict(BALANCED, preset="custom", tolerance=1e-6, budget=40, stall=6),
                               scheduler="simple")
@@ -142,7 +142,7 @@ def test_stalled_first_step_on_the_flow_model_is_named():
     assert "): step 1: stalled: item(s) [0]" in line and "; step " not in line, line
     first = out["invert"][0]["inversion"]["step_stats"][0]
     assert first["iterations"] < 40 and first["converged"] is False, first["iterations"]
-    assert psnr_of(out) > 45, psnr_of(out)                            # stopped at the floor, not before it
+    assert psnr_of(out) > 45, psnr_of(out)                            # stopped at the plateau, not before it
 
 
 def test_short_schedule_and_changed_latent_are_reported():

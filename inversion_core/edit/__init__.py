@@ -11,7 +11,7 @@ The host wiring (ModelPatcher patches) lives in ``nodes/edit.py``.
 """
 from .attention import (attention_from_probs, attention_probs, inject_self_attention, p2p_cross_attention,
                         token_mask_for_layer)
-from .batch import concat_tokens, repeat_chunks
+from .batch import concat_tokens, repeat_chunks, token_period
 from .metrics import (background_psnr, classifier_errors, patch_features, self_similarity, structure_distance)
 from .select import (FAMILY_LAYERS, MODES, EditSettings, find_step, parse_layers, resolve_settings, window_steps)
 

@@ -20,6 +20,18 @@ def concat_tokens(tensors: Sequence[Tensor]) -> Tensor:
     return torch.cat([t.repeat(1, length // t.shape[1], *([1] * (t.ndim - 2))) for t in tensors])
 
 
+def token_period(t: Tensor) -> int:
+    """The length of the token sequence a [B, L, ...] conditioning repeats: the smallest divisor p of L with
+    t[:, j] = t[:, j + p] for every j. The host (and concat_tokens) repeats a prompt to the least common multiple of
+    the lengths batched with it, so this is the prompt's own length; an encoder's rows for one prompt do not repeat
+    exactly (positions differ), so a shorter period means the rows were repeated."""
+    length = t.shape[1]
+    for p in range(1, length):
+        if length % p == 0 and torch.equal(t[:, p:], t[:, :length - p]):
+            return p
+    return length
+
+
 def repeat_chunks(x: Tensor, chunks: int) -> Tensor:
     """[b, ...] → [chunks·b, ...]: the same rows once per cond/uncond chunk."""
     return x.repeat(chunks, *([1] * (x.ndim - 1)))

@@ -117,11 +117,14 @@ def edit_engine_of(model):
 def patch_signature(model) -> dict:
     """What other nodes patched on a ModelPatcher, by kind (names, counts and strengths; no tensors): what changes the
     network's output without changing its model sampling. Empty for a model carrying the edit engine, which checks
-    its own inputs."""
+    its own inputs (and check_patches what was added after it)."""
+    return {} if edit_engine_of(model) is not None else raw_patch_signature(model)
+
+
+def raw_patch_signature(model) -> dict:
+    """patch_signature, the edit engine's own patches included."""
     opts = getattr(model, "model_options", None) or {}
     to = opts.get("transformer_options") or {}
-    if edit_engine_of(model) is not None:
-        return {}
     weights = getattr(model, "patches", None) or {}
     return {
         "weights": hash(tuple(sorted((k, tuple(float(p[0]) if isinstance(p[0], (int, float)) else 0.0 for p in v))
@@ -137,6 +140,18 @@ def patch_signature(model) -> dict:
 def check_patches(model, signature: Optional[dict], name: str, action: str) -> None:
     """A warning (a LoRA or FreeU on the edit branch may be meant) when ``model`` carries other patches than the
     model the latent was inverted with: the replay then solves another model's steps and does not reconstruct."""
+    engine = edit_engine_of(model) if model is not None else None
+    built = getattr(engine, "built_signature", None)
+    if built:
+        # the engine checked the model it patched; what differs from the engine's MODEL was patched on after it
+        now = raw_patch_signature(model)
+        differ = [PATCH_KINDS[k] for k in PATCH_KINDS if built.get(k) != now.get(k)]
+        if differ:
+            warn(f"{name}: patches were added after the Inversion Edit Engine ({'; '.join(differ)}); the engine "
+                 f"compared the model it patched with the inversion's, not these, so the {action} runs another model "
+                 "than the inversion's and will not reconstruct the image. Intended? Then ignore this; otherwise "
+                 "patch the model before the engine and before the inversion node")
+        return
     old = (signature or {}).get("patches")
     now = patch_signature(model) if model is not None else {}
     if not old or not now:

@@ -28,7 +28,7 @@ from ..inversion_core.edit.attention import reweight_columns
 from ..inversion_core.edit.select import MODE_HELP, EditSettings, layer_name
 from ..inversion_core.record import describe_change
 from .bridge import (_mask_for, check_conditioning, check_patches, check_sampling, model_family, model_kind,
-                     read_inverted)
+                     raw_patch_signature, read_inverted)
 from .common import CATEGORY
 
 KEY = "inversion_edit"          # our entry in transformer_options
@@ -167,6 +167,7 @@ class EditEngine:
     """The source branch and the injection, for one inverted latent. ``stats`` counts what the source branch cost."""
 
     is_inversion_edit_engine = True     # bridge.patch_signature: a MODEL with an engine checks its own inputs
+    built_signature: dict = {}          # raw_patch_signature of the MODEL it was installed on (set there)
 
     def __init__(self, settings: EditSettings, schedule: list, states_down: list, source_cond, mask, branch: str,
                  patch_size: int = 1, inner_wrapper=None, inner_attention: Optional[dict] = None):
@@ -555,13 +556,18 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
                         patch_size=getattr(diffusion_model, "patch_size", 1), inner_wrapper=inner_wrapper,
                         inner_attention=inner_attention)
     patched = model.clone()
+
+    def installed():
+        engine.built_signature = raw_patch_signature(patched)   # bridge.check_patches: what is added after it
+        return patched, engine
+
     # the patches are installed even for an empty window: outside the window every call takes the host's own path
     # (or the MODEL's earlier patch there)
     patched.set_model_unet_function_wrapper(engine)
     if flux:
         for layer in layers_available:
             patched.set_model_patch_replace(_FluxBlockPatch(engine, layer), "dit", f"{layer[0]}_block", layer[1])
-        return patched, engine
+        return installed()
     if dit:
         for layer in layers_available:
             name = f"diffusion_model.joint_blocks.{layer[1]}"
@@ -570,14 +576,14 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
             while isinstance(block, _JointBlockWithInjection) and name not in model.object_patches:
                 block = block._original      # left in place by another engine's MODEL that is still loaded
             patched.add_object_patch(name, _JointBlockWithInjection(block, engine, layer))
-        return patched, engine
+        return installed()
     for layer in layers_available:
         patched.set_model_attn1_replace(engine.attn1, layer[0], layer[1], layer[2])
         if settings.cross_steps:
             patched.set_model_attn2_replace(engine.attn2, layer[0], layer[1], layer[2])
     if settings.residual_block is not None:
         patched.set_model_output_block_patch(engine.output_block)
-    return patched, engine
+    return installed()
 
 
 def _patches_underneath(model, layers: list, flux: bool, dit: bool, settings) -> tuple:

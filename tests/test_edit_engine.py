@@ -338,3 +338,21 @@ def test_bad_inputs_name_themselves():
     for group in tips.values():
         for name, spec in group.items():
             assert spec[1].get("tooltip"), name
+
+
+def test_patches_added_after_the_engine_are_warned(caplog):
+    """A MODEL carrying the engine skipped the patch comparison (the engine compares the model it patched with the
+    inversion's), so a RescaleCFG / LoRA / FreeU put on after the engine changed the replay without a word."""
+    from test_editing_host import warnings_of
+
+    prompt = edit_prompt(cfg=2.5)
+    prompt["rescaled"] = {"class_type": "RescaleCFG", "inputs": {"model": ["engine", 0], "multiplier": 0.7}}
+    caplog.clear()
+    run_workflow(prompt)
+    assert warnings_of(caplog, "patches were added after the Inversion Edit Engine") == [], warnings_of(caplog)
+    prompt["edited"]["inputs"]["model"] = ["rescaled", 0]
+    caplog.clear()
+    run_workflow(prompt)
+    said = warnings_of(caplog, "patches were added after the Inversion Edit Engine")
+    assert len(said) == 1 and "(cfg functions" in said[0], warnings_of(caplog)
+    assert warnings_of(caplog, "its patches differ") == [], warnings_of(caplog)

@@ -140,28 +140,25 @@ def raw_patch_signature(model) -> dict:
 def check_patches(model, signature: Optional[dict], name: str, action: str) -> None:
     """A warning (a LoRA or FreeU on the edit branch may be meant) when ``model`` carries other patches than the
     model the latent was inverted with: the replay then solves another model's steps and does not reconstruct."""
-    engine = edit_engine_of(model) if model is not None else None
-    built = getattr(engine, "built_signature", None)
-    if built:
-        # the engine checked the model it patched; what differs from the engine's MODEL was patched on after it
-        now = raw_patch_signature(model)
-        differ = [PATCH_KINDS[k] for k in PATCH_KINDS if built.get(k) != now.get(k)]
-        if differ:
-            warn(f"{name}: patches were added after the Inversion Edit Engine ({'; '.join(differ)}); the engine "
-                 f"compared the model it patched with the inversion's, not these, so the {action} runs another model "
-                 "than the inversion's and will not reconstruct the image. Intended? Then ignore this; otherwise "
-                 "patch the model before the engine and before the inversion node")
-        return
-    old = (signature or {}).get("patches")
-    now = patch_signature(model) if model is not None else {}
+    built = getattr(edit_engine_of(model) if model is not None else None, "built_signature", None)
+    if built:   # the engine compared the model it patched; what differs from the engine's MODEL came after it
+        old, now = built, raw_patch_signature(model)
+        what = (f"patches were added after the Inversion Edit Engine ({{}}); the engine compared the model it "
+                f"patched with the inversion's, not these, so the {action} runs another model than the inversion's")
+        fix = "otherwise patch the model before the engine and before the inversion node"
+    else:
+        old = (signature or {}).get("patches")
+        now = patch_signature(model) if model is not None else {}
+        what = (f"its patches differ from those of the model this latent was inverted with ({{}}), so the {action} "
+                "runs another model (measured: FreeU, PAG or a LoRA added only to the replay model, 17-22 dB "
+                "instead of 88)")
+        fix = "for a reconstruction, patch the model before the inversion node too"
     if not old or not now:
         return
     differ = [PATCH_KINDS[k] for k in PATCH_KINDS if old.get(k) != now.get(k)]
     if differ:
-        warn(f"{name}: its patches differ from those of the model this latent was inverted with ({'; '.join(differ)}), "
-             f"so the {action} runs another model and will not reconstruct the image (measured: FreeU, PAG or a LoRA "
-             "added only to the replay model, 17-22 dB instead of 88). Intended for an edit? Then ignore this; for a "
-             "reconstruction, patch the model before the inversion node too")
+        warn(f"{name}: {what.format('; '.join(differ))} and will not reconstruct the image. Intended for an edit? "
+             f"Then ignore this; {fix}")
 
 
 def model_family(model) -> str:

@@ -14,7 +14,7 @@ from .invert import _InvertNode, sampler_node
 
 REPLAY_NOTE = (
     "Replay: the Inverted Latent Sampler (or the Inverted Replay SAMPLER) sees the record and replays with the same "
-    "BDIA step and gamma from the pair (z_T, z_{T-1}): the image back to float precision at T-1 model evaluations. "
+    "BDIA step and gamma from the pair (z_T, z_{T-1}): the image back bit for bit at T-1 model evaluations. "
     "Any other sampler (KSampler, SamplerCustomAdvanced with euler) sees only samples = z_T and runs its own plain "
     "steps: that is a DDIM generation from BDIA's noise, not a reconstruction (README: measured). The pair state "
     "z_{T-1} is part of what reconstructs the image (at few steps it still holds much of the image).")
@@ -33,8 +33,7 @@ class BDIAInversionSampler(InversionSampler):
         top = super().sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
                              disable_pbar)
         self.record.params["grid"] = self.solver.grid
-        INVERTED.mark_bdia(self.record.states[-1], self.record.states[-2], float(self.params["gamma"]),
-                           self.solver.grid, self.solver.space)
+        INVERTED.mark_bdia(self.record.states, float(self.params["gamma"]), self.solver.grid, self.solver.space)
         return top
 
 
@@ -43,16 +42,16 @@ class BDIAInvert(_InvertNode):
         "BDIA (bi-directional integration approximation, Zhang et al. ECCV 2024): an exactly invertible sampler "
         "pair. The sampling step uses two consecutive latents, so inverting it needs no solve: after a starter step "
         "from the image, one model evaluation per step walks the pair up, and the Inverted Latent Sampler walks it "
-        "back down onto the image to float precision. Costs what DDIM Invert costs (+ the starter's extra "
+        "back down onto the image bit for bit. Costs what DDIM Invert costs (+ the starter's extra "
         "evaluations). " + REPLAY_NOTE)
     EXTRA = {
         "gamma": ("FLOAT", {"default": 0.7, "min": 0.01, "max": 1.0, "step": 0.05, "round": False, "tooltip": (
             "BDIA's gamma. 0.7 (default): edits and generations with another prompt or cfg come out as clean as "
-            "DDIM's, and the round trip is still exact to float precision (measured 121-144 dB on both reference "
-            "models at T=10 and 4); each inversion step divides by gamma, so the inverted latent carries a small "
-            "alternating non-noise component. 1 = the time-symmetric step: the replay lands on the image bit for "
-            "bit, but edits and generations are only marginally stable (speckle on SD-type models, can blow up on "
-            "flow models). 0 would be plain DDIM. Replay always uses the inversion's gamma.")}),
+            "DDIM's, and the round trip is still exact (bit for bit on both reference models: the replay settles on "
+            "the recorded states, also with fp16 / bf16 networks); each inversion step divides by gamma, so the "
+            "inverted latent carries a small alternating non-noise component. 1 = the time-symmetric step: bit for "
+            "bit even in its float algebra, but edits and generations are only marginally stable (speckle on SD-type "
+            "models, can blow up on flow models). 0 would be plain DDIM. Replay always uses the inversion's gamma.")}),
         "starter_tolerance": ("FLOAT", {"default": DEFAULT_STARTER.tol, "min": 1e-9, "max": 1.0, "step": 1e-6,
                                         "round": False, "tooltip": (
             "The first step (z_1 from the image) is solved by the Exact Invert solver to this RMS residual. It "

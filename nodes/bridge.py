@@ -290,24 +290,26 @@ class _Inverted:
 
     def __init__(self, size: int = 16):
         self.items: collections.deque = collections.deque(maxlen=size)
-        self.bdia: collections.deque = collections.deque(maxlen=size)    # (top, pair state, gamma) of BDIA inversions
+        self.bdia: collections.deque = collections.deque(maxlen=size)    # (trajectory down, gamma, grid, space)
         self.lock = threading.Lock()
 
-    def mark_bdia(self, top: torch.Tensor, pair: torch.Tensor, gamma: float, grid: Optional[float],
-                  space: str) -> None:
+    def mark_bdia(self, states: list, gamma: float, grid: Optional[float], space: str) -> None:
+        """A BDIA inversion's trajectory (``states`` x_0 … x_T as the record has them): its top and pair state, and
+        the recorded states its replay settles on (solvers/bdia.py: half-precision networks)."""
+        down = [s.detach().float().cpu().clone() for s in reversed(states)]
         with self.lock:
-            self.bdia.append((top.detach().float().cpu().clone(), pair.detach().float().cpu().clone(), float(gamma),
-                              grid, space))
+            self.bdia.append((down, float(gamma), grid, space))
 
     def bdia_for(self, x: torch.Tensor) -> Optional[tuple]:
-        """(pair state, gamma, grid, space) when ``x`` is the top of a recent BDIA inversion, or a run of its batch
-        items (LatentFromBatch), whose pair state is sliced alike (replayed with BDIA only)."""
+        """(pair state, gamma, grid, space, trajectory down) when ``x`` is the top of a recent BDIA inversion, or a
+        run of its batch items (LatentFromBatch), whose states are sliced alike (replayed with BDIA only)."""
         with self.lock:
             items = list(self.bdia)
-        for top, pair, *state in reversed(items):
-            start = _rows_of(top, x)
+        for down, *state in reversed(items):
+            start = _rows_of(down[0], x)
             if start is not None:
-                return (pair[start:start + x.shape[0]], *state)
+                rows = [z[start:start + x.shape[0]] for z in down]
+                return (rows[1], *state, rows)
         return None
 
     def add(self, top: torch.Tensor, schedule: torch.Tensor, signature: Optional[dict] = None) -> None:
@@ -456,7 +458,8 @@ class ReplaySampler(comfy.samplers.Sampler):
                  checked: bool = False, bdia: Optional[tuple] = None):
         self.offsets, self.weights, self.mask, self.states_down = offsets, weights, mask, states_down
         self.checked = checked
-        self.bdia = bdia        # (pair state or None, gamma, grid, space): replay with the BDIA step (inversion_core/solvers/bdia.py)
+        self.bdia = bdia        # (pair state or None, gamma, grid, space, trajectory down or None): replay with the
+        #                         BDIA step (inversion_core/solvers/bdia.py)
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -480,7 +483,7 @@ class ReplaySampler(comfy.samplers.Sampler):
             pair = None if bdia[0] is None else bdia[0].to(device=x_top.device)
             out = bdia_replay(den, x_top, pair, schedule, bdia[1], callback=_host_progress(callback), grid=bdia[2],
                               space=bdia[3], offsets=self.offsets, weights=self.weights, mask=self.mask,
-                              states_down=self.states_down)
+                              states_down=self.states_down, recorded=bdia[4])
             return out.to(device=x_top.device)
         out = replay(den, x_top, schedule, callback=_host_progress(callback), offsets=self.offsets,
                      weights=self.weights, mask=self.mask, states_down=self.states_down)
@@ -699,9 +702,9 @@ def _mask_for(mask: Optional[torch.Tensor], samples: torch.Tensor, name: str,
 
 
 def _bdia_replay_state(entry: dict, states_down: list, total: int, change: Optional[str]) -> Optional[tuple]:
-    """(pair state z_{T-1} or None, gamma, grid, space) for a BDIA record, None for every other method. Unchanged
-    samples replay from the stored pair; changed ones (variations) start with one plain step, as BDIA's sampler does
-    from noise."""
+    """(pair state z_{T-1} or None, gamma, grid, space, trajectory down or None) for a BDIA record, None for every
+    other method. Unchanged samples replay from the stored pair (settling on the stored trajectory where they meet it
+    up to round-off); changed ones (variations) start with one plain step, as BDIA's sampler does from noise."""
     if entry.get("method") != BDIA:
         return None
     params = entry.get("params") or {}
@@ -713,8 +716,8 @@ def _bdia_replay_state(entry: dict, states_down: list, total: int, change: Optio
     if change is not None:
         warn("Inverted Latent Sampler: BDIA's pair state z_{T-1} belongs to the noise that was inverted, not to these "
              "changed samples, so the BDIA replay starts with one plain step from them (a generation)")
-        return None, float(gamma), None, params.get("space", "sigma")
-    return states_down[1], float(gamma), params.get("grid"), params.get("space", "sigma")
+        return None, float(gamma), None, params.get("space", "sigma"), None
+    return states_down[1], float(gamma), params.get("grid"), params.get("space", "sigma"), states_down
 
 
 def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_positive=None,

@@ -231,7 +231,8 @@ class EditEngine:
         x_src = repeat_chunks(state.to(device=x.device, dtype=x.dtype), chunks)
         c_src = self._source_c(apply_model, c, cou, b, x)
         branch = "cached" if c.get("control") is not None else self.branch  # ControlNet residuals are per batch
-        tokens = self._prompt_lengths(c_src, c, cou) if self.settings.swap or self.settings.reweight != 1.0 else (None, None)
+        p2p = self.settings.swap or self.settings.reweight != 1.0
+        tokens = self._prompt_lengths(c_src, c, cou) if p2p else (None, None)
         self.stats["source_calls"] += 1
         try:
             if branch == "batched":

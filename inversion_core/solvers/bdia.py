@@ -53,6 +53,13 @@ Notes, measured in tests/test_bdia.py and scripts/bdia_compare.py:
   cfg (an edit, a generation) lets it grow, seen as speckle (EPS, vp) or a blow-up (the flow reference model with
   Karras steps at T = 10). γ = 0.7 damps it (clean edits and generations, docs/bdia_gamma.png) at the noise cost
   above; scripts/bdia_compare.py measures both.
+* Half-precision networks (the pack's own; off the grid, γ < 1): the replay's inverse step lands on the recorded
+  state only up to float32 round-off (~1e-6), and an fp16 / bf16 network turns such a difference into ~5e-3 at the
+  next evaluation (its input is rounded to 8–11 bits), which the walk down carries on: 35–70 dB instead of 114+ on
+  the reference models. A replay of an unchanged record is therefore given the recorded trajectory, and a state
+  within ``ROUND_OFF`` (relative RMS) of the recorded one *is* the recorded one: the network sees the inputs it saw
+  while inverting. Anything that changes the walk (another prompt or cfg, source correction's offsets, a mask)
+  moves it orders of magnitude further than ``ROUND_OFF`` at once, and then nothing is snapped.
 """
 from __future__ import annotations
 
@@ -80,6 +87,7 @@ EXACT_INTEGERS = 2 ** 21          # float32 holds n·q exactly up to |n| ≤ 2^2
 
 
 SPACES = ("vp", "sigma")
+ROUND_OFF = 1e-5                  # relative RMS: float32 round-off of the BDIA algebra is ~1e-7 of a state's norm
 
 
 def bdia_grid(x0: Tensor, sigma_top: float, c_top: float = 1.0) -> float:
@@ -258,14 +266,17 @@ def _eval(den: Denoiser, x: Tensor, sigma: float, k: int, total: int, sigma_next
 def bdia_replay(den: Denoiser, x_top: Tensor, pair: Optional[Tensor], sampling_sigmas: Tensor, gamma: float,
                 callback: Optional[ReplayCallback] = None, *, grid: Optional[float] = None, space: str = "vp", offsets: Optional[Sequence[Optional[Tensor]]] = None,
                 weights: Optional[Sequence[float]] = None, mask: Optional[Tensor] = None,
-                states_down: Optional[Sequence[Tensor]] = None) -> Tensor:
+                states_down: Optional[Sequence[Tensor]] = None,
+                recorded: Optional[Sequence[Tensor]] = None) -> Tensor:
     """BDIA sampling down the descending ``sampling_sigmas`` (indices k here run down: level k has σ_k, σ_0 = the top).
 
     ``pair``: z at level 1 (the record's z_{T−1}); the walk then costs T − 1 model calls and inverts
     ``BDIAInversionStep`` exactly (bit for bit with its ``grid``: z_T and the pair are snapped to it first, which
     undoes ulp-level changes such as the host's latent-format round trip). None: the first step is plain DDIM from ``x_top`` (the paper's sampler; a
     generation, not a reconstruction). ``offsets``/``weights`` (see bdia_source_offsets), ``mask`` with
-    ``states_down``: as replay.replay — after every step z_{k+1} ← m·z_{k+1} + (1 − m)·z*_{k+1}.
+    ``states_down``: as replay.replay — after every step z_{k+1} ← m·z_{k+1} + (1 − m)·z*_{k+1}. ``recorded`` (the
+    stored trajectory, descending, with ``pair``): a state within ``ROUND_OFF`` of the recorded one is taken as it
+    (see the module notes: half-precision networks).
     Float32 arithmetic; inputs not modified.
     """
     gamma = check_gamma(gamma) if pair is not None else float(gamma)
@@ -287,10 +298,21 @@ def bdia_replay(den: Denoiser, x_top: Tensor, pair: Optional[Tensor], sampling_s
     else:
         denoised = _eval(den, x_prev, s[0], 0, total, s[1], "sampling")
         x = finish(0, x_prev + (s[1] - s[0]) * to_d(x_prev, s[0], denoised), denoised)
+    recorded = recorded if pair is not None else None
+
+    def settle(k: int, z: Tensor) -> Tensor:
+        """z_{k+1}, or the recorded z*_{k+1} per item where they differ by float round-off only."""
+        if recorded is None:
+            return z
+        ref = recorded[k + 1].float().to(z.device)
+        close = (z - ref).flatten(1).norm(dim=1) <= ROUND_OFF * ref.flatten(1).norm(dim=1)
+        return torch.where(close.view(-1, *([1] * (z.ndim - 1))), ref, z)
+
     for k in range(1, total):
         denoised = _eval(den, x, s[k], k, total, s[k + 1], "sampling")
         c = level_scales(den, space, s[k - 1], s[k], s[k + 1])
-        x_prev, x = x, finish(k, bdia_down(x_prev, x, s[k - 1], s[k], s[k + 1], denoised, gamma, grid, c), denoised)
+        z = settle(k, bdia_down(x_prev, x, s[k - 1], s[k], s[k + 1], denoised, gamma, grid, c))
+        x_prev, x = x, finish(k, z, denoised)
     return x
 
 

@@ -26,8 +26,8 @@ step from z lands on x̄_i.
   evaluations is spent, or (``stall`` > 0) when its best residual has not fallen by 10 % over the last ``stall``
   evaluations: the model cannot bring the replay any closer to the target there (measured on the flow reference
   model's first step, σ 0 → σ_1, D(z, σ_1) = x_0: 150 evaluations plateau at ~2e-3, while a gradient solve of the
-  same equation goes below 3e-4, README), so further evaluations only cost time. The step's note says so. The reported residual is ‖f(z*) − z*‖_RMS,
-  measured at z*; the returned value is one more (damped) contraction closer.
+  same equation goes below 3e-4, README), so further evaluations only cost time. The step's note says so. The
+  reported residual is ‖f(z*) − z*‖_RMS, measured at z*; the returned value is one more (damped) contraction closer.
 
 An optional ``correction(z, r, ctx, sigma_hi)`` is added to the map's output (GNRI's guidance term uses it), so other
 methods share this solver instead of copying it; ``r`` is the unguided residual f(z) − z, on which stopping and the

@@ -171,3 +171,13 @@ def test_gnri_reports_its_budget():
     table = out["report"][0]
     assert "promise: at most 3 model evaluations per step (variant quasi-newton)" in table, table
     assert "missed their tolerance" not in table and "bad steps: none" in table, table
+
+
+def test_bdia_starter_is_not_judged_and_its_exact_replay_is_not_flagged():
+    """BDIA's pair replay lands on the image whatever its starter step's residual: on this image the starter ends
+    at ~60 % of DDIM's first residual, which the 50 % rule used to flag as BAD STEPS under an exact replay."""
+    out = run_workflow(reference_prompt("BDIAInvert", {}, image="05_bricks.png"))
+    table = out["report"][0]
+    assert (out["dec"][0] - out["img"][0]).abs().max().item() < 1e-5        # exact (the VAE's own round trip)
+    assert "BAD STEPS" not in table and "bad steps: not judged" in table, table
+    assert "per-step residual" in table and "residual not measured" not in table

@@ -42,6 +42,7 @@ class Denoiser:
     model_seconds: float = 0.0          # wall time spent inside ``raw`` (the rest of a run is the pack's overhead)
     on_eval: Optional[Callable[[], None]] = None
     input_scale: Optional[Callable[[float], float]] = None   # c_in(σ), the model's input scaling (None: 1)
+    compute_dtype: torch.dtype = torch.float32   # what the network computes in (its input is rounded to this)
 
     def __call__(self, x: Tensor, sigma: float, active: Optional[Tensor] = None) -> Tensor:
         """D(x, σ) as float32. With a boolean ``active`` mask over the batch, only those rows are meaningful in the

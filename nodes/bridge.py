@@ -272,7 +272,17 @@ def _denoiser(model_wrap, extra_args: dict, on_eval: Optional[Callable[[], None]
 
     return Denoiser(raw, check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
                     subset_ok=_items_independent(model_wrap), on_eval=on_eval,
-                    input_scale=_input_scale(model_wrap.inner_model.model_sampling))
+                    input_scale=_input_scale(model_wrap.inner_model.model_sampling),
+                    compute_dtype=_compute_dtype(model_wrap.inner_model))
+
+
+def _compute_dtype(base_model) -> torch.dtype:
+    """The dtype the host's network computes in: its manual-cast dtype where set, else its weights' (the host's
+    ``apply_model`` casts the network input to it); float32 for a model that does not say."""
+    dtype = getattr(base_model, "manual_cast_dtype", None)
+    if dtype is None and hasattr(base_model, "get_dtype"):
+        dtype = base_model.get_dtype()
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
 
 
 def _input_scale(model_sampling) -> Callable[[float], float]:

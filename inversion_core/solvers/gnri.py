@@ -232,7 +232,11 @@ class _JVP:
         if mode == "finite difference":
             vn = _batched_norm(v).clamp_min(1e-30)
             zn = _batched_norm(z)
-            eps = (torch.finfo(torch.float32).eps ** 0.5) * (1 + zn) / vn            # per item
+            # the textbook step √(machine ε)·(1 + ‖z‖)/‖v‖ (per item), with ε of the precision the network computes
+            # in: the host rounds its input to that dtype, and a float32-sized step is below an fp16 / bf16 input's
+            # rounding, so most of it vanishes (measured: the product off by 113 % (fp16) / 988 % (bf16), and
+            # Newton no better than its DDIM start)
+            eps = (torch.finfo(den.compute_dtype).eps ** 0.5) * (1 + zn) / vn
             with torch.no_grad():
                 d2 = den(z + _rows(eps, z) * v, sigma, active=mask)
             return (d2 - d_at_z) / _rows(eps, z)

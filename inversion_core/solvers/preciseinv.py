@@ -122,6 +122,10 @@ class _LBFGSMemory:
         return torch.where(moved[:, None], out, torch.zeros_like(out)).to(grad.dtype).view_as(grad)
 
 
+class GradientUnavailable(RuntimeError):
+    """The model's output does not depend on its input for autograd (a patch detached it)."""
+
+
 class PreciseInvSolver:
     """A StepSolver (see invert.StepSolver) for PreciseInv; parameters as in the module docstring.
 
@@ -184,6 +188,13 @@ class PreciseInvSolver:
                 e = eps.detach().requires_grad_(not last)
                 x = mu + sigma_hi * e
                 d = den(x, sigma_hi, active=active)
+                if not last and not d.requires_grad:
+                    # the loss still reaches ε through x, so autograd would return a gradient with the model's
+                    # Jacobian silently taken as 0 (measured: a 5.5x worse step, reported as optimised)
+                    raise GradientUnavailable(
+                        "the model's output carries no gradient: a patch or wrapper on this MODEL runs the network "
+                        "without autograd (torch.no_grad / detach), so PreciseInv cannot optimise through it; "
+                        "invert a MODEL without that patch, or use Exact Invert (no gradients needed)")
                 per_g = (euler_step(x, sigma_hi, sigma_lo, d) - target).pow(2).flatten(1).mean(1)
                 per = per_g.detach()
                 for i in active.nonzero().flatten().tolist():

@@ -46,7 +46,7 @@ CONVENTION_INPUT = ("convention", (list(CONVENTIONS), {"default": "current level
     "sigma - exactly ComfyUI's FlipSigmas + euler unsampling. input-matched: the classic DDIM inversion of "
     "diffusers / EasyInv / PnP - the network sees the current latent at its own input scale, labelled with the next, "
     "noisier sigma. Neither wins everywhere: on the EPS reference model input-matched is +0.3 to +1.0 dB on simple "
-    "/ ddim_uniform but -0.1 to -1.6 dB on karras / normal, -1.0 dB on the flow model (README, DDIM's labelling "
+    "/ ddim_uniform but -0.1 to -1.6 dB on karras / normal, -1.0 to -2.9 dB on the flow model (README, DDIM's labelling "
     "convention); current level never does worse than stock.")}))
 
 

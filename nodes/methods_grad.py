@@ -126,7 +126,7 @@ class PreciseInvInvert(_GradInvertNode):
         "optimizer": (["lbfgs", "gd", "adam"], {"default": "lbfgs", "tooltip": (
             "lbfgs (default, the pack's choice): the same loss and gradient, stepped along the limited-memory BFGS "
             "direction (the last 5 gradient changes per image), each step starting at step_size; measured +5 to "
-            "+9 dB over gd at T = 2-4 and on the flow model at T = 10, in fewer evaluations (README, Results). gd: "
+            "+9 dB over gd at T = 2-4 and on the flow model at T = 10, at 0.7-1.2x its model passes (README, Results). gd: "
             "the paper's gradient descent (Algorithm 1), with the step-size rule above. adam: Adam at learning rate "
             "step_size (try 0.1), the optimiser common in reference code; slowest here.")}),
     }

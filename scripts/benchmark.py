@@ -13,7 +13,8 @@ baseline every "dB vs stock" figure is relative to. Each method runs with its no
 drops the node in gets) unless its label names a change.
 Each cell inverts all held-out images as one batch with the empty source prompt at cfg 1 (the usual setting), replays
 them with the Inverted Latent Sampler's code path, decodes, and measures: image PSNR and SSIM (pixels in [0, 1]),
-latent RMSE, model forward / backward evaluations per image, seconds (a cell under 2 s: the fastest of 3 runs,
+latent RMSE (over the whole batch), model forward / backward evaluations per image, seconds (a cell under 5 s: the
+fastest of 3 runs,
 interleaved with the block's other cells), seconds relative to DDIM at the same T and precision (same run), the
 share of time spent outside the model (the pack's overhead) and the peak memory the cell added (CPU: peak RSS; CUDA:
 peak allocated). Everything runs through the real host (the pack loaded from a custom_nodes folder, the host's
@@ -195,6 +196,15 @@ def retime(pack, node_name, params, model, clip, vae, images, steps, device) -> 
             return stock_unsampling(model, empty, latent, schedule, device)[1]
         sampler = pack.NODE_CLASS_MAPPINGS[node_name]().sampler(model, **node_params(pack, node_name, params))
         return timed_inversion(bridge, model, empty, latent, schedule, sampler, device)[1]
+
+
+def warm_up_gradients(pack, model, clip, vae, images, device) -> None:
+    """One small gradient inversion per loaded model before the measured cells. The first gradient solve of a model
+    whose blocks update saved activations in place pays an aborted attempt once per model and process (README, How
+    it works); without this the first gradient cell of each model carried it (68 forward evaluations per image at EPS
+    T=10 where a repeat takes 40)."""
+    run_cell(pack, "warm-up", "PreciseInvInvert", {"max_iterations": 1, "initialiser": "ddim"}, model, clip, vae,
+             images[:1], 2, device)
 
 
 def run_cell(pack, label, node_name, params, model, clip, vae, images, steps, device):
@@ -389,7 +399,8 @@ def main(argv=None):
     ap.add_argument("--model", default=None,
                     help="comma-separated reference model names (default: every shipped one)")
     ap.add_argument("--steps", default=None, help="comma-separated T values (default 10,4,2)")
-    ap.add_argument("--methods", default=None, help="comma-separated method labels to run")
+    ap.add_argument("--methods", default=None,
+                    help="semicolon-separated method labels to run (labels hold commas), e.g. 'DDIM;Exact balanced'")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "half", "both"],
                     help="fp32 (default), half (bf16 weights on CPU, fp16 on CUDA) or both")
     ap.add_argument("--half-compute", action="store_true",
@@ -420,7 +431,11 @@ def main(argv=None):
     half_name = str(half)[6:] if half_compute else "bf16 weights"
     precisions = {"fp32": [("fp32", torch.float32)], "half": [(half_name, half)],
                   "both": [("fp32", torch.float32), (half_name, half)]}[args.precision]
-    wanted = set(args.methods.split(",")) if args.methods else (set(QUICK_METHODS) if args.quick else None)
+    wanted = {w.strip() for w in args.methods.split(";")} if args.methods else \
+        (set(QUICK_METHODS) if args.quick else None)
+    if wanted and wanted - {m[0] for m in METHODS}:
+        raise SystemExit(f"--methods: unknown {sorted(wanted - {m[0] for m in METHODS})}; choose from "
+                         + "; ".join(m[0] for m in METHODS))
     methods = [m for m in METHODS if (m[1] is None or m[1] in pack.NODE_CLASS_MAPPINGS)
                and (wanted is None or m[0] in wanted)]
     skipped = [m[0] for m in METHODS if m[1] is not None and m[1] not in pack.NODE_CLASS_MAPPINGS]
@@ -442,6 +457,8 @@ def main(argv=None):
             images = torch.cat([img for _, _, img in rm.heldout_images()])
             if args.quick:
                 images = images[:2]
+            if any(m[1] == "PreciseInvInvert" for m in methods):
+                warm_up_gradients(pack, model, clip, vae, images, args.device)
             for t in steps:
                 block = []
                 for label, node_name, params in methods:
@@ -482,8 +499,10 @@ def main(argv=None):
             f"cells over {RETIME_BELOW_S:g} s are timed once, the others (DDIM among them) best of {TIMING_ROUNDS}, "
             "so the largest 'x DDIM' ratios lean high; 'overhead' = time outside the model's forward and backward "
             "passes; 'peak MB' on a CPU is the growth of the process's peak RSS, which depends on what earlier "
-            "cells freed (compare it on CUDA only); BDIA's 'missed tol' 1 is its 2-evaluation starter step, which "
-            "does not limit the replay's exactness; "
+            "cells freed (compare it on CUDA only); 'latent RMSE' is over the whole batch; 'missed tol' = steps whose "
+            "residual stayed above the method's tolerance: for the budgeted presets (Exact fast / balanced, GNRI) "
+            "the budget, which is what they promise, ran out first, and BDIA's 1 is its 2-evaluation starter step, "
+            "which does not limit the replay's exactness; "
             + f"torch {torch.__version__}, {os.environ.get('OMP_NUM_THREADS')} thread(s); total "
             f"{time.perf_counter() - start_all:.0f} s." + (f" Not registered (skipped): {', '.join(skipped)}."
                                                              if skipped else "")

@@ -24,7 +24,8 @@ if str(ROOT / "tests") not in sys.path:
 from workflow_format import declared_inputs, is_widget, output_names, output_types, widget_slots  # noqa: E402
 
 REFERENCE_STEPS = 10
-REFERENCE_SCHEDULER = "karras"     # the inversion nodes' default: starts at the model's sigma_max at every T
+REFERENCE_SCHEDULER = "karras"     # what the nodes' default "auto" takes on the EPS reference model at T = 10 (named:
+                                   # BasicScheduler, which has no "auto", shares it); starts at sigma_max at every T
 INPUTS_GROUP = "Inputs: model, prompts, image"
 EDIT_DENOISE = 0.6
 REFERENCE_SETUP = (

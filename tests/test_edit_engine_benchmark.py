@@ -72,4 +72,5 @@ def test_quick_edit_benchmark_on_the_flow_reference_model(tmp_path, capsys):
 def test_benchmark_sh_dispatches_edits():
     r = subprocess.run(["bash", str(ROOT / "scripts" / "benchmark.sh"), "--edits", "--help"], capture_output=True,
                        text=True, timeout=300)
-    assert r.returncode == 0 and "benchmark_edits" in r.stdout + r.stderr or "Edit benchmark" in r.stdout, r.stderr
+    assert r.returncode == 0, r.stderr
+    assert "benchmark_edits" in r.stdout + r.stderr or "Edit benchmark" in r.stdout, r.stdout

@@ -76,7 +76,7 @@ def test_gnri_default_is_fast_and_far_better_than_ddim(ref, steps, margin):
 
 
 @pytest.mark.parametrize("steps, floor", [(10, 45.0), (4, 40.0)])
-def test_preciseinv_precise_reaches_its_floor_and_beats_fast(ref, steps, floor):
+def test_preciseinv_precise_reaches_its_floor_far_above_ddim(ref, steps, floor):
     precise = cell(ref, "PreciseInv precise", steps)
     ddim = cell(ref, "DDIM", steps)
     assert precise["psnr"] >= floor, precise

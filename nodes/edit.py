@@ -185,6 +185,7 @@ class EditEngine:
         self._flux_text: dict = {}                  # per model call: the text token count the double blocks saw
         self.stats = {"calls": 0, "source_calls": 0, "seconds": 0.0}
         self._last_step: Optional[int] = None        # the step of the previous model call (a lower one: a new run)
+        self._seen: set = set()                      # the cond/uncond chunk sets called at that step so far
         self._bypass = False                         # offsets_pass(): the MODEL as it was before the engine
 
     # ------------------------------------------------------------------------------------------ model wrapper
@@ -213,8 +214,17 @@ class EditEngine:
                 "Inverted Latent Sampler (or the Inverted Replay SAMPLER with the sigmas the inversion returned); "
                 "other samplers and schedules cannot be pinned to the stored trajectory")
         self.stats["calls"] += 1
-        if self._last_step is None or k <= self._last_step:     # a new run (a BDIA replay starts at k = 1)
+        # a new run starts below the last step (a BDIA replay starts at k = 1), or repeats the step's chunks: the host
+        # evaluates cond and uncond in separate calls of one step when they do not fit in memory together or cannot
+        # be batched (token counts), and that second call of the same step is not a new run (its latent is the
+        # edited one, which the start check would take for a foreign latent)
+        chunks_seen = tuple(cou)
+        if self._last_step is None or k < self._last_step or (k == self._last_step and chunks_seen in self._seen):
             self._check_start(x, len(cou), k)
+            self._seen = set()
+        elif k > self._last_step:
+            self._seen = set()
+        self._seen.add(chunks_seen)
         self._last_step = k
         if not self.settings.any_step(k):
             return self._apply(apply_model, x, t, c, cou)

@@ -356,3 +356,23 @@ def test_patches_added_after_the_engine_are_warned(caplog):
     said = warnings_of(caplog, "patches were added after the Inversion Edit Engine")
     assert len(said) == 1 and "(cfg functions" in said[0], warnings_of(caplog)
     assert warnings_of(caplog, "its patches differ") == [], warnings_of(caplog)
+
+
+def test_cond_and_uncond_in_separate_calls_of_one_step_are_one_run(monkeypatch):
+    """The host evaluates cond and uncond in two calls of one step when they cannot be batched (token counts) or do
+    not fit in memory together. The second call of a step used to be taken for a new run started from a foreign
+    latent (ValueError "not the inverted latent this engine was built from")."""
+    batched, plain, _ = run(edit_prompt(target_seed=42), mode="pnp", window_start=0.0, window_end=1.0,
+                            residual_features=True)
+    import comfy.model_base            # a GPU without room for both: the host runs them one by one
+    monkeypatch.setattr(comfy.model_base.BaseModel, "memory_required",
+                        lambda self, input_shape, **kw: 0 if input_shape[0] <= 2 else 1e15)
+    split, _, _ = run(edit_prompt(target_seed=42), mode="pnp", window_start=0.0, window_end=1.0,
+                      residual_features=True)
+    assert (split - batched).abs().max().item() <= 1e-4 * batched.abs().max().item()
+    assert (batched - plain).pow(2).mean().sqrt().item() > 1e-3           # the engine did edit
+    monkeypatch.undo()
+    prompt = edit_prompt(target_seed=42)
+    prompt["negative"]["inputs"]["tokens"] = 5                          # 4 vs 5 tokens: never one batch
+    edited, plain, _ = run(prompt, mode="pnp", window_start=0.0, window_end=1.0, residual_features=True)
+    assert (edited - plain).pow(2).mean().sqrt().item() > 1e-3

@@ -383,6 +383,11 @@ class InversionSampler(comfy.samplers.Sampler):
                disable_pbar=False):
         schedule = as_sampling_schedule(sigmas, "sigmas")
         x0 = latent_image if latent_image is not None else noise
+        if denoise_mask is not None:
+            warn(f"{self.method} inversion: the latent's noise_mask does not limit the inversion (the whole image is "
+                 "inverted), and SamplerCustomAdvanced keeps it on its output LATENT: the Inverted Replay SAMPLER "
+                 "refuses it and a stock sampler would keep the area outside the mask as the inverted noise. For a "
+                 "masked edit, invert with an Invert node and give the mask to the Inverted Latent Sampler")
         progress = StepProgress(callback, len(schedule) - 1)
         progress.start(x0)
         den = _denoiser(model_wrap, extra_args, on_eval=progress.on_eval)
@@ -639,7 +644,11 @@ def run_inversion(model, positive, negative, cfg: float, latent: dict, schedule:
     top = _guide(model, positive, negative, cfg, samples, sampler, schedule.flip(0))
     entry = sampler.record.to_latent_entry()
     entry["params"]["cfg"] = float(cfg)
-    out = {k: v for k, v in latent.items() if k not in ("samples", LATENT_KEY)}
+    # a noise_mask moves into the record: the Inverted Latent Sampler reads it from there, and a stock sampler given
+    # the inverted LATENT would otherwise inpaint, pinning the area outside the mask to the inverted noise (5.8 dB)
+    out = {k: v for k, v in latent.items() if k not in ("samples", LATENT_KEY, "noise_mask")}
+    if latent.get("noise_mask") is not None:
+        entry["noise_mask"] = latent["noise_mask"]
     out["samples"] = top.to(samples.dtype).cpu()
     entry["top_samples"] = out["samples"].clone()    # what `samples` must still be (host latent format)
     if out["samples"].dtype != torch.float32:
@@ -749,7 +758,7 @@ def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_po
     strength = float(correction_strength)
     weights = step_weights(total, strength, int(correction_start_step), int(correction_end_step))
     states_down = list(reversed(entry.get("states") or []))
-    mask_input = mask if mask is not None else latent.get("noise_mask")
+    mask_input = mask if mask is not None else latent.get("noise_mask", entry.get("noise_mask"))
     if mask_input is not None and (getattr(model, "model_options", None) or {}).get("denoise_mask_function"):
         warn("model: its denoise_mask_function (Differential Diffusion) is not used: the Inverted Latent Sampler pins "
              "the region outside the mask to the stored trajectory at every step with the mask as given (a soft mask "

@@ -38,8 +38,9 @@ def inversion_inputs(default_steps: int = 50) -> dict:
             "negative": ("CONDITIONING", {"tooltip": "Negative prompt; only used when cfg != 1."}),
             "latent": ("LATENT", {"tooltip": "The VAE-encoded image to invert. A noise_mask on it "
                                              "(SetLatentNoiseMask) does not limit the inversion (the whole image "
-                                             "is inverted); it travels with the inverted LATENT and becomes the "
-                                             "Inverted Latent Sampler's edit mask."}),
+                                             "is inverted); it moves into the inverted LATENT's record and becomes "
+                                             "the Inverted Latent Sampler's edit mask (stock samplers do not see "
+                                             "it)."}),
             "steps": ("INT", {"default": default_steps, "min": 1, "max": 1000,
                               "tooltip": "Number of inversion steps T (ignored when a SIGMAS input is connected)."}),
             "scheduler": ([AUTO_SCHEDULER, *comfy.samplers.SCHEDULER_NAMES], {

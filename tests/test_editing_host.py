@@ -103,9 +103,33 @@ def test_noise_mask_on_the_latent_is_honoured():
     prompt["masked"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["latent", 0], "mask": ["mask", 0]}}
     prompt["invert"]["inputs"]["latent"] = ["masked", 0]
     prompt["replay"]["inputs"]["cfg"] = 5.0                  # would drift without the mask
+    prompt["stock"] = {"class_type": "KSamplerAdvanced", "inputs": {      # a stock sampler on the inverted LATENT
+        "model": ["model", 0], "add_noise": "disable", "noise_seed": 0, "steps": 4, "cfg": 1.0, "sampler_name": "euler",
+        "scheduler": "karras", "positive": ["positive", 0], "negative": ["negative", 0], "latent_image": ["invert", 0],
+        "start_at_step": 0, "end_at_step": 10000, "return_with_leftover_noise": "disable"}}
+    prompt["invert"]["inputs"].update(steps=4, scheduler="karras")
     out = run_workflow(prompt)
     x0 = out["latent"][0]["samples"]
     assert rms(out["replay"][0]["samples"], x0) < 1e-5       # mask 0 everywhere: pinned to the trajectory
+    # the mask lives in the record, not on the LATENT: a stock sampler used to inpaint with it, keeping the masked-out
+    # area as the inverted noise (the whole image here: rms ~ sigma_max)
+    assert "noise_mask" not in out["invert"][0]
+    prompt["invert_plain"] = dict(prompt["invert"], inputs=dict(prompt["invert"]["inputs"], latent=["latent", 0]))
+    prompt["stock_plain"] = dict(prompt["stock"], inputs=dict(prompt["stock"]["inputs"], latent_image=["invert_plain", 0]))
+    out = run_workflow(prompt)
+    assert torch.equal(out["stock"][0]["samples"], out["stock_plain"][0]["samples"])   # as if there were no mask
+
+
+def test_a_noise_mask_on_the_sampler_twins_latent_is_named_at_inversion(caplog):
+    """SamplerCustomAdvanced hands the latent's noise_mask to the inversion SAMPLER (which inverts the whole image)
+    and keeps it on its output LATENT; the pack says so where it happens, not only when the replay refuses it."""
+    prompt = add_custom_chain(invert_and_replay(), "DDIMInvertSampler", {})
+    prompt["mask"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 16, "height": 16}}
+    prompt["masked"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["latent", 0], "mask": ["mask", 0]}}
+    prompt["custom"]["inputs"]["latent_image"] = ["masked", 0]
+    with pytest.raises(WorkflowError, match="noise_mask"):          # the replay SAMPLER refuses it, as before
+        run_workflow(prompt, outputs=["custom_replay"])
+    assert len(warnings_of(caplog, "noise_mask does not limit the inversion")) == 1
 
 
 def test_partial_inversion_starts_lower_and_replays_from_there():

@@ -28,7 +28,7 @@ from ..inversion_core.edit.attention import reweight_columns
 from ..inversion_core.edit.select import MODE_HELP, EditSettings, layer_name
 from ..inversion_core.record import describe_change
 from .bridge import (_mask_for, check_conditioning, check_patches, check_sampling, model_family, model_kind,
-                     raw_patch_signature, read_inverted)
+                     raw_patch_signature, read_inverted, warn)
 from .common import CATEGORY
 
 KEY = "inversion_edit"          # our entry in transformer_options
@@ -562,6 +562,16 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
     settings = resolve_settings(mode, model_family(model), total, layers_available, window_start=window_start,
                                 window_end=window_end, layers=layers, strength=strength, residual=residual_features,
                                 reweight=reweight, tokens=tokens, masked=m is not None, dit=dit)
+    start, end = settings.window
+    if settings.active_steps == 0 and start < end:
+        warn(f"Inversion Edit Engine: the window {start:g}-{end:g} holds no whole step of the inverted latent's "
+             f"{total} (step k counts when k/{total} is inside it), so the engine changes nothing: the replay is the "
+             "plain one. Widen the window or invert with more steps")
+    blocks = len(getattr(diffusion_model, "output_blocks", []))
+    if settings.residual_block is not None and not dit and settings.residual_block >= blocks:
+        warn(f"Inversion Edit Engine: residual_features injects at output block {settings.residual_block} (the "
+             f"{model_family(model) or 'default'} preset) but this UNet has {blocks} output blocks, so that part does "
+             "nothing; turn residual_features off (the attention injection still works)")
     inner_wrapper, inner_attention = _patches_underneath(model, layers_available, flux, dit, settings)
     engine = EditEngine(settings, schedule, states_down, source_conditioning, m, source_branch,
                         patch_size=getattr(diffusion_model, "patch_size", 1), inner_wrapper=inner_wrapper,

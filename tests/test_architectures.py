@@ -471,3 +471,18 @@ def test_cfg_above_one_with_source_correction_reconstructs(family):
 
 if __name__ == "__main__":   # the measured numbers: python tests/test_architectures.py
     sys.exit(pytest.main([__file__, "-q", "-s", "-p", "no:cacheprovider"]))
+
+
+def test_pnp_residual_features_on_a_unet_without_the_presets_block_says_so(caplog):
+    """The SD1 preset injects PnP's residual features at output block 4; the tiny SD1 UNet has 4 output blocks
+    (0-3), so that part would silently do nothing (the output moved by 2e-6 RMS with it on or off)."""
+    prompt = method_prompt("sd1", "ExactInvert")
+    prompt["engine"] = {"class_type": "InversionEditEngine", "inputs": {
+        **defaults("InversionEditEngine", mode="pnp", residual_features=True, layers="all"),
+        "model": ["model", 0], "inverted_latent": ["inv_ExactInvert", 0], "source_conditioning": ["positive", 0]}}
+    prompt["edited"] = {"class_type": "InvertedLatentSampler", "inputs": {
+        **defaults("InvertedLatentSampler"), "model": ["engine", 0], "positive": ["positive", 0],
+        "negative": ["negative", 0], "inverted_latent": ["inv_ExactInvert", 0]}}
+    run("sd1", prompt)
+    said = [r.getMessage() for r in caplog.records if "injects at output block 4" in r.getMessage()]
+    assert len(said) == 1 and "this UNet has 4 output blocks" in said[0], said

@@ -63,6 +63,19 @@ def test_an_empty_window_is_bit_identical_to_plain_replay(mode):
     assert torch.equal(edited, plain)
 
 
+def test_a_window_between_two_steps_says_it_does_nothing(caplog):
+    """0.3-0.32 of 6 steps is 1.8 <= k < 1.92: no whole step, so the engine is a no-op; it says so (EasyInv's window
+    does the same). 0.3-0.45 holds step 2 and does not."""
+    from test_editing_host import warnings_of
+
+    edited, plain, _ = run(edit_prompt(target_seed=42), mode="pnp", window_start=0.3, window_end=0.32)
+    assert torch.equal(edited, plain)
+    assert len(warnings_of(caplog, "holds no whole step")) == 1
+    caplog.clear()
+    run(edit_prompt(target_seed=42), mode="pnp", window_start=0.3, window_end=0.45)
+    assert not warnings_of(caplog, "holds no whole step")
+
+
 @pytest.mark.parametrize("mode, extra", [("pnp", {"residual_features": True}), ("masactrl", {}),
                                          ("p2p", {"reweight": 2.0, "tokens": "1,2"})])
 def test_batched_and_cached_source_branch_agree_and_the_edit_moves(mode, extra):

@@ -296,11 +296,18 @@ def _input_scale(model_sampling) -> Callable[[float], float]:
 
 class _Inverted:
     """The tops of the latest inversions this process made (model sigma space) with their schedules: what the Inverted
-    Replay SAMPLER, which sees only a latent and sigmas, checks its input against."""
+    Replay SAMPLER, which sees only a latent and sigmas, checks its input against.
 
-    def __init__(self, size: int = 16):
+    ComfyUI caches node outputs, so a cached inversion is not run again and is not registered again: an entry must
+    outlive many later inversions. Entries are kept by count (``size``) and BDIA trajectories also by bytes
+    (``bdia_bytes``: they hold T + 1 latents each). A BDIA top that was dropped is remembered (its top only), so that
+    its replay is an error instead of a silent replay with the plain step."""
+
+    def __init__(self, size: int = 64, bdia_bytes: int = 512 * 2 ** 20, forgotten: int = 64):
         self.items: collections.deque = collections.deque(maxlen=size)
-        self.bdia: collections.deque = collections.deque(maxlen=size)    # (trajectory down, gamma, grid, space)
+        self.bdia: collections.deque = collections.deque()    # (trajectory down, gamma, grid, space)
+        self.bdia_size, self.bdia_bytes = int(size), int(bdia_bytes)
+        self.forgotten: collections.deque = collections.deque(maxlen=forgotten)   # tops of dropped BDIA entries
         self.lock = threading.Lock()
 
     def mark_bdia(self, states: list, gamma: float, grid: Optional[float], space: str) -> None:
@@ -309,17 +316,31 @@ class _Inverted:
         down = [s.detach().float().cpu().clone() for s in reversed(states)]
         with self.lock:
             self.bdia.append((down, float(gamma), grid, space))
+            held = sum(sum(z.numel() * z.element_size() for z in entry[0]) for entry in self.bdia)
+            while len(self.bdia) > 1 and (len(self.bdia) > self.bdia_size or held > self.bdia_bytes):
+                dropped = self.bdia.popleft()[0]
+                held -= sum(z.numel() * z.element_size() for z in dropped)
+                self.forgotten.append(dropped[0])
 
     def bdia_for(self, x: torch.Tensor) -> Optional[tuple]:
         """(pair state, gamma, grid, space, trajectory down) when ``x`` is the top of a recent BDIA inversion, or a
-        run of its batch items (LatentFromBatch), whose states are sliced alike (replayed with BDIA only)."""
+        run of its batch items (LatentFromBatch), whose states are sliced alike (replayed with BDIA only). A dropped
+        one is an error: the plain step would not give its image back."""
         with self.lock:
-            items = list(self.bdia)
+            items, forgotten = list(self.bdia), list(self.forgotten)
         for down, *state in reversed(items):
             start = _rows_of(down[0], x)
             if start is not None:
                 rows = [z[start:start + x.shape[0]] for z in down]
                 return (rows[1], *state, rows)
+        if any(_rows_of(top, x) is not None for top in forgotten):
+            raise ValueError(
+                "latent_image: this is the noise of a BDIA inversion this process no longer holds the pair state of "
+                f"(it keeps the latest {self.bdia_size} BDIA trajectories, at most {self.bdia_bytes / 2 ** 20:.0f} "
+                "MB): ComfyUI reused the cached inversion without running it again, and a replay with the plain step "
+                "would not give the image back. Run the inversion again (change one of its inputs, or free the node "
+                "cache), or replay the BDIA Invert node's LATENT with the Inverted Latent Sampler (it carries the "
+                "pair state)")
         return None
 
     def add(self, top: torch.Tensor, schedule: torch.Tensor, signature: Optional[dict] = None) -> None:
@@ -535,7 +556,8 @@ def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None, pat
     else:
         warn("Inverted Replay SAMPLER: latent_image is not the noise (nor a run of batch items of it) of any of the "
              f"last {INVERTED.items.maxlen} inversions this process remembers (a plain latent, noise changed after "
-             "inversion, an older inversion or one from an earlier session), so its sigmas cannot be checked and a "
+             "inversion, an older inversion whose cached output ComfyUI reused, or one from an earlier session), so "
+             "its sigmas cannot be checked and a "
              "BDIA inversion's pair state cannot be found; replaying it anyway with the plain step on the given "
              "sigmas. For a reconstruction, connect the inversion's output and its sigmas directly (the Inverted "
              "Latent Sampler reads them from the LATENT and always checks)")

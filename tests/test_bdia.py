@@ -3,6 +3,7 @@ replay through the host's executor, and what must error instead of silently repl
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -308,3 +309,25 @@ def test_gamma_one_replays_bit_exactly_on_its_grid(kind):
     grid = entry["params"]["grid"]
     # the only loss is the image's rounding to the grid
     assert (out["replay"][0]["samples"] - x0).abs().max() <= grid
+
+
+def test_a_cached_bdia_inversion_whose_pair_state_was_dropped_is_an_error_not_a_plain_replay(monkeypatch):
+    """ComfyUI reuses a cached inversion without running it again, so the registry the Inverted Replay SAMPLER reads
+    can drop it while the graph still holds it. Replaying a dropped BDIA top with the plain step gave RMS 17.7 from
+    the image with only a console line; it is an error now. (Here the registry keeps 1 BDIA trajectory.)"""
+    bridge = sys.modules[host.pack_module().__name__ + ".nodes.bridge"]
+    monkeypatch.setattr(bridge.INVERTED, "bdia_size", 1)
+    session = host.Session()
+    prompt = add_custom_chain(_bdia_prompt(steps=4), "BDIAInvertSampler", {})
+    prompt["guider_rep"] = dict(prompt["guider"], inputs=dict(prompt["guider"]["inputs"]))
+    prompt["custom_replay"]["inputs"]["guider"] = ["guider_rep", 0]
+    out = session.run(prompt, outputs=["custom_replay"])
+    assert torch.equal(out["custom_replay"][0]["samples"], out["latent"][0]["samples"])
+    other = add_custom_chain(_bdia_prompt(steps=4), "BDIAInvertSampler", {})
+    other["latent"]["inputs"]["seed"] += 1                        # another image's BDIA inversion drops the first
+    other = {f"b_{k}": dict(v, inputs={n: [f"b_{x[0]}", x[1]] if isinstance(x, list) else x
+                                       for n, x in v["inputs"].items()}) for k, v in other.items()}
+    session.run({**prompt, **other}, outputs=["b_custom"])       # (another branch of the same graph)
+    prompt["guider_rep"]["inputs"]["cfg"] = 1.0 + 1e-6            # the replay runs again, the inversion is cached
+    with pytest.raises(host.WorkflowError, match="no longer holds the pair state"):
+        session.run(prompt, outputs=["custom_replay"])

@@ -282,7 +282,10 @@ def _compute_dtype(base_model) -> torch.dtype:
     dtype = getattr(base_model, "manual_cast_dtype", None)
     if dtype is None and hasattr(base_model, "get_dtype"):
         dtype = base_model.get_dtype()
-    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        return torch.float32
+    # 8-bit weights compute in a 16-bit type here (the host's manual cast, or fp8 matmuls on 16-bit activations)
+    return torch.bfloat16 if dtype.itemsize < 2 else dtype
 
 
 def _input_scale(model_sampling) -> Callable[[float], float]:

@@ -1,0 +1,132 @@
+"""Cheap content fingerprints of tensors and of structures holding them (weight patches, conditioning, weights).
+
+A replay reconstructs only with the network and the guidance the inversion used. Keys, strengths and shapes cannot
+tell two LoRA files of the same rank, two checkpoints of one architecture or two prompts apart; their values can.
+Reducing whole tensors on every call would cost a pass over the model's weights, so a tensor is summarised by a fixed
+strided sample of at most ``SAMPLE`` of its values: its shape, dtype, and the float64 sum of the sample and of its
+absolute values. The sample is taken where the tensor lives and summed on the CPU in float64, so the same values give
+the same numbers on every call and device up to float64 rounding; a dtype cast (bf16 <-> fp32 ...) moves each value by
+at most half its dtype's epsilon, which ``matches`` allows for.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple, Optional
+
+import torch
+
+SAMPLE = 256        # values read per tensor
+MAX_DEPTH = 8       # nesting followed into containers (patch tuples, conditioning dicts)
+
+
+class TensorPrint(NamedTuple):
+    shape: tuple
+    dtype: str
+    total: float       # float64 sum of the sampled values
+    magnitude: float   # float64 sum of their absolute values (the scale a difference of ``total`` is judged at)
+
+
+def _strided_sample(t: torch.Tensor) -> torch.Tensor:
+    """At most SAMPLE values of ``t`` at a fixed stride over its flat index, without copying the whole tensor."""
+    n = t.numel()
+    step = max(1, -(-n // SAMPLE))
+    if t.is_contiguous() or n == 0:
+        return t.reshape(-1)[::step]     # a view
+    idx = torch.arange(0, n, step, device=t.device)
+    return t[torch.unravel_index(idx, t.shape)]   # gathers only the sampled values
+
+
+def tensor_prints(tensors: list) -> Optional[list]:
+    """TensorPrint of each tensor; None when one cannot be read (a meta tensor, a quantised tensor type that does not
+    index like a tensor), so that callers skip a comparison rather than warn about an unreadable value."""
+    if not tensors:
+        return []
+    try:
+        if any(t.is_meta for t in tensors):
+            return None
+        with torch.no_grad():
+            picks = [_strided_sample(t.detach()) for t in tensors]
+            # one transfer per device and dtype, one reduction for all (a LoRA patches hundreds of keys: per-tensor
+            # transfers and sums cost more than the sampling)
+            groups: dict = {}
+            for i, p in enumerate(picks):
+                groups.setdefault((p.device, p.dtype), []).append(i)
+            order, parts = [], []
+            for idx in groups.values():
+                order += idx
+                parts.append(torch.cat([picks[i] for i in idx]).to(torch.float32).cpu())
+            values = torch.cat(parts).double()
+            lengths = torch.tensor([picks[i].numel() for i in order])
+            segment = torch.repeat_interleave(torch.arange(len(order)), lengths)
+            totals = torch.zeros(len(order), dtype=torch.float64).index_add_(0, segment, values).tolist()
+            magnitudes = torch.zeros(len(order), dtype=torch.float64).index_add_(0, segment, values.abs()).tolist()
+    except (RuntimeError, TypeError, NotImplementedError, ValueError):
+        return None
+    out: list = [None] * len(tensors)
+    for j, i in enumerate(order):
+        out[i] = TensorPrint(tuple(tensors[i].shape), str(tensors[i].dtype), totals[j], magnitudes[j])
+    return out
+
+
+def _walk(obj: Any, on_tensor: Callable[[torch.Tensor], Any], depth: int = 0) -> Any:
+    """``obj`` with every tensor replaced by ``on_tensor(tensor)``, containers as tuples (dicts as sorted (key, value)
+    pairs), numbers, strings and None kept, and any other object reduced to its type name: its identity would differ
+    between calls that mean the same thing. An object carrying its tensors in ``weights`` (the host's weight adapters)
+    is followed into them."""
+    if isinstance(obj, torch.Tensor):
+        return on_tensor(obj)
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if depth >= MAX_DEPTH:
+        return f"<{type(obj).__name__}>"
+    if isinstance(obj, dict):
+        return tuple((str(k), _walk(obj[k], on_tensor, depth + 1)) for k in sorted(obj, key=str))
+    if isinstance(obj, (list, tuple)):
+        return tuple(_walk(v, on_tensor, depth + 1) for v in obj)
+    weights = getattr(obj, "weights", None)
+    if isinstance(weights, (list, tuple)):
+        return (f"<{type(obj).__name__}>", _walk(weights, on_tensor, depth + 1))
+    return f"<{type(obj).__name__}>"
+
+
+def fingerprint(obj: Any) -> Any:
+    """The fingerprint of ``obj`` (a tensor, or containers of tensors and plain values; see _walk), or None when one
+    of its tensors cannot be read. Compare two with ``matches``."""
+    tensors: list = []
+    _walk(obj, lambda t: tensors.append(t))
+    prints = tensor_prints(tensors)
+    if prints is None:
+        return None
+    it = iter(prints)
+    return _walk(obj, lambda t: next(it))
+
+
+def _close(a: TensorPrint, b: TensorPrint, rtol: float) -> bool:
+    if tuple(a.shape) != tuple(b.shape):
+        return False
+    tol = rtol
+    if a.dtype != b.dtype:
+        # the same weights stored in another dtype: each sampled value moved by at most half the coarser dtype's
+        # epsilon, so both sums by at most that share of the sum of magnitudes
+        coarse = []
+        for name in (a.dtype, b.dtype):
+            dtype = getattr(torch, name.replace("torch.", ""), None)
+            if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+                return False     # an integer / quantised storage is not a cast of the other
+            coarse.append(torch.finfo(dtype).eps)
+        tol = max(rtol, max(coarse))
+    scale = max(abs(a.magnitude), abs(b.magnitude))
+    return abs(a.total - b.total) <= tol * scale and abs(a.magnitude - b.magnitude) <= tol * scale
+
+
+def matches(a: Any, b: Any, rtol: float = 1e-6) -> bool:
+    """Whether two fingerprints describe the same contents: plain values equal, tensors of one shape whose sums agree
+    within ``rtol`` of their magnitude (more across dtypes: see _close). The default absorbs only float64 rounding;
+    callers comparing values recomputed by a network (conditioning) pass a looser ``rtol``."""
+    if isinstance(a, TensorPrint) or isinstance(b, TensorPrint):
+        return isinstance(a, TensorPrint) and isinstance(b, TensorPrint) and _close(a, b, rtol)
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(matches(x, y, rtol) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b

@@ -1,0 +1,104 @@
+"""Replays that cannot reconstruct because their model or guidance is not the inversion's, and say so.
+
+The model signature recorded at inversion named patch keys and strengths only, so on the host's real architectures
+(tests/architectures.py, tiny random weights, Exact Invert at T=5) these replayed without a word (audit, measured):
+a second LoRA on the same keys at the same strength (SD3: 72 dB -> 30 dB), another checkpoint of the same
+architecture (SD1.5: 34 -> 16 dB, SD3: 74 -> 20 dB), the inversion's prompt at another cfg (SD3 inverted at cfg 4,
+replayed at cfg 1: 72 -> 32 dB), and a source prompt for source correction or the edit engine that is not the
+inversion's (SDXL's same text with other size values: 119 -> 26 dB with correction at cfg 5). Each is a warning, not an
+error (an edit may mean it), and the normal flows (the same model twice, after the host unloaded it, with the same
+LoRA; an edit prompt at any cfg) stay silent.
+"""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+import host
+from inversion_core.fingerprint import SAMPLE, TensorPrint, fingerprint, matches
+from test_architectures import defaults, host_scheduler, scheduler
+from test_editing_host import warnings_of
+
+STEPS = 5
+SOURCE, NEGATIVE, EDIT, LATENT = "1", "2", "5", "3"
+OTHER_CHECKPOINT = "the model's weights differ from the model this latent was inverted with (another checkpoint?)"
+OTHER_PATCH_VALUES = "the contents of its weight patches"
+ANY_MODEL_WARNING = ("its patches differ", "the model's weights differ")
+
+
+def bridge():
+    return sys.modules[f"{host.PACK_DIR_NAME}.nodes.bridge"]
+
+
+def arch():
+    return host.testing_module().architectures()
+
+
+def build(family: str, seed: int = 0):
+    with torch.inference_mode():      # as the host's loaders leave weights: inference tensors
+        return arch().build_model(family, seed)
+
+
+def cond(family: str, seeds: str = SOURCE, **size):
+    return arch().make_conditioning(family, seeds, 4, **size)
+
+
+def invert(model, family: str, positive=None, cfg: float = 1.0) -> dict:
+    """Exact Invert at its defaults, T=5, on the family's scheduler (tests/test_architectures.py)."""
+    params = {k: v for k, v in defaults("ExactInvert").items() if k not in ("steps", "scheduler", "cfg", "denoise")}
+    with torch.inference_mode():
+        return host.node_class("ExactInvert")().invert(
+            model, positive or cond(family), cond(family, NEGATIVE), arch().make_latent(family, LATENT, 16), STEPS,
+            scheduler(family), cfg, 1.0, None, **params)[0]
+
+
+def replay(model, family: str, inverted: dict, positive=None, cfg: float = 1.0, **inputs) -> torch.Tensor:
+    with torch.inference_mode():
+        return host.node_class("InvertedLatentSampler")().sample(
+            model, positive or cond(family), cond(family, NEGATIVE), cfg, inverted, **inputs)[0]["samples"]
+
+
+def error(out: torch.Tensor, family: str) -> float:
+    """RMS distance of a replay to the source latent."""
+    return (out - arch().make_latent(family, LATENT, 16)["samples"]).pow(2).mean().sqrt().item()
+
+
+def model_warnings(caplog) -> list:
+    return [w for w in warnings_of(caplog) if any(what in w for what in ANY_MODEL_WARNING)]
+
+
+def with_weight_diffs(base, seed: int, keys=None, strength: float = 1.0):
+    """A clone of ``base`` carrying seeded random weight diffs (what a LoRA file amounts to) on ``keys`` (default: every
+    parameter of the diffusion model), 30% of each weight's spread."""
+    sd = base.model.diffusion_model.state_dict()
+    gen = torch.Generator().manual_seed(seed)
+    m = base.clone()
+    m.add_patches({"diffusion_model." + k: (0.3 * sd[k].float().std().nan_to_num() * torch.randn(sd[k].shape,
+                                                                                                   generator=gen),)
+                   for k in (keys or list(sd))}, strength)
+    return m
+
+
+# ------------------------------------------------------------------------------------------- the fingerprint itself
+def test_a_fingerprint_reads_a_sample_and_tells_contents_apart_but_not_storage():
+    gen = torch.Generator().manual_seed(0)
+    t = torch.randn(300, 700, generator=gen)
+    same = [t.clone(), t.half(), t.bfloat16(), t.t().contiguous().t()]     # casts and a non-contiguous layout
+    assert all(matches(fingerprint(t), fingerprint(s)) for s in same)
+    assert not matches(fingerprint(t), fingerprint(t * 1.001))                    # a light fine-tune of every value
+    assert not matches(fingerprint(t), fingerprint(torch.randn(300, 700, generator=gen)))   # another LoRA
+    assert not matches(fingerprint(t), fingerprint(t.reshape(700, 300)))
+    print_ = fingerprint(t)
+    assert isinstance(print_, TensorPrint) and print_.shape == (300, 700) and print_.dtype == "torch.float32"
+    # it reads a strided sample (cheap on any weight), so a change between the sampled values is not seen
+    step = -(-t.numel() // SAMPLE)
+    between = t.clone().view(-1)
+    between[step // 2] += 1.0
+    assert matches(fingerprint(t), fingerprint(between.view(300, 700)))
+    # structures: plain values compared as they are, tensors by their prints
+    patch = {"k": [(1.0, (t,), 1.0)]}
+    assert matches(fingerprint(patch), fingerprint({"k": [(1.0, (t.clone(),), 1.0)]}))
+    assert not matches(fingerprint(patch), fingerprint({"k": [(0.5, (t,), 1.0)]}))
+    assert fingerprint(torch.empty(2, 3, device="meta")) is None      # unreadable: the caller skips the check

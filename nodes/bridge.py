@@ -29,6 +29,7 @@ import comfy.utils
 from .common import AUTO_SCHEDULER, scheduler_for
 from ..inversion_core import (LATENT_KEY, Denoiser, InversionRecord, MissingInversionRecord, as_sampling_schedule,
                               invert, read_latent_entry, replay)
+from ..inversion_core.fingerprint import fingerprint, matches
 from ..inversion_core.record import describe_change, reach_message
 from ..inversion_core.replay import source_offsets, step_weights
 from ..inversion_core.solvers.bdia import METHOD as BDIA, bdia_replay, bdia_source_offsets
@@ -102,6 +103,8 @@ def check_sampling(ms, schedule: torch.Tensor, signature: Optional[dict], name: 
 
 
 PATCH_KINDS = {"weights": "weight patches (a LoRA, a model merge)",
+               "weight_values": "the contents of its weight patches (another LoRA file or merged model on the same "
+                                "keys at the same strength)",
                "cfg": "cfg functions (RescaleCFG, PerpNeg, PAG, SAG ...)",
                "blocks": "block / attention patches (FreeU, HyperTile, IP-Adapter ...)",
                "wrapper": "a model function wrapper",
@@ -129,12 +132,29 @@ def raw_patch_signature(model) -> dict:
     return {
         "weights": hash(tuple(sorted((k, tuple(float(p[0]) if isinstance(p[0], (int, float)) else 0.0 for p in v))
                                      for k, v in weights.items()))),
+        # keys and strengths cannot tell two LoRA files of one rank (or two merged models) apart; a sample of their
+        # values can (inversion_core/fingerprint.py: a few hundred values per tensor, not a pass over the weights)
+        "weight_values": fingerprint(weights),
         "cfg": [k + ":" + str(len(opts[k]) if isinstance(opts[k], list) else 1) for k in BATCH_HOOKS if opts.get(k)],
         "blocks": sorted([f"{k}:{len(v)}" for k, v in (to.get("patches") or {}).items()]
                          + [f"{k}:{sorted(map(str, v))}" for k, v in (to.get("patches_replace") or {}).items()]),
         "wrapper": "model_function_wrapper" in opts,
         "objects": sorted(k for k in (getattr(model, "object_patches", None) or {}) if k != "model_sampling"),
     }
+
+
+def _differing_patch_kinds(old: dict, now: dict) -> list:
+    out = []
+    for kind, what in PATCH_KINDS.items():
+        if kind == "weight_values":
+            # judged only where keys and strengths agree ("weights" names the rest) and both could be read (a record
+            # made before patch contents were fingerprinted has none)
+            a, b = old.get(kind), now.get(kind)
+            if old.get("weights") == now.get("weights") and a is not None and b is not None and not matches(a, b):
+                out.append(what)
+        elif old.get(kind) != now.get(kind):
+            out.append(what)
+    return out
 
 
 def check_patches(model, signature: Optional[dict], name: str, action: str) -> None:
@@ -155,7 +175,7 @@ def check_patches(model, signature: Optional[dict], name: str, action: str) -> N
         fix = "for a reconstruction, patch the model before the inversion node too"
     if not old or not now:
         return
-    differ = [PATCH_KINDS[k] for k in PATCH_KINDS if old.get(k) != now.get(k)]
+    differ = _differing_patch_kinds(old, now)
     if differ:
         warn(f"{name}: {what.format('; '.join(differ))} and will not reconstruct the image. Intended for an edit? "
              f"Then ignore this; {fix}")

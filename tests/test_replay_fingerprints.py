@@ -102,3 +102,52 @@ def test_a_fingerprint_reads_a_sample_and_tells_contents_apart_but_not_storage()
     assert matches(fingerprint(patch), fingerprint({"k": [(1.0, (t.clone(),), 1.0)]}))
     assert not matches(fingerprint(patch), fingerprint({"k": [(0.5, (t,), 1.0)]}))
     assert fingerprint(torch.empty(2, 3, device="meta")) is None      # unreadable: the caller skips the check
+
+
+# --------------------------------------------------------------------------------------------- weight patch contents
+@pytest.mark.parametrize("family", ["sd1", "sd3"])
+def test_another_lora_on_the_same_keys_at_the_same_strength_is_warned(family, caplog):
+    import comfy.model_management
+
+    base = build(family)
+    lora_a, lora_b = with_weight_diffs(base, 10), with_weight_diffs(base, 11)
+    inverted = invert(lora_a, family)
+    # the LoRA is merged into the loaded weights (the host's full load), so the base weights must come from the backup
+    assert set(lora_a.backup) == set(lora_a.patches)
+    caplog.clear()
+    same = replay(lora_a, family, inverted)
+    comfy.model_management.unload_all_models()     # the weights are the checkpoint's again
+    assert not lora_a.backup
+    replay(lora_a, family, inverted)
+    assert model_warnings(caplog) == []
+    caplog.clear()
+    other = replay(lora_b, family, inverted)
+    said = model_warnings(caplog)
+    assert len(said) == 1 and OTHER_PATCH_VALUES in said[0], said
+    assert error(other, family) > 2 * error(same, family), (error(other, family), error(same, family))
+
+
+def test_a_merge_with_another_model_at_the_same_ratio_is_warned(caplog):
+    """Through the host's ModelMergeSimple (its patches are the other model's weights): keys and strengths equal."""
+    prompt = {"base": {"class_type": "InversionTestArchModel", "inputs": {"family": "sd1", "seed": 0}}}
+    for seed in (1, 2):
+        prompt[f"other{seed}"] = {"class_type": "InversionTestArchModel", "inputs": {"family": "sd1", "seed": seed}}
+        prompt[f"merge{seed}"] = {"class_type": "ModelMergeSimple", "inputs": {
+            "model1": ["base", 0], "model2": [f"other{seed}", 0], "ratio": 0.5}}
+    prompt.update({
+        "positive": {"class_type": "InversionTestArchConditioning",
+                     "inputs": {"family": "sd1", "seeds": SOURCE, "tokens": 4}},
+        "negative": {"class_type": "InversionTestArchConditioning",
+                     "inputs": {"family": "sd1", "seeds": NEGATIVE, "tokens": 4}},
+        "latent": {"class_type": "InversionTestArchLatent", "inputs": {"family": "sd1", "seeds": LATENT, "size": 16}},
+        "invert": {"class_type": "ExactInvert", "inputs": {
+            **defaults("ExactInvert", steps=STEPS, scheduler=scheduler("sd1")), "model": ["merge1", 0],
+            "positive": ["positive", 0], "negative": ["negative", 0], "latent": ["latent", 0]}}})
+    for model, warned in (("merge1", False), ("merge2", True)):
+        prompt["replay"] = {"class_type": "InvertedLatentSampler", "inputs": {
+            **defaults("InvertedLatentSampler"), "model": [model, 0], "positive": ["positive", 0],
+            "negative": ["negative", 0], "inverted_latent": ["invert", 0]}}
+        caplog.clear()
+        host.run_workflow(prompt)
+        said = model_warnings(caplog)
+        assert (len(said) == 1 and OTHER_PATCH_VALUES in said[0]) if warned else said == [], (model, said)

@@ -143,6 +143,49 @@ def raw_patch_signature(model) -> dict:
     }
 
 
+BASE_TENSORS = 8    # parameters of the diffusion model sampled for base_weights (the first, the last, evenly between)
+
+
+def base_weights(model) -> Any:
+    """A fingerprint (inversion_core/fingerprint.py) of a few parameters of ``model``'s diffusion model as the
+    checkpoint holds them: what tells two checkpoints of one architecture apart, which neither the model sampling nor
+    the patches do. A parameter the patcher patched in place is read from its backup of the original
+    (``ModelPatcher.backup``), so the fingerprint is the same whether the model is unloaded, fully loaded with its
+    LoRA merged into the weights, or loaded in lowvram mode (patches applied on the fly). They are picked by their
+    position among the named parameters: the names, and so the picks, are the same under object patches that keep
+    the module names (the edit engine's MMDiT blocks). None when the model has no diffusion model or a weight cannot
+    be read."""
+    net = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if not isinstance(net, torch.nn.Module):
+        return None
+    params = list(net.named_parameters())
+    if not params:
+        return None
+    picks = sorted({round(i * (len(params) - 1) / (BASE_TENSORS - 1)) for i in range(BASE_TENSORS)})
+    backup = getattr(model, "backup", None) or {}
+    chosen = []
+    for i in picks:
+        name, param = params[i]
+        saved = backup.get("diffusion_model." + name)
+        # the host's backup holds the tensor (the PyPI fork) or a (weight, inplace_update) tuple (upstream)
+        chosen.append((name, getattr(saved, "weight", saved) if saved is not None else param))
+    return fingerprint(chosen)
+
+
+def check_base_weights(model, signature: Optional[dict], name: str, action: str) -> None:
+    """A warning when ``model``'s base weights (base_weights) are not those of the model the latent was inverted with:
+    another checkpoint of the same architecture. Not an error: inverting with one checkpoint and editing with a
+    fine-tune of it may be meant."""
+    old = (signature or {}).get("base")
+    if old is None or model is None:
+        return
+    now = base_weights(model)
+    if now is not None and not matches(old, now):
+        warn(f"{name}: the model's weights differ from the model this latent was inverted with (another checkpoint?), "
+             f"so the {action} runs another network and will not reconstruct the image. Intended (a fine-tune for an "
+             "edit)? Then ignore this; for a reconstruction, use the checkpoint the latent was inverted with")
+
+
 def _differing_patch_kinds(old: dict, now: dict) -> list:
     out = []
     for kind, what in PATCH_KINDS.items():
@@ -159,14 +202,17 @@ def _differing_patch_kinds(old: dict, now: dict) -> list:
 
 def check_patches(model, signature: Optional[dict], name: str, action: str) -> None:
     """A warning (a LoRA or FreeU on the edit branch may be meant) when ``model`` carries other patches than the
-    model the latent was inverted with: the replay then solves another model's steps and does not reconstruct."""
+    model the latent was inverted with: the replay then solves another model's steps and does not reconstruct.
+    Another checkpoint underneath is warned too (check_base_weights)."""
     built = getattr(edit_engine_of(model) if model is not None else None, "built_signature", None)
     if built:   # the engine compared the model it patched; what differs from the engine's MODEL came after it
+        # (its base weights are those of the MODEL the engine compared when it was built: not warned twice)
         old, now = built, raw_patch_signature(model)
         what = (f"patches were added after the Inversion Edit Engine ({{}}); the engine compared the model it "
                 f"patched with the inversion's, not these, so the {action} runs another model than the inversion's")
         fix = "otherwise patch the model before the engine and before the inversion node"
     else:
+        check_base_weights(model, signature, name, action)
         old = (signature or {}).get("patches")
         now = patch_signature(model) if model is not None else {}
         what = (f"its patches differ from those of the model this latent was inverted with ({{}}), so the {action} "
@@ -445,8 +491,9 @@ class InversionSampler(comfy.samplers.Sampler):
                              hooks=self.hooks, callback=lambda step, total, x: progress.step(step, total, x, x),
                              model_kind=kind)
         self.record.model_sigma_max = float(ms.sigma_max)
-        self.record.model_signature = dict(sampling_signature(ms, schedule),
-                                           patches=patch_signature(getattr(model_wrap, "model_patcher", None)))
+        patcher = getattr(model_wrap, "model_patcher", None)
+        self.record.model_signature = dict(sampling_signature(ms, schedule), patches=patch_signature(patcher),
+                                           base=base_weights(patcher))
         short = reach_message(schedule, self.record.model_sigma_max, kind)
         if short is not None:
             if self.partial:

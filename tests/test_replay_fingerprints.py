@@ -151,3 +151,80 @@ def test_a_merge_with_another_model_at_the_same_ratio_is_warned(caplog):
         host.run_workflow(prompt)
         said = model_warnings(caplog)
         assert (len(said) == 1 and OTHER_PATCH_VALUES in said[0]) if warned else said == [], (model, said)
+
+
+# ------------------------------------------------------------------------------------------------- the base weights
+@pytest.mark.parametrize("family", ["sd1", "sd3"])
+def test_another_checkpoint_is_warned_and_the_same_one_never_is(family, caplog):
+    import comfy.model_management
+
+    a, b = build(family, 0), build(family, 1)
+    inverted = invert(a, family)
+    caplog.clear()
+    same = replay(a, family, inverted)
+    comfy.model_management.unload_all_models()
+    again = replay(a, family, inverted)
+    assert model_warnings(caplog) == []
+    assert torch.equal(same, again)
+    twin = build(family, 0)          # the same checkpoint loaded again (another loader node): the same weights
+    replay(twin, family, inverted)
+    assert model_warnings(caplog) == []
+    other = replay(b, family, inverted)
+    said = model_warnings(caplog)
+    assert len(said) == 1 and said[0].startswith(f"[comfyui-inversion] model: {OTHER_CHECKPOINT}"), said
+    assert error(other, family) > 2 * error(same, family), (error(other, family), error(same, family))
+    # the edit engine checks the model it patches
+    caplog.clear()
+    with torch.inference_mode():
+        host.node_class("InversionEditEngine")().patch(b, inverted, cond(family), *(
+            ("dit_kv",) if family == "sd3" else ("pnp", 1.0, -1.0, -1.0, "decoder")))
+    said = model_warnings(caplog)
+    assert len(said) == 1 and said[0].startswith(f"[comfyui-inversion] model: {OTHER_CHECKPOINT}"), said
+
+
+def test_the_base_weights_are_the_checkpoints_in_every_load_state():
+    """A full load merges a LoRA into the weights in place; lowvram applies it on the fly; unloaded, the weights are
+    the checkpoint's. The fingerprint reads the patcher's backup of what it overwrote, so it is the checkpoint's in
+    every state, for the LoRA's clone as for the bare model."""
+    import comfy.model_management
+
+    base = build("sd1")
+    lora = with_weight_diffs(base, 10)
+    unloaded = bridge().base_weights(lora)
+    assert unloaded is not None and matches(unloaded, bridge().base_weights(base))
+    comfy.model_management.load_models_gpu([lora])
+    try:
+        net = lora.model.diffusion_model
+        picked = [name for name, _ in bridge().base_weights(lora)]
+        assert all("diffusion_model." + name in lora.backup for name in picked)    # merged in place, originals saved
+        current = fingerprint([(name, net.get_parameter(name)) for name in picked])
+        assert not matches(current, unloaded)
+        assert matches(bridge().base_weights(lora), unloaded) and matches(bridge().base_weights(base), unloaded)
+    finally:
+        comfy.model_management.unload_all_models()
+    assert not lora.backup
+    lora.patch_model_lowvram(device_to=lora.load_device, lowvram_model_memory=0)     # patches applied on the fly
+    try:
+        assert any(getattr(m, "weight_function", None) is not None for m in lora.model.modules())
+        assert matches(bridge().base_weights(lora), unloaded)
+    finally:
+        lora.unpatch_model(lora.offload_device)
+    assert not matches(bridge().base_weights(build("sd1", 1)), unloaded)
+
+
+def test_the_edit_engines_object_patches_do_not_change_the_base_weights(caplog):
+    """SD3's engine puts its own module in place of each joint block while its MODEL is loaded: the parameters keep
+    their names, so replays and engines built while it is loaded see the same base weights."""
+    family = "sd3"
+    model = build(family)
+    inverted = invert(model, family)
+    caplog.clear()
+    with torch.inference_mode():
+        engine = host.node_class("InversionEditEngine")().patch(model, inverted, cond(family), "dit_kv")[0]
+    replay(engine, family, inverted, positive=cond(family, EDIT))
+    # the engine's MODEL is still loaded when the next replay checks its model
+    assert type(model.model.diffusion_model.joint_blocks[0]).__name__ == "_JointBlockWithInjection"
+    replay(model, family, inverted)
+    with torch.inference_mode():
+        host.node_class("InversionEditEngine")().patch(model, inverted, cond(family), "dit_kv")
+    assert model_warnings(caplog) == []

@@ -50,6 +50,9 @@ class InversionRecord:
     model_sigma_max: Optional[float] = None   # the model's own top sigma (pure noise), to say how far up we went
     warnings: list[str] = field(default_factory=list)   # what the user should know about this inversion
     model_signature: dict[str, Any] = field(default_factory=dict)   # the host's description of the model's sampling
+    # what the inversion was guided with (the host bridge's guidance_of: a fingerprint of the positive conditioning,
+    # the cfg), for a replay to tell a reconstruction from a mismatch
+    guidance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def reach(self) -> Optional[float]:
@@ -95,6 +98,7 @@ class InversionRecord:
             "states": [s.clone() for s in self.states],
             "model_kind": self.model_kind,
             "model_signature": dict(self.model_signature),
+            "guidance": dict(self.guidance),
             "stats": self.stats(),
             "step_stats": [vars(s).copy() for s in self.steps],
             "warnings": list(self.warnings),

@@ -227,6 +227,83 @@ def check_patches(model, signature: Optional[dict], name: str, action: str) -> N
              f"Then ignore this; {fix}")
 
 
+# entries the host's guider adds to each conditioning when it converts a CONDITIONING for sampling
+# (comfy.sampler_helpers.convert_cond: a copy of the tensor, model conds built from it, upstream a fresh uuid per call):
+# left out, so that the inversion's guider copy and a replay's CONDITIONING of the same prompt fingerprint alike
+_CONVERTED_KEYS = ("cross_attn", "model_conds", "uuid")
+# prompts that differ differ everywhere; the same prompt encoded again (another text-encode node) may differ in
+# float rounding on some devices, which this allows
+CONDITIONING_RTOL = 1e-4
+
+
+def conditioning_fingerprint(cond: Any) -> Any:
+    """A fingerprint (inversion_core/fingerprint.py) of a CONDITIONING ``[[tensor, {pooled_output, width, ...}], ...]``
+    or of a guider's converted copy of one ``[{cross_attn: tensor, ...}, ...]``: its tensors and every extra entry the
+    model is given (pooled output, SDXL's width / height / crop / target size, areas, masks, strengths, other
+    tensors; objects such as a ControlNet by their type). None for anything else."""
+    if not isinstance(cond, (list, tuple)) or not cond:
+        return None
+    items = []
+    for c in cond:
+        if isinstance(c, dict):
+            tensor, extra = c.get("cross_attn"), c
+        elif isinstance(c, (list, tuple)) and len(c) >= 2 and isinstance(c[1], dict):
+            tensor, extra = c[0], c[1]
+        else:
+            return None
+        items.append((tensor, {k: v for k, v in extra.items() if k not in _CONVERTED_KEYS}))
+    return fingerprint(items)
+
+
+def guidance_of(guider) -> dict:
+    """What an inversion was guided with, for its replays to compare theirs with: the fingerprint of the guider's
+    positive conditioning and its cfg. The cfg is None for a guider that overrides the host's CFG prediction
+    (PerpNegGuider, DualCFGGuider, BasicGuider ...): its ``cfg`` attribute need not be the scale it applies."""
+    conds = getattr(guider, "original_conds", None) or {}
+    return {"positive": conditioning_fingerprint(conds.get("positive")), "cfg": guider_cfg(guider)}
+
+
+def guider_cfg(guider) -> Optional[float]:
+    """The cfg of a guider that predicts with the host's own CFG (CFGGuider.predict_noise), else None."""
+    base = getattr(comfy.samplers, "CFGGuider", None)
+    standard = base is not None and getattr(type(guider), "predict_noise", None) is getattr(base, "predict_noise", None)
+    cfg = getattr(guider, "cfg", None) if standard else None
+    return float(cfg) if isinstance(cfg, (int, float)) else None
+
+
+def is_inversion_prompt(guidance: Optional[dict], cond: Any) -> Optional[bool]:
+    """Whether ``cond`` is the positive conditioning the inversion recorded (``guidance``, from guidance_of); None when
+    either is unknown (a record made before this was recorded, a conditioning that could not be read)."""
+    old = (guidance or {}).get("positive")
+    now = conditioning_fingerprint(cond) if old is not None else None
+    if now is None:
+        return None
+    return matches(old, now, rtol=CONDITIONING_RTOL)
+
+
+def check_source_prompt(guidance: Optional[dict], cond: Any, name: str, effect: str) -> None:
+    """A warning when a conditioning that must be the inversion's own (source correction's source_positive, the edit
+    engine's source_conditioning) is not: ``effect`` says what that does."""
+    if is_inversion_prompt(guidance, cond) is False:
+        warn(f"{name}: it differs from the positive conditioning this latent was inverted with (another prompt, or the "
+             f"same text with other values: SDXL's size / crop, the pooled output ...), so {effect}. Connect the "
+             "conditioning the inversion node got as positive")
+
+
+def check_replay_cfg(guidance: Optional[dict], positive: Any, cfg: float, name: str) -> None:
+    """A warning when the replay's ``positive`` is the inversion's own but its cfg is not the inversion's: the result
+    is then neither the image back nor an edit of the prompt, only the same prompt pushed harder or softer. The caller
+    leaves out replays that source correction at strength 1 on every step makes exact at any cfg."""
+    old = (guidance or {}).get("cfg")
+    if old is None or math.isclose(float(cfg), float(old), rel_tol=1e-6, abs_tol=1e-6):
+        return
+    if is_inversion_prompt(guidance, positive):
+        warn(f"{name}: the positive conditioning is the one this latent was inverted with, but cfg is {float(cfg):g} "
+             f"where the inversion ran at cfg {float(old):g}: this is neither a reconstruction (that needs the "
+             f"inversion's cfg {float(old):g}, or source correction at strength 1 on every step) nor an edit of the "
+             f"prompt. Set cfg to {float(old):g} to get the image back; to edit, change the prompt")
+
+
 def model_family(model) -> str:
     """A coarse family name for presets: "SDXL" for SDXL-format latents, else the latent format's class name.
     ``model`` is a ModelPatcher or the host's BaseModel."""
@@ -412,9 +489,10 @@ class _Inverted:
                 "pair state)")
         return None
 
-    def add(self, top: torch.Tensor, schedule: torch.Tensor, signature: Optional[dict] = None) -> None:
+    def add(self, top: torch.Tensor, schedule: torch.Tensor, signature: Optional[dict] = None,
+            guidance: Optional[dict] = None) -> None:
         with self.lock:
-            self.items.append((top.detach().float().cpu().clone(), schedule.clone(), signature))
+            self.items.append((top.detach().float().cpu().clone(), schedule.clone(), signature, guidance))
 
     def find(self, x: torch.Tensor) -> "_Found":
         """The stored inversion whose top is ``x`` (up to its dtype's rounding), or whose batch items ``x`` is a
@@ -423,15 +501,15 @@ class _Inverted:
         with self.lock:
             items = list(self.items)
         related = None
-        for top, schedule, signature in reversed(items):
+        for top, schedule, signature, guidance in reversed(items):
             start = _rows_of(top, x)
             if start is not None:
-                return _Found(schedule, top[start:start + x.shape[0]], signature, start, top.shape[0], None)
+                return _Found(schedule, top[start:start + x.shape[0]], signature, start, top.shape[0], None, guidance)
             if related is None and top.shape == x.shape:
                 change = describe_change(top, x, rtol=_rtol(x.dtype))
                 if not change.startswith("changed"):
                     related = change
-        return _Found(None, None, None, None, None, related)
+        return _Found(None, None, None, None, None, related, None)
 
 
 class _Found(NamedTuple):
@@ -441,6 +519,7 @@ class _Found(NamedTuple):
     start: Optional[int]                 # first matching batch item
     batch: Optional[int]                 # the inversion's batch size
     related: Optional[str]               # no match: how x relates to a stored top (flipped / scaled …), if it does
+    guidance: Optional[dict]             # guidance_of the inversion's guider
 
 
 def _rows_of(top: torch.Tensor, x: torch.Tensor) -> Optional[int]:
@@ -494,6 +573,7 @@ class InversionSampler(comfy.samplers.Sampler):
         patcher = getattr(model_wrap, "model_patcher", None)
         self.record.model_signature = dict(sampling_signature(ms, schedule), patches=patch_signature(patcher),
                                            base=base_weights(patcher))
+        self.record.guidance = guidance_of(model_wrap)
         short = reach_message(schedule, self.record.model_sigma_max, kind)
         if short is not None:
             if self.partial:
@@ -521,7 +601,7 @@ class InversionSampler(comfy.samplers.Sampler):
                 "denoise < 1, or the low half of SplitSigmas)")
             warn(f"{self.method} inversion: {self.record.warnings[-1]}")
         top = self.record.states[-1]
-        INVERTED.add(top, schedule, self.record.model_signature)
+        INVERTED.add(top, schedule, self.record.model_signature, self.record.guidance)
         return top.to(device=x0.device)
 
 
@@ -580,7 +660,7 @@ class ReplaySampler(comfy.samplers.Sampler):
             if said:
                 warn(f"Inverted Replay SAMPLER: {said}")
             stored_top = check_replay_input(x_top, schedule, model_wrap.inner_model.model_sampling,
-                                            getattr(model_wrap, "model_patcher", None))
+                                            getattr(model_wrap, "model_patcher", None), guider=model_wrap)
             bdia = bdia or INVERTED.bdia_for(x_top)     # a BDIA top is never replayed with the plain step
             if stored_top is not None and describe_change(stored_top, x_top, rtol=FLOAT32_ROUND_TRIP) is not None:
                 x_top = stored_top.to(device=x_top.device)   # a half-precision copy: the inversion's float32 top
@@ -601,10 +681,12 @@ def _levels(schedule: torch.Tensor, n: int = 6) -> str:
     return "[" + ", ".join(v if len(v) <= n else v[:n - 1] + ["...", v[-1]]) + f"] ({len(v) - 1} steps)"
 
 
-def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None, patcher=None) -> Optional[torch.Tensor]:
+def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None, patcher=None,
+                       guider=None) -> Optional[torch.Tensor]:
     """The Inverted Replay SAMPLER's guard (see ReplaySampler): the float32 top of the inversion ``x_top`` is (a stored
     copy of, or a run of its batch items), or None when it is none of the remembered ones. With the model's
-    ``ms`` (model_sampling), a different model sampling than the inversion's is an error (check_sampling)."""
+    ``ms`` (model_sampling), a different model sampling than the inversion's is an error (check_sampling); with the
+    replay's ``guider``, the inversion's prompt at another cfg is warned (check_replay_cfg)."""
     found = INVERTED.find(x_top)
     if found.schedule is not None:
         stored = found.schedule
@@ -618,6 +700,10 @@ def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None, pat
         if ms is not None:
             check_sampling(ms, schedule, found.signature, "model", "replay")
         check_patches(patcher, found.signature, "model", "replay")
+        cfg = guider_cfg(guider) if guider is not None else None
+        if cfg is not None:
+            check_replay_cfg(found.guidance, (getattr(guider, "original_conds", None) or {}).get("positive"), cfg,
+                             "Inverted Replay SAMPLER: cfg")
         return found.top
     if found.related is not None:
         warn(f"Inverted Replay SAMPLER: latent_image is a recent inversion's noise {found.related} after the "
@@ -849,6 +935,8 @@ def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_po
     total = len(schedule) - 1
     strength = float(correction_strength)
     weights = step_weights(total, strength, int(correction_start_step), int(correction_end_step))
+    if not all(w == 1.0 for w in weights):   # full source correction reconstructs the source prompt at any cfg
+        check_replay_cfg(entry.get("guidance"), positive, cfg, "cfg")
     states_down = list(reversed(entry.get("states") or []))
     mask_input = mask if mask is not None else latent.get("noise_mask", entry.get("noise_mask"))
     if mask_input is not None and (getattr(model, "model_options", None) or {}).get("denoise_mask_function"):
@@ -886,6 +974,10 @@ def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_po
                 "source prompt itself, connect it to both positive and source_positive), or set "
                 "correction_strength to 0")
         check_conditioning(source_positive, samples.shape[0], "source_positive")
+        check_source_prompt(entry.get("guidance"), source_positive, "source_positive", (
+            "source correction computes its offsets from another prompt's predictions along the stored trajectory "
+            "and pulls the replay towards that prompt (with the inversion's prompt as positive it does not "
+            "reconstruct)"))
         offset_sampler = _OffsetSampler(states_down, weights, bdia)
         engine = edit_engine_of(model)      # the offsets are the source prompt's own, never an edited prediction
         with engine.offsets_pass() if engine is not None else contextlib.nullcontext():

@@ -228,3 +228,77 @@ def test_the_edit_engines_object_patches_do_not_change_the_base_weights(caplog):
     with torch.inference_mode():
         host.node_class("InversionEditEngine")().patch(model, inverted, cond(family), "dit_kv")
     assert model_warnings(caplog) == []
+
+
+# ----------------------------------------------------------------------------------------------- prompt and cfg
+def test_the_inversion_prompt_at_another_cfg_is_warned_and_edits_are_not(caplog):
+    family = "sd3"
+    model = build(family)
+    inverted = invert(model, family, cfg=4.0)
+    said = lambda: warnings_of(caplog, "cfg: the positive conditioning is the one this latent was inverted with")
+    caplog.clear()
+    back = replay(model, family, inverted, cfg=4.0)
+    replay(model, family, inverted, positive=cond(family, EDIT), cfg=1.0)       # edits, at any cfg
+    replay(model, family, inverted, positive=cond(family, EDIT), cfg=7.0)
+    corrected = replay(model, family, inverted, cfg=1.0, correction_strength=1.0, source_positive=cond(family))
+    assert said() == []
+    assert error(corrected, family) < 2 * error(back, family)    # full source correction reconstructs at any cfg
+    caplog.clear()
+    off = replay(model, family, inverted, cfg=1.0)
+    assert len(said()) == 1 and "but cfg is 1 where the inversion ran at cfg 4" in said()[0], warnings_of(caplog)
+    assert error(off, family) > 10 * error(back, family)
+    caplog.clear()                  # half the correction does not make it a reconstruction
+    replay(model, family, inverted, cfg=1.0, correction_strength=0.5, source_positive=cond(family))
+    assert len(said()) == 1, warnings_of(caplog)
+
+
+def test_the_replay_sampler_warns_the_inversion_prompt_at_another_cfg(caplog):
+    """The SAMPLER twins: the Inverted Replay SAMPLER finds the inversion by its noise and compares its guider."""
+    node = host.node_class
+    family = "sd3"
+    model, positive, negative = build(family), cond(family), cond(family, NEGATIVE)
+    with torch.inference_mode():
+        sigmas = node("BasicScheduler")().get_sigmas(model, host_scheduler(family), STEPS, 1.0)[0]
+        flipped = node("FlipSigmas")().get_sigmas(sigmas)[0]
+        guider = node("CFGGuider")().get_guider(model, positive, negative, 3.0)[0]
+        noise = node("DisableNoise")().get_noise()[0]
+        inverter = node("DDIMInvertSampler")().get_sampler(**defaults("DDIMInvertSampler"))[0]
+        inverted = node("SamplerCustomAdvanced")().sample(noise, guider, inverter, flipped,
+                                                          arch().make_latent(family, LATENT, 16))[0]
+        said = lambda: warnings_of(caplog, "Inverted Replay SAMPLER: cfg: the positive conditioning is the one")
+        for cfg, warned in ((3.0, False), (1.0, True)):
+            caplog.clear()
+            replayer = node("CFGGuider")().get_guider(model, positive, negative, cfg)[0]
+            node("SamplerCustomAdvanced")().sample(noise, replayer, node("InvertedReplaySampler")().get_sampler()[0],
+                                                   sigmas, inverted)
+            assert len(said()) == int(warned), warnings_of(caplog)
+        caplog.clear()               # another checkpoint, through the same path
+        other = node("CFGGuider")().get_guider(build(family, 1), positive, negative, 3.0)[0]
+        node("SamplerCustomAdvanced")().sample(noise, other, node("InvertedReplaySampler")().get_sampler()[0],
+                                               sigmas, inverted)
+        assert len(warnings_of(caplog, OTHER_CHECKPOINT)) == 1, warnings_of(caplog)
+
+
+def test_a_source_prompt_that_is_not_the_inversions_is_warned(caplog):
+    """SDXL: the same text with other size values (CLIPTextEncodeSDXL's 1024 defaults against the image's size) is
+    another conditioning; source correction and the edit engine are told it is not the inversion's."""
+    family = "sdxl"
+    model = build(family)
+    positive, other_size = cond(family, width=1024, height=1024), cond(family, width=832, height=1216)
+    inverted = invert(model, family, positive=positive)
+    said = lambda name: warnings_of(caplog, f"{name}: it differs from the positive conditioning this latent was "
+                                            "inverted with")
+    caplog.clear()
+    exact = replay(model, family, inverted, positive=positive, cfg=5.0, correction_strength=1.0,
+                   source_positive=positive)
+    replay(model, family, inverted, positive=other_size, cfg=1.0)          # an edit of the size values: fine
+    with torch.inference_mode():
+        host.node_class("InversionEditEngine")().patch(model, inverted, positive, "pnp")
+    assert warnings_of(caplog) == []
+    wrong = replay(model, family, inverted, positive=positive, cfg=5.0, correction_strength=1.0,
+                   source_positive=other_size)
+    assert len(said("source_positive")) == 1, warnings_of(caplog)
+    assert error(wrong, family) > 10 * error(exact, family)
+    with torch.inference_mode():
+        host.node_class("InversionEditEngine")().patch(model, inverted, other_size, "pnp")
+    assert len(said("source_conditioning")) == 1, warnings_of(caplog)

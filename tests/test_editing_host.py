@@ -285,7 +285,7 @@ def test_replay_sampler_checks_latent_and_sigmas(caplog):
     caplog.clear()
     run_workflow(plain)
     assert any(w.startswith("[comfyui-inversion] Inverted Replay SAMPLER: latent_image is not the noise (nor a run "
-                            "of batch items of it) of any of the last 16 inversions this process remembers")
+                            "of batch items of it) of any of the last 64 inversions this process remembers")
                for w in warnings_of(caplog)), \
         warnings_of(caplog)
     flipped = dict(chain)

@@ -351,7 +351,7 @@ def plot(rows, path: Path):
         for v in range(int(y0) // 10 * 10, int(y1) + 1, 10):
             if y0 <= v <= y1:
                 d.text((ox + 8, py(v) - 6), f"{v} dB", fill="black")
-        d.text((ox + L, 8), f"{model}: reconstruction PSNR vs inversion seconds", fill="black")
+        d.text((ox + L, 8), f"{model}: reconstruction PSNR vs inversion seconds (above 120 dB drawn at 120)", fill="black")
         for i, method in enumerate(m for m in methods if any(r["method"] == m for r in mine)):
             c = colour[method]
             pts = sorted((r["T"], math.log10(max(r["seconds"], 1e-3)), min(r["psnr"], 120.0))

@@ -935,8 +935,6 @@ def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_po
     total = len(schedule) - 1
     strength = float(correction_strength)
     weights = step_weights(total, strength, int(correction_start_step), int(correction_end_step))
-    if not all(w == 1.0 for w in weights):   # full source correction reconstructs the source prompt at any cfg
-        check_replay_cfg(entry.get("guidance"), positive, cfg, "cfg")
     states_down = list(reversed(entry.get("states") or []))
     mask_input = mask if mask is not None else latent.get("noise_mask", entry.get("noise_mask"))
     if mask_input is not None and (getattr(model, "model_options", None) or {}).get("denoise_mask_function"):
@@ -984,6 +982,9 @@ def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_po
             _guide(model, source_positive, negative, cfg, start, offset_sampler, schedule)
         offsets = offset_sampler.offsets
     m = _mask_for(mask_input, samples, "mask" if mask is not None else "inverted_latent noise_mask")
+    # full source correction reconstructs the source prompt at any cfg, and so does a mask of 0 everywhere (pinned)
+    if not all(w == 1.0 for w in weights) and not (m is not None and float(m.max()) == 0.0):
+        check_replay_cfg(entry.get("guidance"), positive, cfg, "cfg")
     sampler = ReplaySampler(offsets, weights, m, states_down if m is not None else None, checked=True, bdia=bdia)
     out_samples = _guide(model, positive, negative, cfg, start, sampler, schedule)
     out = {k: v for k, v in latent.items() if k not in ("samples", LATENT_KEY, "noise_mask")}

@@ -97,7 +97,7 @@ def test_masked_edit_keeps_the_outside_and_edits_the_inside():
     assert col_err[0] < col_err[-1] and torch.isfinite(soft).all()
 
 
-def test_noise_mask_on_the_latent_is_honoured():
+def test_noise_mask_on_the_latent_is_honoured(caplog):
     prompt = invert_and_replay(method="ExactInvert", extra=EXACT)
     prompt["mask"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 16, "height": 16}}
     prompt["masked"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["latent", 0], "mask": ["mask", 0]}}
@@ -111,6 +111,7 @@ def test_noise_mask_on_the_latent_is_honoured():
     out = run_workflow(prompt)
     x0 = out["latent"][0]["samples"]
     assert rms(out["replay"][0]["samples"], x0) < 1e-5       # mask 0 everywhere: pinned to the trajectory
+    assert not warnings_of(caplog, "cfg: the positive conditioning")   # ... so cfg 5 is no mismatch there
     # the mask lives in the record, not on the LATENT: a stock sampler used to inpaint with it, keeping the masked-out
     # area as the inverted noise (the whole image here: rms ~ sigma_max)
     assert "noise_mask" not in out["invert"][0]

@@ -141,9 +141,9 @@ def report_table(original: torch.Tensor, reconstructed: torch.Tensor, entry: Opt
                      f"(the image's share of the latent there: {100 * image_share(top, kind):.0f}%)")
     lines += [f"{'NOTE' if w.startswith('partial inversion') else 'WARNING'}: {w}"      # partial: asked for
               for w in list(entry.get("warnings") or []) + list(notes)]
-    where = ("measured at the best evaluated point, one map step before the stored latent, which typically lands "
-             "closer" if _one_map_step_on(entry) else "measured at the stored latent")
-    lines.append(f"per-step residual (RMS, latent units, inversion order; {where}): "
+    where = ("; measured at the best evaluated point, one map step before the stored latent, which typically lands "
+             "closer" if _one_map_step_on(entry) else "; measured at the stored latent") if residual else ""
+    lines.append(f"per-step residual (RMS, latent units, inversion order{where}): "
                  + (", ".join(f"{r:.2e}" for r in residual) if residual else "not measured by this method"))
     rel = relative_residuals(entry)
     if any(r is not None for r in rel):

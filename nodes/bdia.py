@@ -33,7 +33,8 @@ class BDIAInversionSampler(InversionSampler):
         top = super().sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
                              disable_pbar)
         self.record.params["grid"] = self.solver.grid
-        INVERTED.mark_bdia(self.record.states, float(self.params["gamma"]), self.solver.grid, self.solver.space)
+        INVERTED.mark_bdia(self.record.states, float(self.params["gamma"]), self.solver.grid, self.solver.space,
+                           self.record.sigmas, self.record.model_signature, self.record.guidance)
         return top
 
 

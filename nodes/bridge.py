@@ -156,6 +156,9 @@ def base_weights(model) -> Any:
     the module names (the edit engine's MMDiT blocks). None when the model has no diffusion model or a weight cannot
     be read."""
     net = getattr(getattr(model, "model", None), "diffusion_model", None)
+    # a torch.compile object patch (TorchCompileModel, ModelCompile) wraps the network while it is loaded: its
+    # parameter names gain "_orig_mod.", which would read as another checkpoint after the model was unloaded
+    net = getattr(net, "_orig_mod", net)
     if not isinstance(net, torch.nn.Module):
         return None
     params = list(net.named_parameters())
@@ -251,8 +254,24 @@ def conditioning_fingerprint(cond: Any) -> Any:
             tensor, extra = c[0], c[1]
         else:
             return None
-        items.append((tensor, {k: v for k, v in extra.items() if k not in _CONVERTED_KEYS}))
+        items.append((tensor, {k: _control_state(v) if k == "control" else v
+                               for k, v in extra.items() if k not in _CONVERTED_KEYS}))
     return fingerprint(items)
+
+
+def _control_state(control: Any, depth: int = 0) -> Any:
+    """What a ControlNet / T2I adapter in a conditioning contributes, as plain values for the fingerprint: its hint
+    image, strength and step range, a few of its model's weights, and the chain before it (an object alone would be
+    compared by type only: another hint image at the same strength would pass for the inversion's conditioning)."""
+    if control is None or depth > 8 or not hasattr(control, "cond_hint_original"):
+        return control
+    net = getattr(control, "control_model", None)
+    params = list(net.parameters()) if isinstance(net, torch.nn.Module) else []
+    return {"type": type(control).__name__, "hint": control.cond_hint_original,
+            "strength": getattr(control, "strength", None),
+            "range": tuple(getattr(control, "timestep_percent_range", ()) or ()),
+            "weights": [params[0], params[-1]] if params else None,
+            "previous": _control_state(getattr(control, "previous_controlnet", None), depth + 1)}
 
 
 def guidance_of(guider) -> dict:
@@ -260,7 +279,10 @@ def guidance_of(guider) -> dict:
     positive conditioning and its cfg. The cfg is None for a guider that overrides the host's CFG prediction
     (PerpNegGuider, DualCFGGuider, BasicGuider ...): its ``cfg`` attribute need not be the scale it applies."""
     conds = getattr(guider, "original_conds", None) or {}
-    return {"positive": conditioning_fingerprint(conds.get("positive")), "cfg": guider_cfg(guider)}
+    cfg = guider_cfg(guider)
+    if cfg is not None and _same_conditioning(conds.get("positive"), conds.get("negative")):
+        cfg = None        # positive = negative: every cfg gave the conditional prediction, none is "the" cfg
+    return {"positive": conditioning_fingerprint(conds.get("positive")), "cfg": cfg}
 
 
 def guider_cfg(guider) -> Optional[float]:
@@ -281,21 +303,36 @@ def is_inversion_prompt(guidance: Optional[dict], cond: Any) -> Optional[bool]:
     return matches(old, now, rtol=CONDITIONING_RTOL)
 
 
-def check_source_prompt(guidance: Optional[dict], cond: Any, name: str, effect: str) -> None:
-    """A warning when a conditioning that must be the inversion's own (source correction's source_positive, the edit
-    engine's source_conditioning) is not: ``effect`` says what that does."""
-    if is_inversion_prompt(guidance, cond) is False:
-        warn(f"{name}: it differs from the positive conditioning this latent was inverted with (another prompt, or the "
-             f"same text with other values: SDXL's size / crop, the pooled output ...), so {effect}. Connect the "
-             "conditioning the inversion node got as positive")
+def check_source_positive(guidance: Optional[dict], source_positive: Any, positive: Any) -> None:
+    """A warning when source correction's ``source_positive`` is not the inversion's positive while the replay's
+    ``positive`` is: the offsets then make the replay follow another prompt's predictions, and the image does not come
+    back (tiny SDXL, the same text at another size, cfg 5: 26 dB instead of 119). Other uses are meant and exact: a
+    source_positive that is also the positive reconstructs whatever the inversion's prompt, and a description as
+    source with an edit prompt after an empty-prompt inversion is a DirectInversion-style edit."""
+    if is_inversion_prompt(guidance, positive) and is_inversion_prompt(guidance, source_positive) is False:
+        warn("source_positive: it differs from the positive conditioning this latent was inverted with (another "
+             "prompt, or the same text with other values: SDXL's size / crop, the pooled output ...), while positive "
+             "is that conditioning: source correction then pulls the replay towards source_positive's predictions and "
+             "the image does not come back. Connect the conditioning the inversion node got as positive to "
+             "source_positive too")
 
 
-def check_replay_cfg(guidance: Optional[dict], positive: Any, cfg: float, name: str) -> None:
+def _same_conditioning(a: Any, b: Any) -> bool:
+    fa, fb = conditioning_fingerprint(a), conditioning_fingerprint(b)
+    return fa is not None and fb is not None and matches(fa, fb, rtol=CONDITIONING_RTOL)
+
+
+def check_replay_cfg(guidance: Optional[dict], positive: Any, negative: Any, cfg: float, name: str,
+                     model=None) -> None:
     """A warning when the replay's ``positive`` is the inversion's own but its cfg is not the inversion's: the result
     is then neither the image back nor an edit of the prompt, only the same prompt pushed harder or softer. The caller
-    leaves out replays that source correction at strength 1 on every step makes exact at any cfg."""
+    leaves out replays that source correction at strength 1 on every step makes exact at any cfg. Not warned: a
+    negative equal to the positive (cfg then changes nothing: the conditional prediction either way), and a MODEL
+    carrying the Inversion Edit Engine (it edits with the same prompt: P2P re-weighting, injected features)."""
     old = (guidance or {}).get("cfg")
     if old is None or math.isclose(float(cfg), float(old), rel_tol=1e-6, abs_tol=1e-6):
+        return
+    if (model is not None and edit_engine_of(model) is not None) or _same_conditioning(positive, negative):
         return
     if is_inversion_prompt(guidance, positive):
         warn(f"{name}: the positive conditioning is the one this latent was inverted with, but cfg is {float(cfg):g} "
@@ -456,12 +493,14 @@ class _Inverted:
         self.forgotten: collections.deque = collections.deque(maxlen=forgotten)   # tops of dropped BDIA entries
         self.lock = threading.Lock()
 
-    def mark_bdia(self, states: list, gamma: float, grid: Optional[float], space: str) -> None:
+    def mark_bdia(self, states: list, gamma: float, grid: Optional[float], space: str, schedule: torch.Tensor,
+                  signature: Optional[dict] = None, guidance: Optional[dict] = None) -> None:
         """A BDIA inversion's trajectory (``states`` x_0 … x_T as the record has them): its top and pair state, and
-        the recorded states its replay settles on (solvers/bdia.py: half-precision networks)."""
+        the recorded states its replay settles on (solvers/bdia.py: half-precision networks); with what ``add`` keeps
+        for every inversion, so that its checks outlive the shorter list of all inversions as long as it is held."""
         down = [s.detach().float().cpu().clone() for s in reversed(states)]
         with self.lock:
-            self.bdia.append((down, float(gamma), grid, space))
+            self.bdia.append((down, float(gamma), grid, space, (schedule.clone(), signature, guidance)))
             held = sum(sum(z.numel() * z.element_size() for z in entry[0]) for entry in self.bdia)
             while len(self.bdia) > 1 and (len(self.bdia) > self.bdia_size or held > self.bdia_bytes):
                 dropped = self.bdia.popleft()[0]
@@ -474,11 +513,11 @@ class _Inverted:
         one is an error: the plain step would not give its image back."""
         with self.lock:
             items, forgotten = list(self.bdia), list(self.forgotten)
-        for down, *state in reversed(items):
+        for down, gamma, grid, space, _ in reversed(items):
             start = _rows_of(down[0], x)
             if start is not None:
                 rows = [z[start:start + x.shape[0]] for z in down]
-                return (rows[1], *state, rows)
+                return (rows[1], gamma, grid, space, rows)
         if any(_rows_of(top, x) is not None for top in forgotten):
             raise ValueError(
                 "latent_image: this is the noise of a BDIA inversion this process no longer holds the pair state of "
@@ -498,8 +537,8 @@ class _Inverted:
         """The stored inversion whose top is ``x`` (up to its dtype's rounding), or whose batch items ``x`` is a
         contiguous run of (LatentFromBatch); else how ``x`` relates to the closest one if it is a flipped / rotated
         / scaled copy of one."""
-        with self.lock:
-            items = list(self.items)
+        with self.lock:     # then the BDIA inversions, which may be held longer than the list of all inversions
+            items = list(self.items) + [(down[0], *info) for down, _, _, _, info in self.bdia]
         related = None
         for top, schedule, signature, guidance in reversed(items):
             start = _rows_of(top, x)
@@ -702,8 +741,9 @@ def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None, pat
         check_patches(patcher, found.signature, "model", "replay")
         cfg = guider_cfg(guider) if guider is not None else None
         if cfg is not None:
-            check_replay_cfg(found.guidance, (getattr(guider, "original_conds", None) or {}).get("positive"), cfg,
-                             "Inverted Replay SAMPLER: cfg")
+            conds = getattr(guider, "original_conds", None) or {}
+            check_replay_cfg(found.guidance, conds.get("positive"), conds.get("negative"), cfg,
+                             "Inverted Replay SAMPLER: cfg", patcher)
         return found.top
     if found.related is not None:
         warn(f"Inverted Replay SAMPLER: latent_image is a recent inversion's noise {found.related} after the "
@@ -972,10 +1012,7 @@ def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_po
                 "source prompt itself, connect it to both positive and source_positive), or set "
                 "correction_strength to 0")
         check_conditioning(source_positive, samples.shape[0], "source_positive")
-        check_source_prompt(entry.get("guidance"), source_positive, "source_positive", (
-            "source correction computes its offsets from another prompt's predictions along the stored trajectory "
-            "and pulls the replay towards that prompt (with the inversion's prompt as positive it does not "
-            "reconstruct)"))
+        check_source_positive(entry.get("guidance"), source_positive, positive)
         offset_sampler = _OffsetSampler(states_down, weights, bdia)
         engine = edit_engine_of(model)      # the offsets are the source prompt's own, never an edited prediction
         with engine.offsets_pass() if engine is not None else contextlib.nullcontext():
@@ -984,7 +1021,7 @@ def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_po
     m = _mask_for(mask_input, samples, "mask" if mask is not None else "inverted_latent noise_mask")
     # full source correction reconstructs the source prompt at any cfg, and so does a mask of 0 everywhere (pinned)
     if not all(w == 1.0 for w in weights) and not (m is not None and float(m.max()) == 0.0):
-        check_replay_cfg(entry.get("guidance"), positive, cfg, "cfg")
+        check_replay_cfg(entry.get("guidance"), positive, negative, cfg, "cfg", model)
     sampler = ReplaySampler(offsets, weights, m, states_down if m is not None else None, checked=True, bdia=bdia)
     out_samples = _guide(model, positive, negative, cfg, start, sampler, schedule)
     out = {k: v for k, v in latent.items() if k not in ("samples", LATENT_KEY, "noise_mask")}

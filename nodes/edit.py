@@ -27,7 +27,7 @@ from ..inversion_core.edit import (MODES, concat_tokens, find_step, inject_self_
 from ..inversion_core.edit.attention import reweight_columns
 from ..inversion_core.edit.select import MODE_HELP, EditSettings, layer_name
 from ..inversion_core.record import describe_change
-from .bridge import (_mask_for, check_conditioning, check_patches, check_sampling, check_source_prompt, model_family,
+from .bridge import (_mask_for, check_conditioning, check_patches, check_sampling, model_family,
                      model_kind, raw_patch_signature, read_inverted, warn)
 from .common import CATEGORY
 
@@ -532,9 +532,6 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
     check_sampling(model.get_model_object("model_sampling"), entry["sigmas"], entry.get("model_signature"), "model",
                    "edit")
     check_patches(model, entry.get("model_signature"), "model", "edit")
-    check_source_prompt(entry.get("guidance"), source_conditioning, "source_conditioning", (
-        "the engine's source branch, pinned to the image's stored trajectory, computes its attention under another "
-        "prompt than the one that trajectory was inverted with, and the edit borrows those features"))
     schedule = [float(s) for s in entry["sigmas"].tolist()]
     total = len(schedule) - 1
     states_down = list(reversed(entry.get("states") or []))

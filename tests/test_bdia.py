@@ -331,3 +331,31 @@ def test_a_cached_bdia_inversion_whose_pair_state_was_dropped_is_an_error_not_a_
     prompt["guider_rep"]["inputs"]["cfg"] = 1.0 + 1e-6            # the replay runs again, the inversion is cached
     with pytest.raises(host.WorkflowError, match="no longer holds the pair state"):
         session.run(prompt, outputs=["custom_replay"])
+
+
+def test_a_bdia_top_keeps_its_checks_while_its_pair_state_is_held(monkeypatch, caplog):
+    """The list of all inversions may drop a BDIA top before the BDIA trajectories do: its replay was then exact but
+    warned that the pair state could not be found, with the sigma and model checks skipped."""
+    import collections
+    from test_editing_host import warnings_of
+
+    bridge = sys.modules[host.pack_module().__name__ + ".nodes.bridge"]
+    monkeypatch.setattr(bridge.INVERTED, "items", collections.deque(maxlen=1))
+    session = host.Session()
+    prompt = add_custom_chain(_bdia_prompt(steps=4), "BDIAInvertSampler", {})
+    prompt["guider_rep"] = dict(prompt["guider"], inputs=dict(prompt["guider"]["inputs"]))
+    prompt["custom_replay"]["inputs"]["guider"] = ["guider_rep", 0]
+    session.run(prompt, outputs=["custom"])
+    other = add_custom_chain(_bdia_prompt(steps=4), "DDIMInvertSampler", {})
+    other["latent"]["inputs"]["seed"] += 1                        # a plain inversion takes the only place
+    other = {f"b_{k}": dict(v, inputs={n: [f"b_{x[0]}", x[1]] if isinstance(x, list) else x
+                                       for n, x in v["inputs"].items()}) for k, v in other.items()}
+    session.run({**prompt, **other}, outputs=["b_custom"])
+    caplog.clear()
+    out = session.run(prompt, outputs=["custom_replay"])
+    assert torch.equal(out["custom_replay"][0]["samples"], out["latent"][0]["samples"])
+    assert not warnings_of(caplog, "is not the noise"), warnings_of(caplog)
+    prompt["sched_rep"] = dict(prompt["sched"], inputs=dict(prompt["sched"]["inputs"], steps=5))
+    prompt["custom_replay"]["inputs"]["sigmas"] = ["sched_rep", 0]
+    with pytest.raises(host.WorkflowError, match="sigmas: this latent was inverted on sigmas"):
+        session.run(prompt, outputs=["custom_replay"])

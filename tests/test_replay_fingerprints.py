@@ -45,19 +45,20 @@ def cond(family: str, seeds: str = SOURCE, **size):
     return arch().make_conditioning(family, seeds, 4, **size)
 
 
-def invert(model, family: str, positive=None, cfg: float = 1.0) -> dict:
+def invert(model, family: str, positive=None, cfg: float = 1.0, negative=None) -> dict:
     """Exact Invert at its defaults, T=5, on the family's scheduler (tests/test_architectures.py)."""
     params = {k: v for k, v in defaults("ExactInvert").items() if k not in ("steps", "scheduler", "cfg", "denoise")}
     with torch.inference_mode():
         return host.node_class("ExactInvert")().invert(
-            model, positive or cond(family), cond(family, NEGATIVE), arch().make_latent(family, LATENT, 16), STEPS,
-            scheduler(family), cfg, 1.0, None, **params)[0]
+            model, positive or cond(family), negative or cond(family, NEGATIVE), arch().make_latent(family, LATENT, 16),
+            STEPS, scheduler(family), cfg, 1.0, None, **params)[0]
 
 
-def replay(model, family: str, inverted: dict, positive=None, cfg: float = 1.0, **inputs) -> torch.Tensor:
+def replay(model, family: str, inverted: dict, positive=None, cfg: float = 1.0, negative=None,
+           **inputs) -> torch.Tensor:
     with torch.inference_mode():
         return host.node_class("InvertedLatentSampler")().sample(
-            model, positive or cond(family), cond(family, NEGATIVE), cfg, inverted, **inputs)[0]["samples"]
+            model, positive or cond(family), negative or cond(family, NEGATIVE), cfg, inverted, **inputs)[0]["samples"]
 
 
 def error(out: torch.Tensor, family: str) -> float:
@@ -252,6 +253,29 @@ def test_the_inversion_prompt_at_another_cfg_is_warned_and_edits_are_not(caplog)
     assert len(said()) == 1, warnings_of(caplog)
 
 
+def test_cfg_is_not_judged_where_it_changes_nothing_or_an_engine_edits(caplog):
+    """Negative = positive makes every cfg the conditional prediction (negative-prompt-inversion style), at the
+    replay or at the inversion; a MODEL carrying the edit engine edits with the same prompt (false alarms before)."""
+    family = "sd3"
+    model = build(family)
+    said = lambda: warnings_of(caplog, "cfg: the positive conditioning is the one this latent was inverted with")
+    inverted = invert(model, family, cfg=4.0)
+    caplog.clear()
+    one = replay(model, family, inverted, cfg=1.0, negative=cond(family))
+    seven = replay(model, family, inverted, cfg=7.0, negative=cond(family))
+    assert torch.allclose(one, seven, atol=1e-4) and said() == []
+    engine = host.node_class("InversionEditEngine")()
+    with torch.inference_mode():
+        edited_model = engine.patch(model, inverted, cond(family), "dit_kv")[0]
+    replay(edited_model, family, inverted, cfg=1.0)
+    assert said() == []
+    same = invert(model, family, cfg=4.0, negative=cond(family))
+    replay(model, family, same, cfg=1.0)
+    assert said() == []
+    replay(model, family, inverted, cfg=1.0)                                # the real mismatch is still told
+    assert len(said()) == 1
+
+
 def test_the_replay_sampler_warns_the_inversion_prompt_at_another_cfg(caplog):
     """The SAMPLER twins: the Inverted Replay SAMPLER finds the inversion by its noise and compares its guider."""
     node = host.node_class
@@ -281,7 +305,9 @@ def test_the_replay_sampler_warns_the_inversion_prompt_at_another_cfg(caplog):
 
 def test_a_source_prompt_that_is_not_the_inversions_is_warned(caplog):
     """SDXL: the same text with other size values (CLIPTextEncodeSDXL's 1024 defaults against the image's size) is
-    another conditioning; source correction and the edit engine are told it is not the inversion's."""
+    another conditioning; source correction with the inversion's prompt as positive is told its source is not the
+    inversion's. Meant uses stay silent: the other conditioning as positive and source (exact at any prompt), and an
+    edit engine whose source branch runs another prompt (a description after an empty-prompt inversion)."""
     family = "sdxl"
     model = build(family)
     positive, other_size = cond(family, width=1024, height=1024), cond(family, width=832, height=1216)
@@ -299,6 +325,59 @@ def test_a_source_prompt_that_is_not_the_inversions_is_warned(caplog):
                    source_positive=other_size)
     assert len(said("source_positive")) == 1, warnings_of(caplog)
     assert error(wrong, family) > 10 * error(exact, family)
+    caplog.clear()
+    both = replay(model, family, inverted, positive=other_size, cfg=5.0, correction_strength=1.0,
+                  source_positive=other_size)
     with torch.inference_mode():
         host.node_class("InversionEditEngine")().patch(model, inverted, other_size, "pnp")
-    assert len(said("source_conditioning")) == 1, warnings_of(caplog)
+    assert warnings_of(caplog) == []
+    assert error(both, family) < 2 * error(exact, family)          # the offsets reconstruct through any source
+
+
+def test_a_controlnet_in_the_conditioning_is_compared_by_what_it_contributes():
+    """A ControlNet in the conditioning used to be compared by its type only: the same prompt with another hint image
+    read as the inversion's prompt (and an edit through the hint was warned as 'another cfg')."""
+    import comfy.controlnet
+    import comfy.model_management
+    from comfy.cldm import cldm
+
+    config = dict(build("sd1").model.model_config.unet_config)
+    config.pop("out_channels", None)
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode(False), torch.no_grad():
+        net = cldm.ControlNet(hint_channels=3, **config)
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    control = comfy.controlnet.ControlNet(net, load_device=comfy.model_management.get_torch_device(),
+                                          manual_cast_dtype=None)
+    hint_a, hint_b = torch.rand((1, 64, 64, 3), generator=gen), torch.rand((1, 64, 64, 3), generator=gen)
+    apply = host.node_class("ControlNetApplyAdvanced")()
+    positive, negative = cond("sd1"), cond("sd1", NEGATIVE)
+    with torch.inference_mode():
+        with_a = apply.apply_controlnet(positive, negative, control, hint_a, 1.0, 0.0, 1.0)[0]
+        again = apply.apply_controlnet(positive, negative, control, hint_a, 1.0, 0.0, 1.0)[0]   # another node
+        with_b = apply.apply_controlnet(positive, negative, control, hint_b, 1.0, 0.0, 1.0)[0]
+        weaker = apply.apply_controlnet(positive, negative, control, hint_a, 0.5, 0.0, 1.0)[0]
+    guidance = {"positive": bridge().conditioning_fingerprint(with_a)}
+    assert bridge().is_inversion_prompt(guidance, again)
+    assert not bridge().is_inversion_prompt(guidance, with_b) and not bridge().is_inversion_prompt(guidance, weaker)
+    assert not bridge().is_inversion_prompt(guidance, positive)
+
+
+def test_a_compiled_network_is_the_same_checkpoint():
+    """A torch.compile object patch (TorchCompileModel, ModelCompile) renames the loaded network's parameters
+    "_orig_mod.*": the base weights read through it must be the checkpoint's (it was 'another checkpoint?' after the
+    model was unloaded)."""
+    import comfy.model_management
+
+    base = build("sd1")
+    compiled = base.clone()
+    compiled.add_object_patch("diffusion_model", torch.compile(base.get_model_object("diffusion_model"),
+                                                               backend="eager"))
+    unloaded = bridge().base_weights(base)
+    comfy.model_management.load_models_gpu([compiled])
+    try:
+        assert type(compiled.model.diffusion_model).__name__ == "OptimizedModule"
+        assert matches(bridge().base_weights(compiled), unloaded)
+    finally:
+        comfy.model_management.unload_all_models()

@@ -15,7 +15,7 @@ import contextlib
 import functools
 import inspect
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 

@@ -243,7 +243,8 @@ def conditioning_fingerprint(cond: Any) -> Any:
     """A fingerprint (inversion_core/fingerprint.py) of a CONDITIONING ``[[tensor, {pooled_output, width, ...}], ...]``
     or of a guider's converted copy of one ``[{cross_attn: tensor, ...}, ...]``: its tensors and every extra entry the
     model is given (pooled output, SDXL's width / height / crop / target size, areas, masks, strengths, other
-    tensors; objects such as a ControlNet by their type). None for anything else."""
+    tensors; a ControlNet by what it contributes (_control_state), other objects by their type). None for anything
+    else."""
     if not isinstance(cond, (list, tuple)) or not cond:
         return None
     items = []
@@ -488,7 +489,8 @@ class _Inverted:
 
     def __init__(self, size: int = 64, bdia_bytes: int = 512 * 2 ** 20, forgotten: int = 64):
         self.items: collections.deque = collections.deque(maxlen=size)
-        self.bdia: collections.deque = collections.deque()    # (trajectory down, gamma, grid, space)
+        # (trajectory down, gamma, grid, space, (schedule, signature, guidance) as ``add`` keeps them)
+        self.bdia: collections.deque = collections.deque()
         self.bdia_size, self.bdia_bytes = int(size), int(bdia_bytes)
         self.forgotten: collections.deque = collections.deque(maxlen=forgotten)   # tops of dropped BDIA entries
         self.lock = threading.Lock()

@@ -83,7 +83,9 @@ def test_batched_and_cached_source_branch_agree_and_the_edit_moves(mode, extra):
     batched, plain, _ = run(prompt, mode=mode, window_start=0.0, window_end=1.0, layers="all",
                             source_branch="batched", **extra)
     cached, _, _ = run(prompt, source_branch="cached")
-    err = (batched - cached).abs().max().item()
+    # batch 2B against batch B through the same network: float32 rounding only, which scales with the latent's size
+    # (max |x| 10-16 here; measured up to 1.9e-6 of it)
+    err = ((batched - cached).abs().max() / batched.abs().max()).item()
     assert err <= 1e-5, err
     assert (batched - plain).abs().max().item() > 1e-3       # the injection does something
 

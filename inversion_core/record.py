@@ -16,6 +16,10 @@ LATENT_KEY = "inversion"
 FORMAT_VERSION = 1
 
 
+RESIDUAL_AT_STORED = "stored"                  # StepStats.residual_at: where the residual was measured
+RESIDUAL_BEFORE_MAP = "one map step before"
+
+
 @dataclass
 class StepStats:
     """What one inversion step cost and how exact it is.
@@ -35,6 +39,12 @@ class StepStats:
     # per item, the residual plain DDIM's step would have had here, when the solver measured it (solvers that start
     # from the DDIM guess get it from their first iterate); the report flags a step whose residual is worse
     ddim_residual: Optional[list[float]] = None
+    # where ``residual`` was measured: at the latent this step stores (RESIDUAL_AT_STORED), or at the best evaluated
+    # point z* whose map value f(z*) is stored (RESIDUAL_BEFORE_MAP: the fixed-point solvers; f(z*) typically lands
+    # closer than z*)
+    residual_at: str = RESIDUAL_AT_STORED
+    # why the residual does not say whether the replay drifts here ("" = it does, and the report judges the step)
+    not_judged: str = ""
 
 
 @dataclass

@@ -28,7 +28,7 @@ import torch
 
 from ..inversion_core import LATENT_KEY
 from ..inversion_core.metrics import psnr, ssim
-from ..inversion_core.record import describe_change, image_share
+from ..inversion_core.record import RESIDUAL_BEFORE_MAP, describe_change, image_share
 from .bridge import warn
 from .common import CATEGORY
 
@@ -78,23 +78,15 @@ def relative_residuals(entry: dict) -> list[Optional[float]]:
 
 
 def _one_map_step_on(entry: dict) -> bool:
-    """Whether the stored latent is f(z) one map step beyond the measured point z (the fixed-point solvers: Exact,
-    GNRI quasi-newton; GNRI's reference code) rather than the measured point itself (PreciseInv, GNRI newton, BDIA)."""
-    method, variant = entry.get("method"), (entry.get("params") or {}).get("variant")
-    return method == "exact" or (method == "gnri" and variant in ("quasi-newton", "reference code"))
+    """Whether the stored latents are f(z) one map step beyond the measured points z (the fixed-point solvers)
+    rather than the measured points themselves: each solver says so in its steps (StepStats.residual_at)."""
+    measured = [s for s in entry.get("step_stats") or [] if s.get("residual")]
+    return bool(measured) and all(s.get("residual_at") == RESIDUAL_BEFORE_MAP for s in measured)
 
 
 def _not_judged(entry: dict) -> Optional[str]:
-    """Why this record's steps are not judged (None: they are)."""
-    if entry.get("method") == "bdia":
-        # the pair replay lands on the image whatever the starter's residual: judging it flagged exact (inf dB)
-        # inversions as drifting
-        return "the pair replay lands on the image whatever the starter step's residual"
-    if entry.get("method") == "gnri" and (entry.get("params") or {}).get("variant") == "reference code":
-        # its sign step leaves z_k far from f(z_k): the stored f(z_k) missed by 1.1 % / 11 % of the step where z_k's
-        # residual read 79 % / 73 % (a tiny model, T=4), so the rule flagged steps the replay does not drift on
-        return "the residual is measured at the sign step's iterate z_k, and the stored f(z_k) lands far closer"
-    return None
+    """Why this record's steps are not judged (None: they are), as its solver said (StepStats.not_judged)."""
+    return next((s["not_judged"] for s in entry.get("step_stats") or [] if s.get("not_judged")), None)
 
 
 def bad_steps(entry: dict) -> list[tuple[int, str]]:

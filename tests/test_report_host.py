@@ -195,3 +195,24 @@ def test_the_residual_label_says_where_it_was_measured():
     """GNRI newton keeps its best evaluated iterate: its residual is the stored latent's own."""
     table = run_workflow(reference_prompt("GNRIInvert", {"variant": "newton"}, steps=4))["report"][0]
     assert "measured at the stored latent)" in table and "one map step before" not in table, table
+
+
+def test_where_a_residual_was_measured_and_whether_it_is_judged_come_from_the_solver_not_the_method_name():
+    """A method the report has never heard of is labelled and judged by what its steps say (StepStats.residual_at,
+    StepStats.not_judged), so a new solver cannot be mislabelled by a list of names in the report."""
+    import copy
+
+    inv = run_workflow(invert_and_replay(method="ExactInvert", extra={
+        "preset": "balanced", "tolerance": 1e-4, "budget": 3, "memory": 3}))["invert"][0]
+    a, b = (x[:1] for x in images(1))
+    report = host.node_class("InversionReport")().report
+    renamed = copy.deepcopy(inv)
+    renamed["inversion"]["method"] = "a future method"
+    assert "one map step before the stored latent" in report(a, b, renamed)["result"][0]
+    for s in renamed["inversion"]["step_stats"]:
+        s["residual_at"] = "stored"
+    table = report(a, b, renamed)["result"][0]
+    assert "measured at the stored latent)" in table and "one map step before" not in table, table
+    renamed["inversion"]["step_stats"][1]["not_judged"] = "its replay does not follow this residual"
+    table = report(a, b, renamed)["result"][0]
+    assert "bad steps: not judged (its replay does not follow this residual)" in table, table

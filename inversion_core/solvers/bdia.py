@@ -72,12 +72,15 @@ from torch import Tensor
 
 from ..denoiser import Denoiser, NonFiniteModelOutput
 from ..invert import StepContext, StepFailed
-from ..record import StepStats
+from ..record import RESIDUAL_AT_STORED, StepStats
 from ..replay import step_finisher
 from ..steps import fixed_point_map, residual_rms, to_d
 from .fixed_point import FixedPointOptions, make_fixed_point_step
 
 METHOD = "bdia"
+# why a BDIA step's residual is not judged (StepStats.not_judged): judging the starter flagged exact (inf dB)
+# inversions as drifting
+PAIR_REPLAY = "the pair replay lands on the image whatever the starter step's residual"
 MIN_GAMMA = 0.01
 DEFAULT_STARTER = FixedPointOptions(tol=1e-4, max_evals=2, memory=3)   # measured: scripts/bdia_compare.py
 
@@ -218,7 +221,7 @@ class BDIAInversionStep:
             note = (f"BDIA step: |z| reached {reach:.4g}, beyond the grid's exact range "
                     f"{EXACT_INTEGERS * self.grid:.4g}: those elements are rounded (float32 precision, not bit-exact)")
         return z_up, StepStats(sigma_lo=sigma_lo, sigma_hi=sigma_hi, iterations=1, residual=res.tolist(),
-                               converged=True, note=note)
+                               converged=True, note=note, not_judged=PAIR_REPLAY)
 
     def _start(self, den, target, guess, sigma_lo, sigma_hi, ctx):
         c_top = level_scales(den, self.space, self.sigma_top or 0.0, 0.0, 0.0)[0]
@@ -242,6 +245,8 @@ class BDIAInversionStep:
         st.converged = bool((best <= self.starter.tol).all())
         st.note = ("BDIA starter z_1 (fixed point, best evaluated iterate; its residual sets how close the pair is "
                    "to the ODE, not how exactly the replay lands)")
+        # the residual is measured at z_1 itself here (the solve's f(z*) is not what is kept)
+        st.residual_at, st.not_judged = RESIDUAL_AT_STORED, PAIR_REPLAY
         return z1, st
 
 

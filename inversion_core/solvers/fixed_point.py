@@ -43,7 +43,7 @@ from torch import Tensor
 
 from ..denoiser import Denoiser
 from ..invert import StepContext
-from ..record import StepStats
+from ..record import RESIDUAL_BEFORE_MAP, StepStats
 from ..steps import fixed_point_map, relaxation, residual_rms
 
 Correction = Callable[[Tensor, Tensor, StepContext, float], Tensor]
@@ -198,7 +198,7 @@ def make_fixed_point_step(options: FixedPointOptions = FixedPointOptions(), corr
                     "evaluations: the model maps no nearby latent closer to the target at this sigma)")
         st = StepStats(sigma_lo=sigma_lo, sigma_hi=sigma_hi, iterations=evals,
                        residual=best_rn.tolist(), converged=bool((best_rn <= opt.tol).all()),
-                       ddim_residual=ddim_rn, note=note)
+                       ddim_residual=ddim_rn, note=note, residual_at=RESIDUAL_BEFORE_MAP)
         return best_g, st
 
     return solve

@@ -146,6 +146,35 @@ def reach_message(sigmas: Tensor, sigma_max: Optional[float], model_kind: str) -
     return msg
 
 
+# an inverted latent this many times the RMS of a noisy latent at the top level is not noise: the replay of its record
+# may still reconstruct, but nothing else behaves (measured: DDIM / EasyInv / Exact / GNRI / BDIA at cfg 1 and 7 on the
+# tiny SD1 / SD2-v / SDXL / SD3 test models, T = 2 / 5 / 10: 0.17-2.8x; BDIA at gamma 0.7 and T = 50 on the EPS
+# reference model 5.7e5x)
+NOISE_SCALE_LIMIT = 10.0
+
+
+def noise_scale(x0: Tensor, top: Tensor, sigma_top: float, model_kind: str) -> float:
+    """The largest per-item ratio of the top latent's RMS to that of a noisy latent at ``sigma_top`` made from the image
+    ``x0`` (sigma space: sqrt((signal_scale * RMS(x0))^2 + sigma^2), image and unit noise uncorrelated)."""
+    a = (1.0 - float(sigma_top)) if model_kind == "CONST" else 1.0
+    x0, top = x0.detach().float().cpu(), top.detach().float().cpu()
+    dims = tuple(range(1, x0.ndim))
+    expected = ((a * x0.pow(2).mean(dim=dims).sqrt()) ** 2 + float(sigma_top) ** 2).sqrt().clamp_min(1e-12)
+    return float((top.pow(2).mean(dim=dims).sqrt() / expected).max())
+
+
+def noise_scale_message(x0: Tensor, top: Tensor, sigma_top: float, model_kind: str,
+                        limit: float = NOISE_SCALE_LIMIT) -> Optional[str]:
+    """None when the inverted latent ``top`` has about the scale of a noisy latent at ``sigma_top``; otherwise what that
+    means, in words."""
+    ratio = noise_scale(x0, top, sigma_top, model_kind)
+    if not ratio > limit:       # NaN-safe: a non-finite top was an error already
+        return None
+    return (f"the inverted latent is {ratio:.3g}x the RMS of a noisy latent at its top level sigma {float(sigma_top):.4g}"
+            ": it is not noise. Its own replay may still reconstruct the image, but an edit (another prompt, cfg or "
+            "mask) or another sampler starts from a latent the model never sees, and comes out wrong")
+
+
 def describe_change(top: Tensor, samples: Tensor, rtol: float = 1e-3) -> Optional[str]:
     """None when ``samples`` is still ``top`` (the stored top state, both in the model's sigma space) within a relative
     RMS ``rtol``; otherwise what happened to it: flipped / rotated / scaled / something else, with the size."""

@@ -30,7 +30,7 @@ from .common import AUTO_SCHEDULER, scheduler_for
 from ..inversion_core import (LATENT_KEY, Denoiser, InversionRecord, MissingInversionRecord, as_sampling_schedule,
                               invert, read_latent_entry, replay)
 from ..inversion_core.fingerprint import fingerprint, matches
-from ..inversion_core.record import describe_change, reach_message
+from ..inversion_core.record import describe_change, noise_scale_message, reach_message
 from ..inversion_core.replay import source_offsets, step_weights
 from ..inversion_core.solvers.bdia import METHOD as BDIA, bdia_replay, bdia_source_offsets
 from ..inversion_core.invert import StepHook, StepSolver
@@ -593,6 +593,9 @@ class InversionSampler(comfy.samplers.Sampler):
                disable_pbar=False):
         schedule = as_sampling_schedule(sigmas, "sigmas")
         x0 = latent_image if latent_image is not None else noise
+        empty = latent_image is not None and not bool(torch.count_nonzero(latent_image))
+        if empty:
+            x0 = model_wrap.inner_model.process_latent_in(latent_image)
         if denoise_mask is not None:
             warn(f"{self.method} inversion: the latent's noise_mask does not limit the inversion (the whole image is "
                  "inverted), and SamplerCustomAdvanced keeps it on its output LATENT: the Inverted Replay SAMPLER "
@@ -624,7 +627,8 @@ class InversionSampler(comfy.samplers.Sampler):
                                             "(karras, normal, simple, sgm_uniform); if a partial inversion was meant "
                                             "(denoise < 1 on the scheduler), this is expected")
                 warn(f"{self.method} inversion: {self.record.warnings[-1]}")
-        for said in [above, ignored_noise(noise, latent_image)]:
+        for said in [above, ignored_noise(noise, latent_image), self._blown_up(schedule, kind),
+                     EMPTY_LATENT if empty else None]:
             if said:
                 self.record.warnings.append(said)
                 warn(f"{self.method} inversion: {said}")
@@ -644,6 +648,24 @@ class InversionSampler(comfy.samplers.Sampler):
         top = self.record.states[-1]
         INVERTED.add(top, schedule, self.record.model_signature, self.record.guidance)
         return top.to(device=x0.device)
+
+    def _blown_up(self, schedule: torch.Tensor, kind: str) -> Optional[str]:
+        """A note when the inverted latent is far larger than noise at the schedule's top (noise_scale_message)."""
+        said = noise_scale_message(self.record.states[0], self.record.states[-1], float(schedule[0]), kind)
+        if said and self.method == BDIA:
+            said += (f". BDIA's inversion divides by gamma at every step, so a component of the pair grows like "
+                     f"(1/gamma)^T (here gamma {float(self.params.get('gamma', 0)):g}, T = {len(schedule) - 1}; "
+                     "at gamma 0.7 from about T = 20): use a gamma closer to 1 (0.9 kept it at 3.3x at T = 50 on the "
+                     "EPS reference model) or fewer steps")
+        return said
+
+
+# The host's guider leaves an all-zero latent in the LATENT's format (it skips process_latent_in for an empty latent
+# image), while it converts the sampler's output back with process_latent_out: for a latent format with a shift (SD3
+# 0.0609, Flux 0.1159) the inversion of the zeros would be the inversion of another latent, and its replay returned
+# the shift (tiny SD3: 0.0609 on average, max 0.071) instead of the zeros. InversionSampler converts it itself.
+EMPTY_LATENT = ("the latent is all zeros (an empty latent image, not a VAE-encoded image?): the result is the noise "
+                "that regenerates an empty latent. To invert an image, connect VAE Encode's LATENT")
 
 
 def top_above_model(schedule: torch.Tensor, ms, kind: str) -> Optional[str]:

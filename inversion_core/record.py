@@ -12,6 +12,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from .steps import signal_scale
+
 LATENT_KEY = "inversion"
 FORMAT_VERSION = 1
 
@@ -156,7 +158,7 @@ NOISE_SCALE_LIMIT = 10.0
 def noise_scale(x0: Tensor, top: Tensor, sigma_top: float, model_kind: str) -> float:
     """The largest per-item ratio of the top latent's RMS to that of a noisy latent at ``sigma_top`` made from the image
     ``x0`` (sigma space: sqrt((signal_scale * RMS(x0))^2 + sigma^2), image and unit noise uncorrelated)."""
-    a = (1.0 - float(sigma_top)) if model_kind == "CONST" else 1.0
+    a = signal_scale(sigma_top, model_kind)
     x0, top = x0.detach().float().cpu(), top.detach().float().cpu()
     dims = tuple(range(1, x0.ndim))
     expected = ((a * x0.pow(2).mean(dim=dims).sqrt()) ** 2 + float(sigma_top) ** 2).sqrt().clamp_min(1e-12)

@@ -654,9 +654,9 @@ class InversionSampler(comfy.samplers.Sampler):
         said = noise_scale_message(self.record.states[0], self.record.states[-1], float(schedule[0]), kind)
         if said and self.method == BDIA:
             said += (f". BDIA's inversion divides by gamma at every step, so a component of the pair grows like "
-                     f"(1/gamma)^T (here gamma {float(self.params.get('gamma', 0)):g}, T = {len(schedule) - 1}; "
-                     "at gamma 0.7 from about T = 20): use a gamma closer to 1 (0.9 kept it at 3.3x at T = 50 on the "
-                     "EPS reference model) or fewer steps")
+                     f"(1/gamma)^T (here gamma {float(self.params.get('gamma') or 0):.4g}, T = {len(schedule) - 1}; "
+                     "at gamma 0.7 from about T = 20): set gamma to -1 (auto: 0.7^(10/T) above 10 steps, 1.9x the "
+                     "noise level at T = 50 on the EPS reference model), a gamma closer to 1, or fewer steps")
         return said
 
 

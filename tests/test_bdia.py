@@ -16,8 +16,9 @@ from test_nodes_host import invert_and_replay
 
 from inversion_core import Denoiser, invert
 from inversion_core.replay import replay
-from inversion_core.solvers.bdia import (BDIAInversionStep, bdia_down, bdia_grid, bdia_replay, bdia_source_offsets,
-                                         bdia_up, snap)
+from inversion_core.solvers.bdia import (AUTO_GAMMA, BDIAInversionStep, auto_gamma, bdia_down, bdia_grid,
+                                         bdia_replay, bdia_source_offsets, bdia_up, check_gamma_setting,
+                                         resolve_gamma, snap)
 from inversion_core.solvers.fixed_point import FixedPointOptions
 from inversion_core.steps import euler_step
 
@@ -204,7 +205,8 @@ def test_node_inverts_at_ddims_cost_and_the_inverted_latent_sampler_replays_it_e
     x0 = out["latent"][0]["samples"]
     inv, sigmas = out["invert"]
     entry = inv["inversion"]
-    assert entry["method"] == "bdia" and entry["params"]["gamma"] == 0.7      # the default: clean edits, exact
+    # the default (auto) at T = 6: 0.7, clean edits, exact
+    assert entry["method"] == "bdia" and entry["params"]["gamma"] == 0.7 and entry["params"]["gamma_auto"]
     assert entry["stats"]["forward_evals"] == 6 and len(entry["states"]) == 7
     assert torch.equal(inv["samples"], entry["states"][-1].to(inv["samples"].dtype))
     rec = out["replay"][0]["samples"]
@@ -289,6 +291,65 @@ def test_edit_engine_with_a_bdia_record_reconstructs_with_the_source_prompt(bran
         # undamped) carries that rounding to the end (measured 1.3e-5 RMS here; DDIM-type replays stay below 1e-5)
         assert (edited - plain).pow(2).mean().sqrt().item() <= 5e-5
         assert rel(edited, x0) < 1e-4
+
+
+def test_auto_gamma_keeps_the_growth_of_ten_steps_at_0_7():
+    """auto: 0.7 up to 10 steps, 0.7^(10/T) above, so (1/γ)^T stays at (1/0.7)^10 (README: measured)."""
+    assert [auto_gamma(t) for t in (1, 2, 4, 10)] == [0.7] * 4
+    assert auto_gamma(20) == pytest.approx(0.8367, abs=1e-4) and auto_gamma(50) == pytest.approx(0.9312, abs=1e-4)
+    for t in (11, 20, 33, 50, 200):
+        assert auto_gamma(t) ** -t == pytest.approx(0.7 ** -10, rel=1e-9)
+        assert resolve_gamma(AUTO_GAMMA, t) == auto_gamma(t)
+    assert resolve_gamma(0.9, 50) == 0.9 and resolve_gamma(1.0, 4) == 1.0     # an explicit gamma is kept
+    assert check_gamma_setting(-1) == AUTO_GAMMA and check_gamma_setting(0.01) == 0.01
+    for bad in (-0.5, 0.0, 0.005, 1.01, -2.0):
+        with pytest.raises(ValueError, match=r"gamma: must be -1 \(auto"):
+            check_gamma_setting(bad)
+
+
+@pytest.mark.parametrize("steps", [14, 20])
+def test_auto_gamma_is_resolved_per_run_and_recorded(steps):
+    out = run_workflow(_bdia_prompt(steps=steps))
+    x0 = out["latent"][0]["samples"]
+    entry = out["invert"][0]["inversion"]
+    assert entry["params"]["gamma"] == auto_gamma(steps) and entry["params"]["gamma_auto"] is True
+    assert torch.equal(out["replay"][0]["samples"], x0)     # the replay uses the recorded (resolved) gamma
+    # the replay reads the gamma from the record: a record claiming another gamma replays elsewhere
+    inv = out["invert"][0]
+    wrong = dict(inv, inversion=dict(entry, params=dict(entry["params"], gamma=0.7)))
+    back = host.node_class("InvertedLatentSampler")().sample(host.tiny_model(), *[host.tiny_conditioning()] * 2, 1.0,
+                                                             wrong)[0]["samples"]
+    assert rel(back, x0) > 1e-4
+
+
+def test_an_explicit_gamma_is_honoured_at_any_step_count():
+    out = run_workflow(_bdia_prompt(steps=20, extra={"gamma": 0.9}))
+    entry = out["invert"][0]["inversion"]
+    assert entry["params"]["gamma"] == 0.9 and entry["params"]["gamma_auto"] is False
+    assert torch.equal(out["replay"][0]["samples"], out["latent"][0]["samples"])
+
+
+def test_sampler_twin_resolves_auto_from_its_sigmas():
+    prompt = add_custom_chain(_bdia_prompt(steps=16), "BDIAInvertSampler", {})
+    prompt["sched"]["inputs"]["steps"] = 16
+    prompt["invert"]["inputs"]["scheduler"] = "ddim_uniform"
+    out = run_workflow(prompt)
+    x0 = out["latent"][0]["samples"]
+    assert out["invert"][0]["inversion"]["params"]["gamma"] == auto_gamma(16)
+    assert torch.equal(out["custom"][0]["samples"], out["invert"][0]["samples"])   # the same gamma as the node
+    assert torch.equal(out["custom_replay"][0]["samples"], x0)
+
+
+@pytest.mark.parametrize("node", ["BDIAInvert", "BDIAInvertSampler"])
+def test_a_bad_gamma_is_an_error_naming_the_input(node):
+    cls = host.node_class(node)
+    for bad in (-0.5, 0.0, 1.5):
+        with pytest.raises(ValueError, match="gamma"):
+            cls().sampler(None, gamma=bad) if node == "BDIAInvert" else cls().get_sampler(gamma=bad)
+    with pytest.raises(WorkflowError, match="gamma"):
+        run_workflow(_bdia_prompt(steps=4, extra={"gamma": -0.5}))
+    spec = cls.INPUT_TYPES()["required"]["gamma"][1]
+    assert spec["default"] == AUTO_GAMMA and spec["min"] == -1.0 and "auto" in spec["tooltip"]
 
 
 def test_every_input_has_a_tooltip_and_the_replay_is_documented():

@@ -13,8 +13,9 @@ from test_editing_host import warnings_of
 NOT_NOISE = "it is not noise"
 
 
-def bdia_prompt(family: str, steps: int, gamma: float) -> dict:
-    prompt = add_invert(base(family), family, "BDIAInvert", {"gamma": gamma})
+def bdia_prompt(family: str, steps: int, gamma: float | None) -> dict:
+    """BDIA Invert + replay; ``gamma`` None: the node's default (auto)."""
+    prompt = add_invert(base(family), family, "BDIAInvert", {} if gamma is None else {"gamma": gamma})
     prompt["invert"]["inputs"]["steps"] = steps
     return prompt
 
@@ -27,9 +28,9 @@ def top_ratio(out) -> float:
 
 
 def test_bdia_inversion_that_blows_up_at_many_steps_is_warned(caplog):
-    """BDIA's inversion divides by gamma at every step: at its default gamma 0.7 and 50 steps (the node's default
-    steps) the inverted latent is ~1000x the noise level on the tiny SD2-v model (5.7e5x on the EPS reference model)
-    while its own replay is still exact, so nothing else showed that edits from it fail."""
+    """BDIA's inversion divides by gamma at every step: at gamma 0.7 (the default before "auto") and 50 steps (the
+    node's default steps) the inverted latent is ~1000x the noise level on the tiny SD2-v model (5.7e5x on the EPS
+    reference model) while its own replay is still exact, so nothing else showed that edits from it fail."""
     out = run("sd2v", bdia_prompt("sd2v", 50, 0.7))
     ratio = top_ratio(out)
     print(f"[input edges] sd2v BDIA gamma 0.7 T=50: top / noise RMS {ratio:.3g}")
@@ -51,6 +52,20 @@ def test_a_noise_like_inverted_latent_is_not_warned(caplog):
     print(f"[input edges] sd2v T=50 top / noise RMS: BDIA gamma 0.9 {ratios[0]:.3g}, Exact {ratios[1]:.3g}")
     assert max(ratios) < 3.0, ratios            # measured 1.03 / 1.06
     assert warnings_of(caplog, NOT_NOISE) == []
+
+
+def test_bdia_default_gamma_at_the_default_50_steps_is_noise(caplog):
+    """The node's default gamma (auto: 0.7^(10/50) = 0.931 at 50 steps) keeps the inverted latent at the noise level
+    where a fixed 0.7 was ~1000x on this model: no warning, and the replay is still exact."""
+    out = run("sd2v", bdia_prompt("sd2v", 50, None))
+    entry = out["invert"][0]["inversion"]
+    ratio = top_ratio(out)
+    print(f"[input edges] sd2v BDIA gamma auto ({entry['params']['gamma']:.4f}) T=50: top / noise RMS {ratio:.3g}")
+    assert abs(entry["params"]["gamma"] - 0.7 ** 0.2) < 1e-12 and entry["params"]["gamma_auto"]
+    assert ratio < 3.0
+    assert warnings_of(caplog, NOT_NOISE) == [] and not any(NOT_NOISE in w for w in entry["warnings"])
+    x0 = out["latent"][0]["samples"]
+    assert torch.equal(out["replay"][0]["samples"], x0) or (out["replay"][0]["samples"] - x0).abs().max() < 1e-4
 
 
 def test_an_all_zero_latent_round_trips_on_a_latent_format_with_a_shift(caplog):

@@ -59,7 +59,8 @@ def _promise(entry: dict) -> tuple[str, str]:
     if method == "bdia":
         g = p.get("gamma")
         gamma = f"{g:.4g}" if isinstance(g, (int, float)) else str(g)
-        return "none", (f"BDIA pair (gamma {gamma}{', auto' if p.get('gamma_auto') else ''}): exact by construction after a starter step of at most "
+        gamma += ", auto" if p.get("gamma_auto") else ""
+        return "none", (f"BDIA pair (gamma {gamma}): exact by construction after a starter step of at most "
                         f"{p.get('starter_budget')} evaluations, then one model evaluation per step; replay with "
                         "the Inverted Latent Sampler (a plain sampler on samples alone is a generation)")
     return "none", "one model evaluation per step (residual not measured)"

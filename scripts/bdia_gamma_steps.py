@@ -34,7 +34,7 @@ EDIT_CFG = 3.0
 
 def main(argv=None) -> list:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=3)
+    ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--steps", default="4,10,20,50")
     ap.add_argument("--gammas", default="0.5,0.7,0.8,0.9,0.95,1.0")
     ap.add_argument("--models", default=None, help="comma-separated reference model names (default: all shipped)")
@@ -84,20 +84,20 @@ def main(argv=None) -> list:
                         sampler = pack.NODE_CLASS_MAPPINGS[node]().sampler(model, **node_params(pack, node, params))
                         return bridge.run_inversion(model, src, empty, 1.0, latent, schedule, sampler)
 
-                    exact = invert("ExactInvert", {})
-                    exact_edit = vae.decode(bridge.run_replay(model, edit, empty, EDIT_CFG, exact)["samples"])
-                    acc.setdefault("Exact balanced (ref.)", []).append((
-                        metrics.psnr(img, vae.decode(bridge.run_replay(model, src, empty, 1.0, exact)["samples"]))[0],
-                        record.noise_scale(exact["inversion"]["states"][0], exact["inversion"]["states"][-1],
-                                           float(schedule[0]), kind),
-                        float("inf"), metrics.psnr(img, exact_edit)[0], float("nan")))
-                    ddim = invert("DDIMInvert", {})
-                    ddim_edit = vae.decode(bridge.run_replay(model, edit, empty, EDIT_CFG, ddim)["samples"])
-                    acc.setdefault("DDIM (ref.)", []).append((
-                        metrics.psnr(img, vae.decode(bridge.run_replay(model, src, empty, 1.0, ddim)["samples"]))[0],
-                        record.noise_scale(ddim["inversion"]["states"][0], ddim["inversion"]["states"][-1],
-                                           float(schedule[0]), kind),
-                        metrics.psnr(exact_edit, ddim_edit)[0], metrics.psnr(img, ddim_edit)[0], float("nan")))
+                    def figures(inv, reference_edit=None):
+                        """(the edit, (round trip dB, noise scale, edit dB to reference_edit, edit dB to image))"""
+                        states = inv["inversion"]["states"]
+                        recon = vae.decode(bridge.run_replay(model, src, empty, 1.0, inv)["samples"])
+                        edited = vae.decode(bridge.run_replay(model, edit, empty, EDIT_CFG, inv)["samples"])
+                        to_ref = float("inf") if reference_edit is None else metrics.psnr(reference_edit, edited)[0]
+                        return edited, (metrics.psnr(img, recon)[0],
+                                        record.noise_scale(states[0], states[-1], float(schedule[0]), kind),
+                                        to_ref, metrics.psnr(img, edited)[0])
+
+                    exact_edit, row = figures(invert("ExactInvert", {}))
+                    acc.setdefault("Exact balanced (ref.)", []).append(row + (float("nan"),))
+                    acc.setdefault("DDIM (ref.)", []).append(
+                        figures(invert("DDIMInvert", {}), exact_edit)[1] + (float("nan"),))
                     if not args.no_generation:
                         g = torch.Generator().manual_seed(idx)
                         noise = model.model.process_latent_out(
@@ -106,19 +106,14 @@ def main(argv=None) -> list:
                                                              bridge.ReplaySampler(checked=True), schedule))
                     for label, gamma in cells:
                         inv = invert("BDIAInvert", {"gamma": gamma})
-                        states = inv["inversion"]["states"]
-                        scale = record.noise_scale(states[0], states[-1], float(schedule[0]), kind)
-                        recon = vae.decode(bridge.run_replay(model, src, empty, 1.0, inv)["samples"])
-                        edited = vae.decode(bridge.run_replay(model, edit, empty, EDIT_CFG, inv)["samples"])
+                        _, row = figures(inv, exact_edit)
                         gen_db = float("nan")
                         if not args.no_generation:
                             sampler = bridge.ReplaySampler(checked=True,
                                                            bdia=(None, gamma, None, bdia_defaults["space"], None))
                             gen = vae.decode(bridge._guide(model, src, empty, EDIT_CFG, noise, sampler, schedule))
                             gen_db = metrics.psnr(plain_gen, gen)[0] if torch.isfinite(gen).all() else float("nan")
-                        acc.setdefault(label, []).append((
-                            metrics.psnr(img, recon)[0], scale, metrics.psnr(exact_edit, edited)[0],
-                            metrics.psnr(img, edited)[0], gen_db))
+                        acc.setdefault(label, []).append(row + (gen_db,))
             for label, vals in acc.items():
                 n = len(vals)
                 mean = [sum(v[j] for v in vals) / n for j in range(5)]

@@ -414,6 +414,31 @@ def test_inverted_replay_sampler_finds_an_item_picked_from_a_batch(method, node,
         run_workflow(prompt, ["pick_replay"])
 
 
+@pytest.mark.parametrize("method, node, extra", [("BDIAInvert", "BDIAInvertSampler", {}),
+                                                 ("DDIMInvert", "DDIMInvertSampler", {})])
+def test_sampler_twins_refuse_a_prompt_batch_that_is_not_the_latents(method, node, extra):
+    """One prompt per item, then LatentFromBatch picks item 1 for the Inverted Replay SAMPLER with the batch's guider:
+    the host paired the item with prompt 0 (no error, no warning; tiny SD1 + BDIA: 0.11 relative error instead of an
+    exact replay). The Invert nodes refuse such a prompt batch; their SAMPLER twins now do too, on both sides."""
+    prompt = add_custom_chain(invert_and_replay(method=method, batch=2, extra=extra), node, extra)
+    prompt["positive"]["inputs"]["batch"] = 2                      # one prompt per item
+    prompt["pick"] = {"class_type": "LatentFromBatch", "inputs": {"samples": ["custom", 0], "batch_index": 1,
+                                                                  "length": 1}}
+    prompt["pick_replay"] = dict(prompt["custom_replay"],
+                                 inputs=dict(prompt["custom_replay"]["inputs"], latent_image=["pick", 0]))
+    out = run_workflow(prompt, ["custom_replay"])                  # the whole batch with its prompts: fine
+    assert out["custom_replay"][0]["samples"].shape[0] == 2
+    with pytest.raises(WorkflowError, match=r"positive: the guider's conditioning batch is 2 but the Inverted "
+                                            r"Replay SAMPLER got a latent batch of 1"):
+        run_workflow(prompt, ["pick_replay"])
+    prompt["one"] = {"class_type": "LatentFromBatch", "inputs": {"samples": ["latent", 0], "batch_index": 1,
+                                                                 "length": 1}}
+    prompt["custom"]["inputs"]["latent_image"] = ["one", 0]        # one image inverted with two prompts
+    with pytest.raises(WorkflowError, match=r"positive: the guider's conditioning batch is 2 but the .* inversion "
+                                            r"SAMPLER got a latent batch of 1"):
+        run_workflow(prompt, ["custom"])
+
+
 def test_noise_handed_to_an_inversion_sampler_is_named_as_unused(caplog):
     """SamplerCustom with add_noise on: inversion and its replay add no noise, and said nothing about it."""
     prompt = invert_and_replay(method="ExactInvert", extra=EXACT)

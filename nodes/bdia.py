@@ -41,7 +41,7 @@ class BDIAInversionSampler(InversionSampler):
                              disable_pbar)
         self.record.params["grid"] = self.solver.grid
         INVERTED.mark_bdia(self.record.states, float(self.params["gamma"]), self.solver.grid, self.solver.space,
-                           self.record.sigmas, self.record.model_signature, self.record.guidance)
+                           self.record.sigmas, self.record.model_signature, self.record.guidance, masked=self.masked)
         return top
 
 

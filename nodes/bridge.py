@@ -496,13 +496,14 @@ class _Inverted:
         self.lock = threading.Lock()
 
     def mark_bdia(self, states: list, gamma: float, grid: Optional[float], space: str, schedule: torch.Tensor,
-                  signature: Optional[dict] = None, guidance: Optional[dict] = None) -> None:
+                  signature: Optional[dict] = None, guidance: Optional[dict] = None, masked: bool = False) -> None:
         """A BDIA inversion's trajectory (``states`` x_0 … x_T as the record has them): its top and pair state, and
         the recorded states its replay settles on (solvers/bdia.py: half-precision networks); with what ``add`` keeps
         for every inversion, so that its checks outlive the shorter list of all inversions as long as it is held."""
         down = [s.detach().float().cpu().clone() for s in reversed(states)]
         with self.lock:
-            self.bdia.append((down, float(gamma), grid, space, (schedule.clone(), signature, guidance)))
+            self.bdia.append((down, float(gamma), grid, space, (schedule.clone(), signature, guidance,
+                                                                bool(masked))))
             held = sum(sum(z.numel() * z.element_size() for z in entry[0]) for entry in self.bdia)
             while len(self.bdia) > 1 and (len(self.bdia) > self.bdia_size or held > self.bdia_bytes):
                 dropped = self.bdia.popleft()[0]
@@ -531,9 +532,12 @@ class _Inverted:
         return None
 
     def add(self, top: torch.Tensor, schedule: torch.Tensor, signature: Optional[dict] = None,
-            guidance: Optional[dict] = None) -> None:
+            guidance: Optional[dict] = None, masked: bool = False) -> None:
+        """``masked``: the inverted LATENT carries a noise_mask in its record (run_inversion), which only the Inverted
+        Latent Sampler applies."""
         with self.lock:
-            self.items.append((top.detach().float().cpu().clone(), schedule.clone(), signature, guidance))
+            self.items.append((top.detach().float().cpu().clone(), schedule.clone(), signature, guidance,
+                               bool(masked)))
 
     def find(self, x: torch.Tensor) -> "_Found":
         """The stored inversion whose top is ``x`` (up to its dtype's rounding), or whose batch items ``x`` is a
@@ -542,10 +546,11 @@ class _Inverted:
         with self.lock:     # then the BDIA inversions, which may be held longer than the list of all inversions
             items = list(self.items) + [(down[0], *info) for down, _, _, _, info in self.bdia]
         related = None
-        for top, schedule, signature, guidance in reversed(items):
+        for top, schedule, signature, guidance, masked in reversed(items):
             start = _rows_of(top, x)
             if start is not None:
-                return _Found(schedule, top[start:start + x.shape[0]], signature, start, top.shape[0], None, guidance)
+                return _Found(schedule, top[start:start + x.shape[0]], signature, start, top.shape[0], None, guidance,
+                              masked)
             if related is None and top.shape == x.shape:
                 change = describe_change(top, x, rtol=_rtol(x.dtype))
                 if not change.startswith("changed"):
@@ -561,6 +566,7 @@ class _Found(NamedTuple):
     batch: Optional[int]                 # the inversion's batch size
     related: Optional[str]               # no match: how x relates to a stored top (flipped / scaled …), if it does
     guidance: Optional[dict]             # guidance_of the inversion's guider
+    masked: bool = False                 # its LATENT's record carries a noise_mask (INVERTED.add)
 
 
 def _rows_of(top: torch.Tensor, x: torch.Tensor) -> Optional[int]:
@@ -588,6 +594,7 @@ class InversionSampler(comfy.samplers.Sampler):
         self.resolve_family = resolve_family     # settings that depend on the model family, known only here
         self.record: Optional[InversionRecord] = None
         self.partial = False
+        self.masked = False     # run_inversion: the LATENT had a noise_mask, which moves into the record
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -647,7 +654,7 @@ class InversionSampler(comfy.samplers.Sampler):
                 "denoise < 1, or the low half of SplitSigmas)")
             warn(f"{self.method} inversion: {self.record.warnings[-1]}")
         top = self.record.states[-1]
-        INVERTED.add(top, schedule, self.record.model_signature, self.record.guidance)
+        INVERTED.add(top, schedule, self.record.model_signature, self.record.guidance, masked=self.masked)
         return top.to(device=x0.device)
 
     def _blown_up(self, schedule: torch.Tensor, kind: str) -> Optional[str]:
@@ -765,6 +772,13 @@ def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None, pat
         if ms is not None:
             check_sampling(ms, schedule, found.signature, "model", "replay")
         check_patches(patcher, found.signature, "model", "replay")
+        if found.masked:
+            warn("Inverted Replay SAMPLER: this latent was inverted from a LATENT with a noise_mask "
+                 "(SetLatentNoiseMask), which the inversion node keeps in its LATENT's record for the Inverted "
+                 "Latent Sampler; SamplerCustomAdvanced hands this sampler only the samples, so the mask is not "
+                 "applied and the whole image is edited (tiny SD1, an edit at cfg 3: the area outside the mask 0.67 "
+                 "relative RMS away from the image instead of 0). For a masked edit, replay the inversion node's "
+                 "LATENT with the Inverted Latent Sampler")
         cfg = guider_cfg(guider) if guider is not None else None
         if cfg is not None:
             conds = getattr(guider, "original_conds", None) or {}
@@ -903,6 +917,7 @@ def run_inversion(model, positive, negative, cfg: float, latent: dict, schedule:
     if cfg < 0 or cfg != cfg:
         raise ValueError(f"cfg: must be >= 0, got {cfg}")
     sampler.partial = bool(partial)
+    sampler.masked = latent.get("noise_mask") is not None
     top = _guide(model, positive, negative, cfg, samples, sampler, schedule.flip(0))
     entry = sampler.record.to_latent_entry()
     entry["params"]["cfg"] = float(cfg)

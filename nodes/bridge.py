@@ -521,6 +521,9 @@ class _Inverted:
             if start is not None:
                 rows = [z[start:start + x.shape[0]] for z in down]
                 return (rows[1], gamma, grid, space, rows)
+        joined = self._bdia_items(x, items) if x.shape[0] > 1 else None
+        if joined is not None:
+            return joined
         if any(_rows_of(top, x) is not None for top in forgotten):
             raise ValueError(
                 "latent_image: this is the noise of a BDIA inversion this process no longer holds the pair state of "
@@ -530,6 +533,40 @@ class _Inverted:
                 "cache), or replay the BDIA Invert node's LATENT with the Inverted Latent Sampler (it carries the "
                 "pair state)")
         return None
+
+    @staticmethod
+    def _bdia_items(x: torch.Tensor, items: list) -> Optional[tuple]:
+        """bdia_for for a batch whose items come from different BDIA inversions (LatentBatch of two inversions'
+        LATENTs): their trajectories joined item by item, when every item is found; an error when only some are
+        BDIA tops, or when their gamma / grid / step count differ (one BDIA replay cannot take them together, and the
+        plain step would not give the BDIA items back)."""
+        per_item = []
+        for i in range(x.shape[0]):
+            item = x[i:i + 1]
+            hit = None
+            for down, gamma, grid, space, _ in reversed(items):
+                start = _rows_of(down[0], item)
+                if start is not None:
+                    hit = ([z[start:start + 1] for z in down], gamma, grid, space)
+                    break
+            per_item.append(hit)
+        found = [i for i, hit in enumerate(per_item) if hit is not None]
+        if not found:
+            return None
+        if len(found) < len(per_item):
+            raise ValueError(
+                f"latent_image: batch items {found} of this latent are the noise of BDIA inversions and the others are "
+                "not (LatentBatch of a BDIA inversion with another latent?): BDIA items need the BDIA replay and the "
+                "others the plain step, which one sampler run cannot do. Replay them separately")
+        keys = {(len(hit[0]), hit[1], hit[2], hit[3]) for hit in per_item}
+        if len(keys) > 1:
+            raise ValueError(
+                "latent_image: its batch items are the noise of BDIA inversions with different gamma, grid or number "
+                "of steps (LatentBatch of two inversions made with other settings); one replay cannot take them "
+                "together. Replay each inversion's LATENT separately")
+        _, gamma, grid, space = per_item[0]
+        rows = [torch.cat([hit[0][level] for hit in per_item]) for level in range(len(per_item[0][0]))]
+        return (rows[1], gamma, grid, space, rows)
 
     def add(self, top: torch.Tensor, schedule: torch.Tensor, signature: Optional[dict] = None,
             guidance: Optional[dict] = None, masked: bool = False) -> None:
@@ -555,6 +592,10 @@ class _Inverted:
                 change = describe_change(top, x, rtol=_rtol(x.dtype))
                 if not change.startswith("changed"):
                     related = change
+        if x.shape[0] > 1 and related is None:
+            joined = _join_items(x, items)
+            if joined is not None:
+                return joined
         return _Found(None, None, None, None, None, related, None)
 
 
@@ -567,6 +608,35 @@ class _Found(NamedTuple):
     related: Optional[str]               # no match: how x relates to a stored top (flipped / scaled …), if it does
     guidance: Optional[dict]             # guidance_of the inversion's guider
     masked: bool = False                 # its LATENT's record carries a noise_mask (INVERTED.add)
+
+
+def _join_items(x: torch.Tensor, items: list) -> Optional[_Found]:
+    """find for a batch whose items are the noise of different inversions (LatentBatch of two inversions' LATENTs):
+    one _Found for all of them when every item is found and all were inverted on the same sigmas (the first item's
+    model and guidance are checked); an error naming latent_image when they were inverted on different sigmas, which
+    one replay cannot follow. None when some item is no remembered inversion's."""
+    hits = []
+    for i in range(x.shape[0]):
+        item = x[i:i + 1]
+        hit = None
+        for top, schedule, signature, guidance, masked in reversed(items):
+            start = _rows_of(top, item)
+            if start is not None:
+                hit = (top[start:start + 1], schedule, signature, guidance, masked)
+                break
+        if hit is None:
+            return None
+        hits.append(hit)
+    schedule = hits[0][1]
+    for i, hit in enumerate(hits[1:], 1):
+        if hit[1].shape != schedule.shape or not torch.allclose(hit[1], schedule, rtol=1e-4, atol=1e-6):
+            raise ValueError(
+                f"latent_image: its batch items are the noise of inversions made on different sigmas (item 0 on "
+                f"{_levels(schedule)}, item {i} on {_levels(hit[1])}: LatentBatch of two inversions with other steps or "
+                "schedulers); one replay runs one schedule and would not give every image back. Replay each "
+                "inversion's LATENT on its own sigmas")
+    return _Found(schedule, torch.cat([hit[0] for hit in hits]), hits[0][2], 0, x.shape[0], None, hits[0][3],
+                  any(hit[4] for hit in hits))
 
 
 def _rows_of(top: torch.Tensor, x: torch.Tensor) -> Optional[int]:

@@ -540,16 +540,8 @@ class _Inverted:
         LATENTs): their trajectories joined item by item, when every item is found; an error when only some are
         BDIA tops, or when their gamma / grid / step count differ (one BDIA replay cannot take them together, and the
         plain step would not give the BDIA items back)."""
-        per_item = []
-        for i in range(x.shape[0]):
-            item = x[i:i + 1]
-            hit = None
-            for down, gamma, grid, space, _ in reversed(items):
-                start = _rows_of(down[0], item)
-                if start is not None:
-                    hit = ([z[start:start + 1] for z in down], gamma, grid, space)
-                    break
-            per_item.append(hit)
+        per_item = [None if at is None else ([z[at[1]:at[1] + 1] for z in items[at[0]][0]], *items[at[0]][1:4])
+                    for at in _item_sources(x, [entry[0][0] for entry in items])]
         found = [i for i, hit in enumerate(per_item) if hit is not None]
         if not found:
             return None
@@ -615,18 +607,10 @@ def _join_items(x: torch.Tensor, items: list) -> Optional[_Found]:
     one _Found for all of them when every item is found and all were inverted on the same sigmas (the first item's
     model and guidance are checked); an error naming latent_image when they were inverted on different sigmas, which
     one replay cannot follow. None when some item is no remembered inversion's."""
-    hits = []
-    for i in range(x.shape[0]):
-        item = x[i:i + 1]
-        hit = None
-        for top, schedule, signature, guidance, masked in reversed(items):
-            start = _rows_of(top, item)
-            if start is not None:
-                hit = (top[start:start + 1], schedule, signature, guidance, masked)
-                break
-        if hit is None:
-            return None
-        hits.append(hit)
+    sources = _item_sources(x, [entry[0] for entry in items])
+    if any(at is None for at in sources):
+        return None
+    hits = [(items[k][0][start:start + 1], *items[k][1:]) for k, start in sources]
     schedule = hits[0][1]
     for i, hit in enumerate(hits[1:], 1):
         if hit[1].shape != schedule.shape or not torch.allclose(hit[1], schedule, rtol=1e-4, atol=1e-6):
@@ -637,6 +621,16 @@ def _join_items(x: torch.Tensor, items: list) -> Optional[_Found]:
                 "inversion's LATENT on its own sigmas")
     return _Found(schedule, torch.cat([hit[0] for hit in hits]), hits[0][2], 0, x.shape[0], None, hits[0][3],
                   any(hit[4] for hit in hits))
+
+
+def _item_sources(x: torch.Tensor, tops: list) -> list[Optional[tuple[int, int]]]:
+    """Per batch item of ``x``: (k, i) where it is batch item i of ``tops[k]`` (the latest such k), or None."""
+    out: list[Optional[tuple[int, int]]] = []
+    for i in range(x.shape[0]):
+        item = x[i:i + 1]
+        out.append(next(((k, start) for k in reversed(range(len(tops)))
+                         for start in [_rows_of(tops[k], item)] if start is not None), None))
+    return out
 
 
 def _rows_of(top: torch.Tensor, x: torch.Tensor) -> Optional[int]:

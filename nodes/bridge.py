@@ -568,6 +568,16 @@ class _Inverted:
             self.items.append((top.detach().float().cpu().clone(), schedule.clone(), signature, guidance,
                                bool(masked)))
 
+    def held_unmasked(self, x: torch.Tensor, schedule: torch.Tensor) -> bool:
+        """Whether every batch item of ``x`` is also the noise of a remembered inversion on ``schedule`` whose LATENT
+        had no noise_mask: a noise_mask does not change the inversion, so the same image inverted with and without one
+        gives equal tops, and ``find`` (the latest) cannot tell which of the two LATENTs ``x`` is."""
+        with self.lock:
+            items = list(self.items) + [(down[0], *info) for down, _, _, _, info in self.bdia]
+        plain = [top for top, s, _, _, masked in items if not masked and s.shape == schedule.shape
+                 and torch.allclose(s, schedule, rtol=1e-4, atol=1e-6)]
+        return all(any(_rows_of(top, x[i:i + 1]) is not None for top in plain) for i in range(x.shape[0]))
+
     def find(self, x: torch.Tensor) -> "_Found":
         """The stored inversion whose top is ``x`` (up to its dtype's rounding), or whose batch items ``x`` is a
         contiguous run of (LatentFromBatch); else how ``x`` relates to the closest one if it is a flipped / rotated
@@ -837,8 +847,16 @@ def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None, pat
             check_sampling(ms, schedule, found.signature, "model", "replay")
         check_patches(patcher, found.signature, "model", "replay")
         if found.masked:
-            warn("Inverted Replay SAMPLER: this latent was inverted from a LATENT with a noise_mask "
-                 "(SetLatentNoiseMask), which the inversion node keeps in its LATENT's record for the Inverted "
+            # the same image inverted without the mask has the same noise, and the latest wins in find: a workflow
+            # with both Invert nodes was told that the unmasked one's LATENT (a fine replay) had its mask dropped
+            both = INVERTED.held_unmasked(x_top, stored)
+            warn("Inverted Replay SAMPLER: " + (
+                "this latent is the noise of an image inverted from a LATENT with a noise_mask (SetLatentNoiseMask) "
+                "and also without one (equal noise: the mask does not change the inversion), so which Invert node's "
+                "LATENT it is cannot be told: if the masked one's, the mask is not applied; if the other's, ignore "
+                "this. " if both
+                else "this latent was inverted from a LATENT with a noise_mask (SetLatentNoiseMask). ") +
+                 "The inversion node keeps the mask in its LATENT's record for the Inverted "
                  "Latent Sampler; SamplerCustomAdvanced hands this sampler only the samples, so the mask is not "
                  "applied and the whole image is edited (tiny SD1, an edit at cfg 3: the area outside the mask 0.67 "
                  "relative RMS away from the image instead of 0). For a masked edit, replay the inversion node's "

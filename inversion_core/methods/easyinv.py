@@ -22,6 +22,12 @@ from torch import Tensor
 from ..invert import StepContext
 
 VARIANTS = ("paper", "output")
+# From this many blended steps on, the blend's drift costs more than it saves. Each blended step moves the walk's
+# target off the trajectory by a fraction of one step's change, and the replay does not undo it, so the loss does
+# not shrink with more steps while DDIM's own error does. Measured (scripts/benchmark.py, 8 held-out images, SD1.x
+# preset, DDIM / EasyInv dB): EPS reference model T=20 (3 blended) 33.3 / 32.1, T=30 (6) 36.4 / 33.4, T=50 (10)
+# 40.2 / 34.6, T=200 (40) 47.5 / 35.3; flow reference model 28.8 / 30.0, 32.0 / 29.7, 36.2 / 29.2, 48.1 / 28.6.
+MANY_BLENDED = 6
 
 # Defaults of the reference implementation per model family (SDXL driver: 20 steps).
 PRESETS = {
@@ -87,4 +93,9 @@ class EasyInvBlend:
                     "the window (preset custom) or invert with more steps")
         if self.eta == 1.0:
             return "EasyInv's eta is 1 (keep all of the current latent): nothing was blended, the result is plain DDIM"
+        if len(self.blended) >= MANY_BLENDED:
+            return (f"EasyInv blended {len(self.blended)} of {total} steps: its blend moves each blended step off the "
+                    "trajectory and the replay does not undo it, so with many steps it reconstructs worse than plain "
+                    "DDIM Invert (measured on the reference models, 50 steps: -5.6 dB EPS, -7.0 dB flow; 200 steps: "
+                    "-12 / -20 dB). Use EasyInv at about 10-20 steps, or DDIM / Exact Invert for many steps")
         return None

@@ -64,7 +64,9 @@ EASYINV_PRESETS = ["auto", *easyinv.PRESETS, "custom"]
 
 class EasyInvInvert(_InvertNode):
     DESCRIPTION = ("EasyInv (ICML 2025): DDIM inversion that blends the current latent with the previous one inside "
-                   "a window of steps. Same cost as DDIM.")
+                   "a window of steps. Same cost as DDIM. Measured on the reference models: within 2 dB of DDIM at "
+                   "10-20 steps, but below it from about 30 (at 50: -5.6 dB EPS, -7.0 dB flow), since the blend's "
+                   "drift does not shrink with more steps; it warns then.")
     EXTRA = {
         "preset": (EASYINV_PRESETS, {"default": "auto", "tooltip": (
             "auto: the reference implementation's setting for the model family (SDXL: eta 0.8, window 0.85-0.95; "

@@ -315,3 +315,11 @@ def test_newton_finite_differences_are_sized_for_a_half_precision_network():
     for i in (2, 3):
         r, d, r32 = max(half[i]["residual"]), max(half[i]["ddim_residual"]), max(ref[i]["residual"])
         assert r < 0.5 * d and r < 1.5 * r32, (i, r, d, r32)
+
+
+def test_an_unknown_model_kind_is_an_error_naming_the_model_and_what_works():
+    x0 = torch.ones(1, 2, 2, 2)
+    assert torch.equal(marginal_mean("EPS")(x0, 3.0), x0)
+    assert torch.allclose(marginal_mean("CONST")(x0, 0.25), 0.75 * x0)
+    with pytest.raises(ValueError, match=r"model: it samples as 'COSMOS_RFLOW'.*Use Exact, DDIM or BDIA Invert"):
+        marginal_mean("COSMOS_RFLOW")

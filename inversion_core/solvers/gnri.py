@@ -102,8 +102,9 @@ def marginal_mean(kind: Union[str, MarginalMean]) -> MarginalMean:
         return lambda x0, sigma: x0
     if kind in _FLOW_KINDS:
         return lambda x0, sigma: (1.0 - float(sigma)) * x0
-    raise ValueError(f"marginal: unknown model kind {kind!r}; one of eps/EPS/V_PREDICTION/EDM, flow/CONST, "
-                     "or a callable marginal_mean(x0, sigma)")
+    raise ValueError(f"model: it samples as {kind!r}, a model kind whose forward marginal (x = α(σ)·x0 + σ·ε) the "
+                     "pack does not know, and GNRI's guidance and PreciseInv's regulariser need it (known: "
+                     "EPS / V_PREDICTION / EDM, flow / CONST). Use Exact, DDIM or BDIA Invert with this model")
 
 
 def _rows(v: Tensor, like: Tensor) -> Tensor:

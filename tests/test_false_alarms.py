@@ -22,6 +22,19 @@ def _both_invert_nodes() -> dict:
     prompt["plain"]["inputs"]["latent"] = ["latent", 0]
     return prompt
 
+def add_replay_sampler(prompt: dict, node: str, inverted: str) -> None:
+    """SamplerCustomAdvanced + Inverted Replay SAMPLER replaying node ``inverted``'s LATENT (the Invert nodes' 8 steps
+    on ddim_uniform) as ``node``."""
+    prompt["sched"] = {"class_type": "BasicScheduler", "inputs": {
+        "model": ["model", 0], "scheduler": "ddim_uniform", "steps": 8, "denoise": 1.0}}
+    prompt["guider"] = {"class_type": "CFGGuider", "inputs": {
+        "model": ["model", 0], "positive": ["positive", 0], "negative": ["negative", 0], "cfg": 1.0}}
+    prompt["nonoise"] = {"class_type": "DisableNoise", "inputs": {}}
+    prompt["replay_sampler"] = {"class_type": "InvertedReplaySampler", "inputs": {}}
+    prompt[node] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["nonoise", 0], "guider": ["guider", 0], "sampler": ["replay_sampler", 0], "sigmas": ["sched", 0],
+        "latent_image": [inverted, 0]}}
+
 
 def test_a_masked_inversion_of_the_same_image_does_not_speak_for_the_unmasked_ones_replay(caplog):
     """The mask does not change the inversion, so both Invert nodes register equal noise and the registry's latest
@@ -33,15 +46,7 @@ def test_a_masked_inversion_of_the_same_image_does_not_speak_for_the_unmasked_on
     session.run(prompt)
     prompt["mask"]["inputs"]["value"] = 0.5           # the masked node runs again (its entry is the latest)
     session.run(prompt)
-    prompt["sched"] = {"class_type": "BasicScheduler", "inputs": {
-        "model": ["model", 0], "scheduler": "ddim_uniform", "steps": 8, "denoise": 1.0}}
-    prompt["guider"] = {"class_type": "CFGGuider", "inputs": {
-        "model": ["model", 0], "positive": ["positive", 0], "negative": ["negative", 0], "cfg": 1.0}}
-    prompt["nonoise"] = {"class_type": "DisableNoise", "inputs": {}}
-    prompt["replay_sampler"] = {"class_type": "InvertedReplaySampler", "inputs": {}}
-    prompt["plain_replay"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
-        "noise": ["nonoise", 0], "guider": ["guider", 0], "sampler": ["replay_sampler", 0], "sigmas": ["sched", 0],
-        "latent_image": ["plain", 0]}}
+    add_replay_sampler(prompt, "plain_replay", "plain")
     caplog.clear()
     out = session.run(prompt)
     assert "invert" not in out.executed and "plain" not in out.executed      # both from the cache
@@ -58,15 +63,7 @@ def test_the_replay_of_a_masked_inversion_alone_is_still_warned_as_a_fact(caplog
     prompt["mask"]["inputs"]["value"] = 0.25
     prompt["latent"]["inputs"]["seed"] += 40                   # an image no other test inverted without a mask
     del prompt["plain"]
-    prompt["sched"] = {"class_type": "BasicScheduler", "inputs": {
-        "model": ["model", 0], "scheduler": "ddim_uniform", "steps": 8, "denoise": 1.0}}
-    prompt["guider"] = {"class_type": "CFGGuider", "inputs": {
-        "model": ["model", 0], "positive": ["positive", 0], "negative": ["negative", 0], "cfg": 1.0}}
-    prompt["nonoise"] = {"class_type": "DisableNoise", "inputs": {}}
-    prompt["replay_sampler"] = {"class_type": "InvertedReplaySampler", "inputs": {}}
-    prompt["masked_replay"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
-        "noise": ["nonoise", 0], "guider": ["guider", 0], "sampler": ["replay_sampler", 0], "sigmas": ["sched", 0],
-        "latent_image": ["invert", 0]}}
+    add_replay_sampler(prompt, "masked_replay", "invert")
     caplog.clear()
     Session().run(prompt)
     said = warnings_of(caplog, MASKED)

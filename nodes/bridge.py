@@ -629,6 +629,15 @@ def _join_items(x: torch.Tensor, items: list) -> Optional[_Found]:
                 f"{_levels(schedule)}, item {i} on {_levels(hit[1])}: LatentBatch of two inversions with other steps or "
                 "schedulers); one replay runs one schedule and would not give every image back. Replay each "
                 "inversion's LATENT on its own sigmas")
+    # the replay is compared with item 0's model and guidance only (one _Found): say so where other items differ
+    other = [i for i, hit in enumerate(hits[1:], 1)
+             if not matches(hit[2], hits[0][2]) or not matches(hit[3], hits[0][3], CONDITIONING_RTOL)]
+    if other:
+        warn(f"latent_image: its batch items {other} are the noise of inversions made with another model or another "
+             "prompt / cfg than item 0 (LatentBatch of several inversions); this replay is compared with item 0's "
+             "only and runs one model and one guider for all items, so an item inverted otherwise comes back only "
+             "if the guider gives each item its own prompt (a batch of prompts) on the same model. Otherwise replay "
+             "each inversion's LATENT separately")
     return _Found(schedule, torch.cat([hit[0] for hit in hits]), hits[0][2], 0, x.shape[0], None, hits[0][3],
                   any(hit[4] for hit in hits))
 

@@ -68,3 +68,21 @@ def test_a_batch_of_two_plain_inversions_on_the_same_sigmas_is_checked_and_repla
     out = run_workflow(prompt, ["joined_replay", "custom_replay"])
     assert not warnings_of(caplog, "is not the noise"), warnings_of(caplog)
     assert torch.allclose(out["joined_replay"][0]["samples"][:1], out["custom_replay"][0]["samples"], atol=1e-5)
+
+
+def test_a_batch_of_inversions_with_other_prompts_says_that_only_item_0_is_compared(caplog):
+    """The registry compares a joined batch's replay with item 0's model and guidance only; an item inverted with
+    another prompt is named (replayed with item 0's prompt it is not its reconstruction)."""
+    prompt = _two_twins("ExactInvertSampler", "ExactInvertSampler", EXACT, EXACT)
+    prompt["positive2"] = dict(copy.deepcopy(prompt["positive"]))
+    prompt["positive2"]["inputs"]["seed"] += 17
+    prompt["guider2"] = copy.deepcopy(prompt["guider"])
+    prompt["guider2"]["inputs"]["positive"] = ["positive2", 0]
+    prompt["custom2"]["inputs"]["guider"] = ["guider2", 0]
+    caplog.clear()
+    run_workflow(prompt, ["joined_replay"])
+    said = warnings_of(caplog, "another model or another prompt / cfg than item 0")
+    assert len(said) == 1 and "batch items [1]" in said[0], warnings_of(caplog)
+    caplog.clear()
+    run_workflow(_two_twins("ExactInvertSampler", "ExactInvertSampler", EXACT, EXACT), ["joined_replay"])
+    assert not warnings_of(caplog, "than item 0"), warnings_of(caplog)       # same model and prompt: quiet

@@ -574,8 +574,7 @@ class _Inverted:
         gives equal tops, and ``find`` (the latest) cannot tell which of the two LATENTs ``x`` is."""
         with self.lock:
             items = list(self.items) + [(down[0], *info) for down, _, _, _, info in self.bdia]
-        plain = [top for top, s, _, _, masked in items if not masked and s.shape == schedule.shape
-                 and torch.allclose(s, schedule, rtol=1e-4, atol=1e-6)]
+        plain = [top for top, s, _, _, masked in items if not masked and same_schedule(s, schedule)]
         return all(any(_rows_of(top, x[i:i + 1]) is not None for top in plain) for i in range(x.shape[0]))
 
     def find(self, x: torch.Tensor) -> "_Found":
@@ -623,7 +622,7 @@ def _join_items(x: torch.Tensor, items: list) -> Optional[_Found]:
     hits = [(items[k][0][start:start + 1], *items[k][1:]) for k, start in sources]
     schedule = hits[0][1]
     for i, hit in enumerate(hits[1:], 1):
-        if hit[1].shape != schedule.shape or not torch.allclose(hit[1], schedule, rtol=1e-4, atol=1e-6):
+        if not same_schedule(hit[1], schedule):
             raise ValueError(
                 f"latent_image: its batch items are the noise of inversions made on different sigmas (item 0 on "
                 f"{_levels(schedule)}, item {i} on {_levels(hit[1])}: LatentBatch of two inversions with other steps or "
@@ -640,6 +639,11 @@ def _join_items(x: torch.Tensor, items: list) -> Optional[_Found]:
              "each inversion's LATENT separately")
     return _Found(schedule, torch.cat([hit[0] for hit in hits]), hits[0][2], 0, x.shape[0], None, hits[0][3],
                   any(hit[4] for hit in hits))
+
+
+def same_schedule(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two sigma schedules are the same levels (up to the rounding of a SIGMAS input's dtype)."""
+    return a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def _item_sources(x: torch.Tensor, tops: list) -> list[Optional[tuple[int, int]]]:
@@ -845,7 +849,7 @@ def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None, pat
     found = INVERTED.find(x_top)
     if found.schedule is not None:
         stored = found.schedule
-        if stored.shape != schedule.shape or not torch.allclose(stored, schedule, rtol=1e-4, atol=1e-6):
+        if not same_schedule(stored, schedule):
             part = ("" if found.batch == x_top.shape[0] else
                     f" (batch items {found.start}..{found.start + x_top.shape[0] - 1} of {found.batch})")
             raise ValueError(

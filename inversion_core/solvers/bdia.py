@@ -107,11 +107,14 @@ def snap(x: Tensor, grid: Optional[float]) -> Tensor:
     return x if grid is None else torch.round(x / grid) * grid
 
 
-def check_gamma(gamma: float) -> float:
+_GAMMA_RANGE = f"in [{MIN_GAMMA}, 1] (BDIA's inversion divides by gamma; 1 = exactly time-symmetric)"
+
+
+def check_gamma(gamma: float, allowed: str = "must be " + _GAMMA_RANGE) -> float:
+    """γ as a float, or a ValueError naming the gamma input and what ``allowed`` values are."""
     g = float(gamma)
     if not MIN_GAMMA <= g <= 1.0:
-        raise ValueError(f"gamma: must be in [{MIN_GAMMA}, 1] (BDIA's inversion divides by gamma; 1 = exactly "
-                         f"time-symmetric), got {gamma}")
+        raise ValueError(f"gamma: {allowed}, got {gamma}")
     return g
 
 
@@ -135,13 +138,9 @@ def auto_gamma(steps: int) -> float:
 
 def check_gamma_setting(gamma: float) -> float:
     """The gamma input as given: AUTO_GAMMA (−1, "auto") or a γ in [MIN_GAMMA, 1]."""
-    g = float(gamma)
-    if g == AUTO_GAMMA:
+    if float(gamma) == AUTO_GAMMA:
         return AUTO_GAMMA
-    if not MIN_GAMMA <= g <= 1.0:
-        raise ValueError(f"gamma: must be -1 (auto: 0.7 up to 10 steps, 0.7^(10/steps) above) or in [{MIN_GAMMA}, 1] "
-                         f"(BDIA's inversion divides by gamma; 1 = exactly time-symmetric), got {gamma}")
-    return g
+    return check_gamma(gamma, "must be -1 (auto: 0.7 up to 10 steps, 0.7^(10/steps) above) or " + _GAMMA_RANGE)
 
 
 def resolve_gamma(gamma: float, steps: int) -> float:

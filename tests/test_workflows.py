@@ -142,6 +142,24 @@ def test_checkpoint_workflows_name_their_checkpoint(path, defs):
     host.run_workflow(ui_to_api(ui, defs))  # pragma: no cover - only where the checkpoint and image exist
 
 
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_shipped_easyinv_graphs_do_not_trip_easyinvs_own_warning(path, defs):
+    """The SD1.5 graph inverted with EasyInv at 50 steps: 10 blended steps, so every run warned that EasyInv
+    reconstructs worse than plain DDIM there (README: use it at about 10-20 steps)."""
+    easyinv = sys.modules[host.pack_module().__name__ + ".inversion_core.methods.easyinv"]
+    api = ui_to_api(load(path), defs)
+    ckpts = [v["inputs"].get("ckpt_name", "") for v in api.values() if v["class_type"] == "CheckpointLoaderSimple"]
+    for node in (v["inputs"] for v in api.values() if v["class_type"] == "EasyInvInvert"):
+        if node["preset"] == "custom":
+            window = (node["window_start"], node["window_end"])
+        else:
+            family = node["preset"] if node["preset"] != "auto" else \
+                "SDXL" if any("xl" in c.lower() for c in ckpts) else "SD1.x / SD2.x"
+            window = easyinv.PRESETS[family]["window"]
+        blended = sum(easyinv.in_window(i, node["steps"], window) for i in range(1, node["steps"]))
+        assert blended < easyinv.MANY_BLENDED, (path.name, node["steps"], blended)
+
+
 def test_conversion_maps_widgets_onto_the_right_inputs(defs):
     """Spelled out by hand (the generator and the converter share widget_slots, so check it independently)."""
     ui = load(WORKFLOWS_DIR / "reference_edit.json")

@@ -219,8 +219,8 @@ def check_patches(model, signature: Optional[dict], name: str, action: str) -> N
         old = (signature or {}).get("patches")
         now = patch_signature(model) if model is not None else {}
         what = (f"its patches differ from those of the model this latent was inverted with ({{}}), so the {action} "
-                "runs another model (measured: FreeU, PAG or a LoRA added only to the replay model, 17-22 dB "
-                "instead of 88)")
+                "runs another model (measured: FreeU or PAG added only to the replay model, 17-34 dB instead of "
+                "88)")
         fix = "for a reconstruction, patch the model before the inversion node too"
     if not old or not now:
         return

@@ -517,7 +517,7 @@ def test_a_cfg_hook_that_sees_the_whole_batch_is_never_given_a_sub_batch():
 
 
 def test_a_replay_model_with_other_patches_than_the_inversion_model_is_warned(caplog):
-    """Patching only the replay branch (FreeU, PAG, a LoRA: 17-22 dB instead of 88 on the reference model) gave no
+    """Patching only the replay branch (FreeU, PAG: 17-34 dB instead of 88 on the reference model) gave no
     word. It may be meant for an edit, so it is a warning; the same patched model on both sides is not warned."""
     prompt = invert_and_replay(method="ExactInvert", extra=EXACT)
     prompt["rescaled"] = {"class_type": "RescaleCFG", "inputs": {"model": ["model", 0], "multiplier": 0.7}}

@@ -151,7 +151,7 @@ def reach_message(sigmas: Tensor, sigma_max: Optional[float], model_kind: str) -
 # an inverted latent this many times the RMS of a noisy latent at the top level is not noise: the replay of its record
 # may still reconstruct, but nothing else behaves (measured: DDIM / EasyInv / Exact / GNRI / BDIA at cfg 1 and 7 on the
 # tiny SD1 / SD2-v / SDXL / SD3 test models, T = 2 / 5 / 10: 0.17-2.8x; BDIA at gamma 0.7 and T = 50 on the EPS
-# reference model 5.7e5x; the default gamma "auto" keeps it at 1.9x there)
+# reference model 6.7e5x (scripts/bdia_gamma_steps.py); the default gamma "auto" keeps it at 1.9x there)
 NOISE_SCALE_LIMIT = 10.0
 
 

@@ -30,7 +30,9 @@ def as_sampling_schedule(sigmas: Tensor | Sequence[float], name: str = "sigmas")
     if s.numel() < 2:
         raise ScheduleError(f"{name}: a schedule needs at least 2 sigma levels (1 step), got {s.numel()}")
     if not torch.isfinite(s).all():
-        raise ScheduleError(f"{name}: contains NaN or inf: {s.tolist()}")
+        # e.g. upstream's kl_optimal scheduler at 1 step puts NaN at the top
+        raise ScheduleError(f"{name}: contains NaN or inf: {s.tolist()} (the scheduler or SIGMAS node made no valid "
+                            "level there: try another scheduler or step count)")
     if (s < 0).any():
         raise ScheduleError(f"{name}: sigmas must be >= 0, got {s.tolist()}")
     if s[0] < s[-1]:

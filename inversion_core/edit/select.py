@@ -148,7 +148,7 @@ def _parse_tokens(text: str) -> tuple:
         if not t:
             continue
         if not t.isdigit():
-            raise ValueError(f"tokens: expected comma-separated token indices (0 = the prompt's first token), got "
+            raise ValueError(f"tokens: expected comma-separated token positions (CLIP: 0 = the start token, 1 = the first word), got "
                              f"{text!r}")
         out.append(int(t))
     return tuple(out)

@@ -923,10 +923,21 @@ def check_latent(model, latent: Any, name: str = "latent") -> torch.Tensor:
     if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
         raise ValueError(f"{name}: expected a LATENT (a dict with 'samples'), got {type(latent).__name__}")
     samples = latent["samples"]
-    if samples.ndim != 4:
-        raise ValueError(f"{name}: expected image latents [batch, channels, height, width], got shape "
-                         f"{tuple(samples.shape)}")
-    want = getattr(getattr(model.model, "latent_format", None), "latent_channels", None)
+    fmt = getattr(model.model, "latent_format", None)
+    # the host's latent formats say how many axes follow [batch, channels]: 2 for images, 3 for video models (Wan,
+    # HunyuanVideo, LTXV, Cosmos) and for Qwen-Image, whose VAE encodes an image as one frame (the PyPI fork's
+    # formats have no such attribute: images)
+    dims = int(getattr(fmt, "latent_dimensions", 2))
+    if dims not in (2, 3):
+        raise ValueError(f"{name}: this model works on {dims}-D latents (audio, 3-D shapes: [batch, channels, "
+                         "length]); the pack inverts image and video latents only")
+    if samples.ndim == 4 and dims == 3:
+        samples = samples.unsqueeze(2)   # an image latent (EmptySD3LatentImage) as one frame, as the host's samplers do
+    if samples.ndim != 2 + dims:
+        layout = "[batch, channels, height, width]" if dims == 2 else "[batch, channels, frames, height, width]"
+        raise ValueError(f"{name}: this model works on latents {layout}, got shape {tuple(samples.shape)}"
+                         + ("; a video latent does not fit an image model" if samples.ndim == 5 else ""))
+    want = getattr(fmt, "latent_channels", None)
     if want is not None and samples.shape[1] != want:
         raise ValueError(f"{name}: has {samples.shape[1]} channels but this model works on {want}-channel "
                          "latents; encode the image with this model's VAE")
@@ -1070,7 +1081,10 @@ REPLAY_MASK_EMPTY = ("so nothing is edited: every replay step is pinned to the s
 def _mask_for(mask: Optional[torch.Tensor], samples: torch.Tensor, name: str,
               empty: str = REPLAY_MASK_EMPTY) -> Optional[torch.Tensor]:
     """A MASK ([H, W], [B, H, W] or [B, 1, H, W], 1 = edit) resized to the latent (bilinear, as the host's samplers
-    resize noise masks) → [B or 1, 1, h, w]. ``empty``: what an all-zero mask means for the caller (warned)."""
+    resize noise masks) → [B or 1, 1, h, w], or [B or 1, 1, 1, h, w] for a single-frame 5-D latent (Qwen-Image).
+    For a video latent [B, C, T, h, w] with T > 1 the MASK's items are frames, as the host reads a video's noise mask
+    (comfy.utils.reshape_mask): [N, H, W] → [1, 1, T, h, w] (trilinear over frames), shared by the batch.
+    ``empty``: what an all-zero mask means for the caller (warned)."""
     if mask is None:
         return None
     m = mask.float()
@@ -1080,12 +1094,20 @@ def _mask_for(mask: Optional[torch.Tensor], samples: torch.Tensor, name: str,
         m = m[:, None]
     if m.ndim != 4 or m.shape[1] != 1:
         raise ValueError(f"{name}: expected a MASK [height, width] or [batch, height, width], got {tuple(mask.shape)}")
-    if m.shape[0] not in (1, samples.shape[0]):
-        raise ValueError(f"{name}: mask batch is {m.shape[0]} but the latent batch is {samples.shape[0]}")
     if not torch.isfinite(m).all():
         raise ValueError(f"{name}: contains NaN or inf")
-    if tuple(m.shape[-2:]) != tuple(samples.shape[-2:]):
-        m = torch.nn.functional.interpolate(m, size=samples.shape[-2:], mode="bilinear", align_corners=False)
+    video = samples.ndim == 5 and samples.shape[2] > 1
+    if video:
+        m = m.reshape(1, 1, -1, *m.shape[-2:])
+        if tuple(m.shape[-3:]) != tuple(samples.shape[-3:]):
+            m = torch.nn.functional.interpolate(m, size=samples.shape[-3:], mode="trilinear", align_corners=False)
+    else:
+        if m.shape[0] not in (1, samples.shape[0]):
+            raise ValueError(f"{name}: mask batch is {m.shape[0]} but the latent batch is {samples.shape[0]}")
+        if tuple(m.shape[-2:]) != tuple(samples.shape[-2:]):
+            m = torch.nn.functional.interpolate(m, size=samples.shape[-2:], mode="bilinear", align_corners=False)
+        # [B, 1, h, w] → [B, 1, (1,) h, w]: one singleton per axis between channels and height (a frame axis)
+        m = m.reshape(m.shape[:2] + (1,) * (samples.ndim - 4) + m.shape[-2:])
     m = m.clamp(0.0, 1.0)
     if float(m.max()) == 0.0:
         warn(f"{name}: the mask is 0 everywhere, {empty}")

@@ -211,7 +211,13 @@ def check_entry(original: torch.Tensor, inverted_latent) -> tuple[Optional[dict]
         raise ValueError("inverted_latent: this LATENT carries no inversion record; connect the LATENT output of an "
                          "inversion node directly (or leave inverted_latent unconnected for PSNR/SSIM only)")
     states = entry.get("states") or []
-    if states and states[0].shape[0] != original.shape[0]:
+    # a video latent [B, C, T, h, w] decodes to the frames of its B videos, one IMAGE item per frame
+    video = bool(states) and states[0].ndim == 5 and states[0].shape[2] > 1
+    if video and original.shape[0] % states[0].shape[0]:
+        raise ValueError(f"inverted_latent: the inversion is of {states[0].shape[0]} video(s) but original has "
+                         f"{original.shape[0]} frames, not the same number for each: the record belongs to another "
+                         "inversion")
+    if states and not video and states[0].shape[0] != original.shape[0]:
         raise ValueError(f"inverted_latent: the inversion is of {states[0].shape[0]} image(s) but original has "
                          f"{original.shape[0]}: the record belongs to another inversion")
     if states:

@@ -6,10 +6,11 @@ nodes load through the host exactly like a user's custom node package.
 * ``InversionTestTinyModel`` -> MODEL: the host's own SD UNet (``comfy.ldm...openaimodel.UNetModel``) wrapped by
   ``comfy.model_base.BaseModel`` and ``comfy.model_patcher.ModelPatcher``; model_type EPS, V_PREDICTION or FLOW (the
   SD3 path: ``ModelSamplingDiscreteFlow`` + ``CONST`` with shift 3.0). Every weight, the output conv included, is drawn
-  from the seed: a zero output layer would make every inversion trivially exact and hide bugs.
+  from the seed: a zero output layer would make every inversion trivially exact and hide bugs. ``video``: a latent
+  format of 3 dimensions and the UNet run per frame with a cross-frame term (``FrameUNet``), on 5-D latents.
 * ``InversionTestConditioning`` -> CONDITIONING ``[[tensor[batch, tokens, dim], {"pooled_output": None}]]``.
 * ``InversionTestLatent`` -> LATENT ``{"samples": randn[batch, channels, size, size]}`` (a stand-in for a VAE-encoded
-  image).
+  image); ``frames`` > 0: a video latent ``[batch, channels, frames, size, size]``.
 
 * ``InversionTestArchModel`` / ``InversionTestArchConditioning`` / ``InversionTestArchLatent``: the host's real
   architectures (SD1.x, SD2.x-v, SDXL, SD3 MMDiT) at a tiny size with seeded random weights, their conditioning
@@ -38,17 +39,42 @@ _MODEL_TYPES = {
 }
 
 
-def _latent_format(channels: int):
+def _latent_format(channels: int, video: bool = False):
     class TinyLatentFormat(latent_formats.LatentFormat):
         scale_factor = 1.0
         latent_channels = channels
+        latent_dimensions = 3 if video else 2      # what upstream's video formats (Wan, LTXV ...) declare
         latent_rgb_factors = None
         taesd_decoder_name = None
 
     return TinyLatentFormat
 
 
-def _config_class(kind: str, channels: int):
+class FrameUNet(torch.nn.Module):
+    """A tiny video network on [B, C, T, H, W]: the image UNet on every frame (frames folded into the batch, the
+    timestep and context repeated per frame) plus a cross-frame term (each frame's output moves by 0.2x the frames'
+    mean), so frames depend on each other as in a video model. Test-only: set on the test's own BaseModel instance."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    @property
+    def dtype(self):
+        return self.net.dtype
+
+    def forward(self, x, timesteps=None, context=None, **kwargs):
+        if x.ndim != 5:
+            raise ValueError(f"FrameUNet: expected [B, C, T, H, W], got {tuple(x.shape)}")
+        b, c, t, h, w = x.shape
+        frames = x.movedim(2, 1).reshape(b * t, c, h, w)
+        ctx = context.repeat_interleave(t, 0) if context is not None else None
+        out = self.net(frames, timesteps.repeat_interleave(t), context=ctx, **kwargs)
+        out = out.reshape(b, t, c, h, w).movedim(1, 2)
+        return out + 0.2 * out.mean(dim=2, keepdim=True)
+
+
+def _config_class(kind: str, channels: int, video: bool = False):
     if kind not in _MODEL_TYPES:
         raise ValueError(f"unknown tiny model kind {kind!r}; expected one of {KINDS}")
     model_type = _MODEL_TYPES[kind]
@@ -76,13 +102,13 @@ def _config_class(kind: str, channels: int):
         }
         unet_extra_config = {"num_heads": -1, "num_head_channels": 16}
         sampling_settings = {"shift": 3.0} if kind == "flow" else {}
-        latent_format = _latent_format(channels)
+        latent_format = _latent_format(channels, video)
         supported_inference_dtypes = [torch.float32]
 
         def model_type(self, state_dict=None, prefix=""):
             return model_type
 
-    TinyConfig.__name__ = f"TinyConfig_{kind}"
+    TinyConfig.__name__ = f"TinyConfig_{kind}{'_video' if video else ''}"
     return TinyConfig
 
 
@@ -106,15 +132,19 @@ def _init_weights(module: torch.nn.Module, seed: int) -> None:
     out_conv.weight.copy_(0.5 * torch.randn(out_conv.weight.shape, generator=gen) / math.sqrt(out_conv.weight[0].numel()))
 
 
-def build_tiny_model(kind: str = "eps", seed: int = 0, channels: int = 4) -> model_patcher.ModelPatcher:
-    """A tiny SD-UNet diffusion model as the host builds checkpoints: BASE config -> BaseModel -> ModelPatcher."""
-    config_class = _config_class(kind, int(channels))
+def build_tiny_model(kind: str = "eps", seed: int = 0, channels: int = 4,
+                     video: bool = False) -> model_patcher.ModelPatcher:
+    """A tiny SD-UNet diffusion model as the host builds checkpoints: BASE config -> BaseModel -> ModelPatcher.
+    ``video``: on 5-D latents [B, C, T, H, W] (a latent format of 3 dimensions, the UNet per frame: FrameUNet)."""
+    config_class = _config_class(kind, int(channels), bool(video))
     config = config_class(config_class.unet_config)
     load_device = model_management.get_torch_device()
     offload_device = model_management.unet_offload_device()
     model = config.get_model({}, device=offload_device)
     model.eval()
     _init_weights(model, seed)
+    if video:
+        model.diffusion_model = FrameUNet(model.diffusion_model)
     return model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
 
@@ -123,9 +153,11 @@ def make_conditioning(seed: int = 0, batch: int = 1, tokens: int = 4, dim: int =
     return [[torch.randn((int(batch), int(tokens), int(dim)), generator=gen), {"pooled_output": None}]]
 
 
-def make_latent(seed: int = 0, batch: int = 1, channels: int = 4, size: int = 16):
+def make_latent(seed: int = 0, batch: int = 1, channels: int = 4, size: int = 16, frames: int = 0):
+    """[batch, channels, size, size]; with ``frames`` > 0 a video latent [batch, channels, frames, size, size]."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    return {"samples": torch.randn((int(batch), int(channels), int(size), int(size)), generator=gen)}
+    shape = (int(batch), int(channels)) + ((int(frames),) if int(frames) > 0 else ()) + (int(size), int(size))
+    return {"samples": torch.randn(shape, generator=gen)}
 
 
 _SEED = ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff})
@@ -138,14 +170,14 @@ class InversionTestTinyModel:
             "kind": (list(KINDS),),
             "seed": _SEED,
             "channels": ("INT", {"default": 4, "min": 1, "max": 16}),
-        }}
+        }, "optional": {"video": ("BOOLEAN", {"default": False})}}
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "build"
     CATEGORY = "testing/inversion"
 
-    def build(self, kind, seed, channels=4):
-        return (build_tiny_model(kind, seed, channels),)
+    def build(self, kind, seed, channels=4, video=False):
+        return (build_tiny_model(kind, seed, channels, video),)
 
 
 class InversionTestConditioning:
@@ -174,14 +206,14 @@ class InversionTestLatent:
             "batch": ("INT", {"default": 1, "min": 1, "max": 64}),
             "channels": ("INT", {"default": 4, "min": 1, "max": 16}),
             "size": ("INT", {"default": 16, "min": 8, "max": 128, "step": 8}),
-        }}
+        }, "optional": {"frames": ("INT", {"default": 0, "min": 0, "max": 16})}}
 
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "build"
     CATEGORY = "testing/inversion"
 
-    def build(self, seed, batch=1, channels=4, size=16):
-        return (make_latent(seed, batch, channels, size),)
+    def build(self, seed, batch=1, channels=4, size=16, frames=0):
+        return (make_latent(seed, batch, channels, size, frames),)
 
 
 class InversionTestRaise:
@@ -224,7 +256,9 @@ class InversionTestProgress:
 
 # ------------------------------------------------------------------------------------------- real architectures
 _ARCHITECTURES_PATH = Path(__file__).resolve().parent.parent / "architectures.py"
-_ARCH_FAMILIES = ("sd1", "sd2v", "sdxl", "sd3", "flux")   # flux: upstream ComfyUI only
+def _arch_families() -> list:
+    """The fork's families, then those only upstream ComfyUI has (flux, wan21, qwen_image ...: an error on the fork)."""
+    return list(architectures().FAMILIES + architectures().UPSTREAM_FAMILIES)
 
 
 def architectures():
@@ -253,8 +287,9 @@ class InversionTestArchModel:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "family": (list(_ARCH_FAMILIES), {"tooltip": "sd1 (EPS), sd2v (V_PREDICTION), sdxl (EPS + adm), "
-                                                         "sd3 (MMDiT, CONST flow), flux (schnell; upstream only)."}),
+            "family": (_arch_families(), {"tooltip": "sd1 (EPS), sd2v (V_PREDICTION), sdxl (EPS + adm), "
+                                                     "sd3 (MMDiT, CONST flow), flux (schnell) and the other "
+                                                     "upstream-only families of tests/architectures.py."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "tooltip": "Weight seed."}),
         }}
 
@@ -270,7 +305,7 @@ class InversionTestArchConditioning:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "family": (list(_ARCH_FAMILIES), {"tooltip": "Whose text-encoder output to imitate."}),
+            "family": (_arch_families(), {"tooltip": "Whose text-encoder output to imitate."}),
             "seeds": ("STRING", {"default": "1", "tooltip": _SEEDS_TIP}),
             "tokens": ("INT", {"default": 4, "min": 1, "max": 77, "tooltip": "Tokens per prompt."}),
         }}
@@ -287,17 +322,20 @@ class InversionTestArchLatent:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "family": (list(_ARCH_FAMILIES), {"tooltip": "Whose latent format (channels, scaling)."}),
+            "family": (_arch_families(), {"tooltip": "Whose latent format (channels, scaling)."}),
             "seeds": ("STRING", {"default": "3", "tooltip": _SEEDS_TIP}),
             "size": ("INT", {"default": 16, "min": 8, "max": 128, "step": 8, "tooltip": "Latent height and width."}),
+        }, "optional": {
+            "frames": ("INT", {"default": -1, "min": -1, "max": 16, "tooltip": (
+                "Video families: -1 = the family's frames, 0 = a 4-D image latent.")}),
         }}
 
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "build"
     CATEGORY = "testing/inversion"
 
-    def build(self, family, seeds, size=16):
-        return (architectures().make_latent(family, seeds, size),)
+    def build(self, family, seeds, size=16, frames=-1):
+        return (architectures().make_latent(family, seeds, size, frames),)
 
 
 class InversionTestUnscaledEuler:

@@ -35,7 +35,9 @@ from ..inversion_core.replay import source_offsets, step_weights
 from ..inversion_core.solvers.bdia import METHOD as BDIA, bdia_replay, bdia_source_offsets
 from ..inversion_core.invert import StepHook, StepSolver
 
-MODEL_KINDS = ("CONST", "EDM", "V_PREDICTION", "EPS")  # most specific first (V_PREDICTION subclasses EPS)
+# most specific first (V_PREDICTION subclasses EPS). COSMOS_RFLOW (Cosmos Predict2, upstream only) is a rectified
+# flow fed through EDM's sigma space: its noise_scaling is x = x0 + σε, as EPS / V / EDM
+MODEL_KINDS = ("CONST", "COSMOS_RFLOW", "EDM", "V_PREDICTION", "EPS")
 INVERSION_NODES = "DDIM / EasyInv / Exact / GNRI / PreciseInv / BDIA Invert"
 
 log = logging.getLogger("comfyui-inversion")
@@ -47,7 +49,8 @@ def warn(message: str) -> None:
 
 
 def model_kind(model_sampling) -> str:
-    """EPS / V_PREDICTION / EDM / CONST for the host's model_sampling object (its class is built dynamically)."""
+    """EPS / V_PREDICTION / EDM / COSMOS_RFLOW / CONST for the host's model_sampling object (its class is built
+    dynamically)."""
     ms = model_sampling
     for name in MODEL_KINDS:
         cls = getattr(comfy.model_sampling, name, None)

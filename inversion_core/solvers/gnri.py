@@ -87,14 +87,15 @@ STARTS = ("previous", "ddim", "extrapolate")
 JVP_MODES = ("auto", "forward", "double backward", "finite difference")
 GUIDANCE_MAX = 0.5   # GNRIAnderson: the guided correction is at most this fraction of the unguided step
 
-_EPS_KINDS = ("eps", "EPS", "v", "V_PREDICTION", "v_prediction", "EDM", "edm")
+_EPS_KINDS = ("eps", "EPS", "v", "V_PREDICTION", "v_prediction", "EDM", "edm", "COSMOS_RFLOW")
 _FLOW_KINDS = ("flow", "FLOW", "CONST", "const")
 
 
 def marginal_mean(kind: Union[str, MarginalMean]) -> MarginalMean:
     """μ(x0, σ), the mean of the forward marginal in the model's sigma space, for a model kind (or a callable).
 
-    "eps" / "EPS" / "V_PREDICTION" / "EDM": x = x0 + σε → μ = x0.  "flow" / "CONST": x = (1−σ)x0 + σε → μ = (1−σ)x0.
+    "eps" / "EPS" / "V_PREDICTION" / "EDM" / "COSMOS_RFLOW" (the host's noise_scaling is x0 + σε there too): x = x0 + σε
+    → μ = x0.  "flow" / "CONST": x = (1−σ)x0 + σε → μ = (1−σ)x0.
     """
     if callable(kind):
         return kind
@@ -104,7 +105,7 @@ def marginal_mean(kind: Union[str, MarginalMean]) -> MarginalMean:
         return lambda x0, sigma: (1.0 - float(sigma)) * x0
     raise ValueError(f"model: it samples as {kind!r}, a model kind whose forward marginal (x = α(σ)·x0 + σ·ε) the "
                      "pack does not know, and GNRI's guidance and PreciseInv's regulariser need it (known: "
-                     "EPS / V_PREDICTION / EDM, flow / CONST). Use Exact, DDIM or BDIA Invert with this model")
+                     "EPS / V_PREDICTION / EDM / COSMOS_RFLOW, flow / CONST). Use Exact, DDIM or BDIA Invert with this model")
 
 
 def _rows(v: Tensor, like: Tensor) -> Tensor:

@@ -18,6 +18,15 @@ flux      supported_models.FluxSchnell    CONST flow, shift 1     1 double + 1 s
           (upstream only)                                         (rotary 4/14/14), vector_in on pooled output
 ========  ==============================  ======================  ===========================================
 
+Upstream only as well (``FAMILY_SPECS``, ``scripts/check_upstream.sh``'s "families" checks): the other families
+upstream ComfyUI 0.3.64 runs that build at a tiny size, each one block deep and 64 wide with 2 heads (32-wide),
+built by the generic ``_init_generic`` below: ``wan21`` (WAN21_T2V, 5-D latents [B, 16, T, H, W], flow shift 8),
+``wan22`` (WAN22_T2V 5B: 48 channels), ``qwen_image`` (QwenImage: the Wan VAE's 5-D latent of one frame, Flux
+sampling shift 1.15), ``lumina2`` (NextDiT, flow shift 6), ``chroma`` (Flux sampling, T5 only: pooled output None),
+``hidream`` (flow, the Llama-3 hidden states of ``llama_layers`` next to T5's), ``ltxv`` (128-channel 5-D latents,
+patch 1), ``cosmos_predict2`` (COSMOS_RFLOW: a rectified flow in EDM's sigma space up to 80), ``hunyuan_video``
+(flow, 5-D, guidance embedding) and ``auraflow`` (flow, SDXL's 4-channel latent).
+
 SD2.x's v-prediction is normally detected from checkpoint weights; with no checkpoint, the family's config class
 is the host's ``SD20`` with ``model_type`` answering V_PREDICTION. Flux is absent from the PyPI fork (no
 ``comfy/ldm/flux``): ``flux`` builds only on upstream ComfyUI (``scripts/check_upstream.sh``); on the fork it is a
@@ -50,12 +59,62 @@ import torch
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ("sd1", "sd2v", "sdxl", "sd3")     # what the PyPI fork has
-UPSTREAM_FAMILIES = ("flux",)                  # needs upstream ComfyUI (comfy/ldm/flux)
 CONTEXT_DIM = 32     # cross-attention token width (CLIP-L 768 / OpenCLIP-H 1024 / SDXL 2048 / SD3 4096 in real models)
 POOLED_DIM = 32      # pooled text embedding (SDXL, SD3: 1280 / 2048 in real models)
+_BLOCK = {"dim": 64, "num_heads": 2}
+# family -> (upstream supported_models class, tiny unet_config, latent frames (None: a 4-D image latent), output
+# layer prefix). Widths: 64 hidden, heads of 32, rotary axes summing to 32.
+FAMILY_SPECS = {
+    "wan21": ("WAN21_T2V", {"image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2), "in_dim": 16,
+                            "dim": 64, "ffn_dim": 128, "freq_dim": 32, "text_dim": CONTEXT_DIM, "out_dim": 16,
+                            "num_heads": 2, "num_layers": 1}, 2, "head.head."),
+    "wan22": ("WAN22_T2V", {"image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2), "in_dim": 48,
+                            "dim": 64, "ffn_dim": 128, "freq_dim": 32, "text_dim": CONTEXT_DIM, "out_dim": 48,
+                            "num_heads": 2, "num_layers": 1}, 2, "head.head."),
+    "qwen_image": ("QwenImage", {"image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16,
+                                 "num_layers": 1, "attention_head_dim": 32, "num_attention_heads": 2,
+                                 "joint_attention_dim": CONTEXT_DIM, "axes_dims_rope": (8, 12, 12)}, 1, "proj_out."),
+    "lumina2": ("Lumina2", {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "n_layers": 1,
+                            "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 2, "multiple_of": 16, "qk_norm": True,
+                            "cap_feat_dim": CONTEXT_DIM, "axes_dims": (8, 12, 12), "axes_lens": (1, 64, 64)},
+                None, "final_layer.linear."),
+    "chroma": ("Chroma", {"image_model": "chroma", "in_channels": 64, "out_channels": 64,
+                          "context_in_dim": CONTEXT_DIM, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2,
+                          "depth": 1, "depth_single_blocks": 1, "axes_dim": [4, 14, 14], "theta": 10000,
+                          "patch_size": 2, "qkv_bias": True, "in_dim": 64, "out_dim": 64, "hidden_dim": 64,
+                          "n_layers": 1}, None, "final_layer.linear."),
+    "hidream": ("HiDream", {"image_model": "hidream", "patch_size": 2, "in_channels": 16, "out_channels": 16,
+                            "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 32,
+                            "num_attention_heads": 2, "caption_channels": [CONTEXT_DIM, CONTEXT_DIM],
+                            "text_emb_dim": POOLED_DIM, "num_routed_experts": 2, "num_activated_experts": 1,
+                            "axes_dims_rope": [8, 12, 12], "max_resolution": [32, 32], "llama_layers": [0, 1, 1]},
+                None, "final_layer.linear."),
+    "ltxv": ("LTXV", {"image_model": "ltxv", "in_channels": 128, "cross_attention_dim": 64, "attention_head_dim": 32,
+                      "num_attention_heads": 2, "caption_channels": CONTEXT_DIM, "num_layers": 1}, 2, "proj_out."),
+    "cosmos_predict2": ("CosmosT2IPredict2", {"image_model": "cosmos_predict2", "max_img_h": 32, "max_img_w": 32,
+                                              "max_frames": 8, "in_channels": 16, "out_channels": 16,
+                                              "patch_spatial": 2, "patch_temporal": 1, "model_channels": 64,
+                                              "num_blocks": 1, "num_heads": 2, "crossattn_emb_channels": CONTEXT_DIM,
+                                              "pos_emb_cls": "rope3d", "use_adaln_lora": True, "adaln_lora_dim": 16},
+                        1, "final_layer.linear."),
+    "hunyuan_video": ("HunyuanVideo", {"image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16,
+                                       "vec_in_dim": POOLED_DIM, "context_in_dim": CONTEXT_DIM, "hidden_size": 64,
+                                       "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+                                       "axes_dim": [8, 12, 12], "theta": 256, "patch_size": [1, 2, 2],
+                                       "qkv_bias": True, "guidance_embed": True, "byt5": False, "meanflow": False},
+                      2, "final_layer.linear."),
+    "auraflow": ("AuraFlow", {"cond_seq_dim": CONTEXT_DIM, "dim": 64, "n_layers": 2, "n_double_layers": 1,
+                              "patch_size": 2, "in_channels": 4, "out_channels": 4, "n_heads": 2, "max_seq": 64},
+                 None, "final_linear."),
+}
+UPSTREAM_FAMILIES = ("flux",) + tuple(FAMILY_SPECS)   # need upstream ComfyUI (comfy/ldm/flux, wan, ...)
+LLAMA_LAYERS = 2     # hidream: the Llama-3 hidden states the conditioning carries (llama_layers index them)
 SDXL_SIZE_EMBED = 6 * 256   # model_base.SDXL.encode_adm: 6 size/crop values, each a 256-wide Timestep embedding
-LATENT_CHANNELS = {"sd1": 4, "sd2v": 4, "sdxl": 4, "sd3": 16, "flux": 16}
-MODEL_KIND = {"sd1": "EPS", "sd2v": "V_PREDICTION", "sdxl": "EPS", "sd3": "CONST", "flux": "CONST"}
+LATENT_CHANNELS = {"sd1": 4, "sd2v": 4, "sdxl": 4, "sd3": 16, "flux": 16, "wan21": 16, "wan22": 48,
+                   "qwen_image": 16, "lumina2": 16, "chroma": 16, "hidream": 16, "ltxv": 128,
+                   "cosmos_predict2": 16, "hunyuan_video": 16, "auraflow": 4}
+MODEL_KIND = {"sd1": "EPS", "sd2v": "V_PREDICTION", "sdxl": "EPS", "sd3": "CONST", "flux": "CONST",
+              **{f: "CONST" for f in FAMILY_SPECS}, "cosmos_predict2": "COSMOS_RFLOW"}
 # Schedulers other than the inversion nodes' default (auto: karras, or simple for flow; flux names simple for the
 # upstream check). For the EPS UNets the classic DDIM grid (ddim_uniform, top sigma 5.1 at T=5): with karras at T=5
 # the top two steps (sigma 1.27 -> 4.80 -> 14.6) cannot be inverted on these random networks. Measured on sd1: along the
@@ -73,8 +132,9 @@ SCHEDULER = {"sd1": "ddim_uniform", "sdxl": "ddim_uniform", "flux": "simple"}
 # asserted in the tests). Without it (gain 1) Exact's default gains +5 dB over DDIM on sd1 at T=5 instead of +11:
 # the step's inverse is worse conditioned, which says nothing about the methods.
 OUTPUT_LAYER = {"sd1": "out.2.", "sd2v": "out.2.", "sdxl": "out.2.", "sd3": "final_layer.linear.",
-                "flux": "final_layer.linear."}
-OUTPUT_GAIN = {"sd1": 0.45, "sd2v": 0.45, "sdxl": 0.5, "sd3": 1.0, "flux": 0.6}
+                "flux": "final_layer.linear.", **{f: spec[3] for f, spec in FAMILY_SPECS.items()}}
+# FAMILY_SPECS families: 0.5, not measured against a trained model (their checks compare methods with each other)
+OUTPUT_GAIN = {"sd1": 0.45, "sd2v": 0.45, "sdxl": 0.5, "sd3": 1.0, "flux": 0.6, **{f: 0.5 for f in FAMILY_SPECS}}
 
 
 def _unet_base(**overrides) -> dict:
@@ -109,6 +169,8 @@ def unet_config(family: str) -> dict:
                 "context_embedder_config": {"target": "torch.nn.Linear",
                                             "params": {"in_features": CONTEXT_DIM, "out_features": hidden}},
                 "num_patches": 64, "pos_embed_max_size": 8, "pos_embed_scaling_factor": None}
+    if family in FAMILY_SPECS:
+        return dict(FAMILY_SPECS[family][1])
     if family == "flux":
         # Flux.1-schnell layout (model_detection's keys): 1 double + 1 single stream block, hidden 64, 2 heads of 32
         # (rotary axes 4 + 14 + 14), no guidance embedding
@@ -145,6 +207,12 @@ def config_class(family: str) -> type:
         if not hasattr(supported_models, "FluxSchnell"):
             raise ValueError("family: flux needs upstream ComfyUI (this host has no comfy/ldm/flux: the PyPI fork)")
         return supported_models.FluxSchnell
+    if family in FAMILY_SPECS:
+        cls = getattr(supported_models, FAMILY_SPECS[family][0], None)
+        if cls is None:
+            raise ValueError(f"family: {family} needs upstream ComfyUI (this host has no supported_models."
+                             f"{FAMILY_SPECS[family][0]}: the PyPI fork)")
+        return cls
     raise ValueError(f"family: unknown architecture {family!r}; one of {FAMILIES + UPSTREAM_FAMILIES}")
 
 
@@ -174,15 +242,52 @@ def init_state_dict(family: str, config: dict, seed: int = 0) -> dict:
     (the host class's full ``unet_config``)."""
     sd = _init_state_dict(family, config, seed)
     gain = OUTPUT_GAIN[family]
-    for k in list(sd):
-        if k.startswith(OUTPUT_LAYER[family]):
-            sd[k] = sd[k] * gain
+    scaled = [k for k in sd if k.startswith(OUTPUT_LAYER[family])]
+    if not scaled:
+        raise ValueError(f"{family}: no output layer {OUTPUT_LAYER[family]!r} among the weights")
+    for k in scaled:
+        sd[k] = sd[k] * gain
     return _check_weights(sd, family)
+
+
+def _init_generic(net_class: type, cfg: dict, seed: int) -> dict:
+    """Seeded weights for any host network: its torch layers (Linear, Conv, norms, Embedding) get torch's default
+    init (the host's ops skip it), every other parameter (the host's own RMSNorm scales, learned embeddings and
+    modulation tables, made with torch.empty) 1 for a 1-D weight / scale, else N(0, 0.02²); a buffer left non-finite
+    is zeroed."""
+    ref = _reference_model_module()
+    layers = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.GroupNorm,
+              torch.nn.LayerNorm, torch.nn.Embedding, getattr(torch.nn, "RMSNorm", torch.nn.LayerNorm))
+    with torch.inference_mode(False), torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        net = net_class(**cfg, dtype=torch.float32, operations=ref._InitOps.get())
+        done = set()
+        for mod in net.modules():
+            base = next((c for c in layers if isinstance(mod, c)), None)
+            if base is not None and any(p is not None for p in mod.parameters(recurse=False)):
+                base.reset_parameters(mod)
+                done |= {id(p) for p in mod.parameters(recurse=False)}
+        for name, p in net.named_parameters():
+            if id(p) in done:
+                continue
+            if p.ndim == 1 and name.rsplit(".", 1)[-1] in ("weight", "scale", "gamma"):
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape) * 0.02)
+        sd = {}
+        for k, v in net.state_dict().items():
+            v = v.detach().clone()
+            sd[k] = v if torch.isfinite(v).all() else torch.zeros_like(v)
+        return sd
 
 
 def _init_state_dict(family: str, config: dict, seed: int = 0) -> dict:
     ref = _reference_model_module()
     cfg = {k: v for k, v in config.items() if k not in ("dtype", "device", "operations")}
+    if family in FAMILY_SPECS:
+        # the network class the host's model_base builds for this config (constructed once more with _InitOps)
+        model = config_class(family)(dict(unet_config(family))).get_model({}, device=torch.device("cpu"))
+        return _init_generic(type(model.diffusion_model), cfg, seed)
     if family == "flux":
         from comfy.ldm.flux.model import Flux
 
@@ -259,26 +364,42 @@ def make_conditioning(family: str, seeds="1", tokens: int = 4, width: int = 128,
         conds.append(torch.randn((int(tokens), CONTEXT_DIM), generator=gen))
         pooled.append(torch.randn((POOLED_DIM,), generator=gen))
     extra = {"pooled_output": torch.stack(pooled)}
+    if family == "chroma":       # T5 only: the text encode node's pooled output is None
+        extra["pooled_output"] = None
+    if family == "hidream":      # next to T5's tokens, the Llama-3 hidden states of several layers
+        extra["conditioning_llama3"] = torch.stack([
+            torch.randn((LLAMA_LAYERS, int(tokens), CONTEXT_DIM), generator=torch.Generator().manual_seed(int(s) + 1000))
+            for s in parse_seeds(seeds)])
+    if family in ("lumina2", "ltxv"):   # their text encoders hand the sampler the token mask too
+        extra["attention_mask"] = torch.ones((len(conds), int(tokens)), dtype=torch.long)
     if family == "sdxl":   # what CLIPTextEncodeSDXL adds; model_base.SDXL.encode_adm reads them
         extra.update({"width": int(width), "height": int(height), "crop_w": 0, "crop_h": 0,
                       "target_width": int(width), "target_height": int(height)})
     return [[torch.stack(conds), extra]]
 
 
-def make_latent(family: str, seeds="3", size: int = 16) -> dict:
-    """A LATENT of smooth unit-variance random "images" in the model's space, stored as a VAE encode stores it."""
+def make_latent(family: str, seeds="3", size: int = 16, frames: int = -1) -> dict:
+    """A LATENT of smooth unit-variance random "images" in the model's space, stored as a VAE encode stores it.
+    Video families (FAMILY_SPECS) get [B, C, frames, size, size], each frame drawn like an image; ``frames``: -1 =
+    the family's, 0 = a 4-D image latent (what EmptySD3LatentImage gives a Qwen-Image workflow)."""
     if family not in FAMILIES + UPSTREAM_FAMILIES:
         raise ValueError(f"family: unknown architecture {family!r}; one of {FAMILIES + UPSTREAM_FAMILIES}")
     fmt = config_class(family).latent_format()
     channels = LATENT_CHANNELS[family]
+    frames = (FAMILY_SPECS[family][2] if family in FAMILY_SPECS else None) if int(frames) < 0 else int(frames) or None
     items = []
     for s in parse_seeds(seeds):
         gen = torch.Generator(device="cpu").manual_seed(int(s))
-        coarse = torch.randn((1, channels, 4, 4), generator=gen)
-        z = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)[0]
-        z = z + 0.5 * torch.randn((channels, size, size), generator=gen)
-        items.append((z - z.mean()) / z.std())
-    return {"samples": fmt.process_out(torch.stack(items))}
+        coarse = torch.randn((frames or 1, channels, 4, 4), generator=gen)
+        z = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+        z = z + 0.5 * torch.randn(z.shape, generator=gen)
+        z = (z - z.mean()) / z.std()
+        items.append(z.movedim(0, 1) if frames else z[0])      # [C, T, H, W] or [C, H, W]
+    z = torch.stack(items)
+    if z.ndim == 4 and getattr(fmt, "latent_dimensions", 2) == 3:
+        # a 5-D format's per-channel statistics broadcast over [B, C, T, H, W] (a 4-D latent would gain an axis)
+        return {"samples": fmt.process_out(z.unsqueeze(2)).squeeze(2)}
+    return {"samples": fmt.process_out(z)}
 
 
 def _network(patcher, family: str, sigma_fraction: float):

@@ -16,6 +16,8 @@ sd3       supported_models.SD3 (MMDiT)    CONST flow, shift 3     MMDiT depth 2 
                                                                   16 latent channels, pos_embed, y_embedder
 flux      supported_models.FluxSchnell    CONST flow, shift 1     1 double + 1 single block, hidden 64, 2 heads
           (upstream only)                                         (rotary 4/14/14), vector_in on pooled output
+sd1inpaint / sdxlinpaint / fluxfill (upstream only): sd1 / sdxl / flux with the input channels of an inpainting
+          checkpoint (9 / 9 / 96: the latent + the host's concat input; INPAINT_FAMILIES)
 ========  ==============================  ======================  ===========================================
 
 Upstream only as well (``FAMILY_SPECS``, ``scripts/check_upstream.sh``'s "families" checks): the other families
@@ -59,6 +61,11 @@ import torch
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ("sd1", "sd2v", "sdxl", "sd3")     # what the PyPI fork has
+# inpainting checkpoints: the family's network with more input channels, the noisy latent + the host's concat input
+# (SD1.5- / SDXL-inpainting: mask + masked image, 9 channels; both hosts mark a UNet config with in_channels > 4 as
+# inpainting. Flux Fill, upstream only: masked image + the mask as 64 channels per latent pixel, 96): family -> (the
+# family it extends, in_channels)
+INPAINT_FAMILIES = {"sd1inpaint": ("sd1", 9), "sdxlinpaint": ("sdxl", 9), "fluxfill": ("flux", 96)}
 CONTEXT_DIM = 32     # cross-attention token width (CLIP-L 768 / OpenCLIP-H 1024 / SDXL 2048 / SD3 4096 in real models)
 POOLED_DIM = 32      # pooled text embedding (SDXL, SD3: 1280 / 2048 in real models)
 _BLOCK = {"dim": 64, "num_heads": 2}
@@ -112,9 +119,11 @@ LLAMA_LAYERS = 2     # hidream: the Llama-3 hidden states the conditioning carri
 SDXL_SIZE_EMBED = 6 * 256   # model_base.SDXL.encode_adm: 6 size/crop values, each a 256-wide Timestep embedding
 LATENT_CHANNELS = {"sd1": 4, "sd2v": 4, "sdxl": 4, "sd3": 16, "flux": 16, "wan21": 16, "wan22": 48,
                    "qwen_image": 16, "lumina2": 16, "chroma": 16, "hidream": 16, "ltxv": 128,
-                   "cosmos_predict2": 16, "hunyuan_video": 16, "auraflow": 4}
+                   "cosmos_predict2": 16, "hunyuan_video": 16, "auraflow": 4, "sd1inpaint": 4, "sdxlinpaint": 4,
+                   "fluxfill": 16}
 MODEL_KIND = {"sd1": "EPS", "sd2v": "V_PREDICTION", "sdxl": "EPS", "sd3": "CONST", "flux": "CONST",
-              **{f: "CONST" for f in FAMILY_SPECS}, "cosmos_predict2": "COSMOS_RFLOW"}
+              **{f: "CONST" for f in FAMILY_SPECS}, "cosmos_predict2": "COSMOS_RFLOW",
+              "sd1inpaint": "EPS", "sdxlinpaint": "EPS", "fluxfill": "CONST"}
 # Schedulers other than the inversion nodes' default (auto: karras, or simple for flow; flux names simple for the
 # upstream check). For the EPS UNets the classic DDIM grid (ddim_uniform, top sigma 5.1 at T=5): with karras at T=5
 # the top two steps (sigma 1.27 -> 4.80 -> 14.6) cannot be inverted on these random networks. Measured on sd1: along the
@@ -124,7 +133,8 @@ MODEL_KIND = {"sd1": "EPS", "sd2v": "V_PREDICTION", "sdxl": "EPS", "sd3": "CONST
 # with 100 evaluations per step still leaves residual 1.2 (12.3 dB, DDIM 10.7). On ddim_uniform the worst step's
 # constant is 3.6 and Exact's `exact` preset converges (117.9 dB). V-prediction (sd2v) scales the network's output
 # by c_in once more and inverts fine on karras; the flow model too.
-SCHEDULER = {"sd1": "ddim_uniform", "sdxl": "ddim_uniform", "flux": "simple"}
+SCHEDULER = {"sd1": "ddim_uniform", "sdxl": "ddim_uniform", "flux": "simple", "sd1inpaint": "ddim_uniform",
+             "sdxlinpaint": "ddim_uniform", "fluxfill": "simple"}
 # The network's final layer (weight and bias) is scaled by OUTPUT_GAIN so that its input Jacobian (d output /
 # d scaled input, at a unit-variance input) has the spectral norm of a trained denoiser: measured on the pack's
 # trained reference model (EPS UNet) 1.06-1.09 at sigma 0.57-5.1; on these random networks before scaling 2.24-2.33
@@ -132,9 +142,12 @@ SCHEDULER = {"sd1": "ddim_uniform", "sdxl": "ddim_uniform", "flux": "simple"}
 # asserted in the tests). Without it (gain 1) Exact's default gains +5 dB over DDIM on sd1 at T=5 instead of +11:
 # the step's inverse is worse conditioned, which says nothing about the methods.
 OUTPUT_LAYER = {"sd1": "out.2.", "sd2v": "out.2.", "sdxl": "out.2.", "sd3": "final_layer.linear.",
-                "flux": "final_layer.linear.", **{f: spec[3] for f, spec in FAMILY_SPECS.items()}}
+                "flux": "final_layer.linear.", **{f: spec[3] for f, spec in FAMILY_SPECS.items()},
+                "sd1inpaint": "out.2.", "sdxlinpaint": "out.2.", "fluxfill": "final_layer.linear."}
 # FAMILY_SPECS families: 0.5, not measured against a trained model (their checks compare methods with each other)
-OUTPUT_GAIN = {"sd1": 0.45, "sd2v": 0.45, "sdxl": 0.5, "sd3": 1.0, "flux": 0.6, **{f: 0.5 for f in FAMILY_SPECS}}
+OUTPUT_GAIN = {"sd1": 0.45, "sd2v": 0.45, "sdxl": 0.5, "sd3": 1.0, "flux": 0.6, **{f: 0.5 for f in FAMILY_SPECS},
+               "sd1inpaint": 0.45, "sdxlinpaint": 0.5, "fluxfill": 0.6}
+ALL_FAMILIES = FAMILIES + UPSTREAM_FAMILIES + tuple(INPAINT_FAMILIES)
 
 
 def _unet_base(**overrides) -> dict:
@@ -153,6 +166,9 @@ def _unet_base(**overrides) -> dict:
 
 def unet_config(family: str) -> dict:
     """The tiny diffusion-model config of ``family`` (before the host class adds its ``unet_extra_config``)."""
+    if family in INPAINT_FAMILIES:
+        extends, channels = INPAINT_FAMILIES[family]
+        return dict(unet_config(extends), in_channels=channels)
     if family == "sd1":
         return _unet_base()                                         # SD15: conv proj_in/out, num_heads 8
     if family == "sd2v":
@@ -178,7 +194,7 @@ def unet_config(family: str) -> dict:
                 "vec_in_dim": POOLED_DIM, "context_in_dim": CONTEXT_DIM, "hidden_size": 64, "mlp_ratio": 4.0,
                 "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [4, 14, 14], "theta": 10000,
                 "qkv_bias": True, "guidance_embed": False}
-    raise ValueError(f"family: unknown architecture {family!r}; one of {FAMILIES + UPSTREAM_FAMILIES}")
+    raise ValueError(f"family: unknown architecture {family!r}; one of {ALL_FAMILIES}")
 
 
 def config_class(family: str) -> type:
@@ -186,6 +202,8 @@ def config_class(family: str) -> type:
     checkpoint requires it (attention head width; SD2's v-prediction)."""
     from comfy import model_base, supported_models
 
+    if family in INPAINT_FAMILIES:
+        return config_class(INPAINT_FAMILIES[family][0])
     if family == "sd1":
         return supported_models.SD15                                # num_heads 8, any width
     if family == "sd2v":
@@ -213,7 +231,7 @@ def config_class(family: str) -> type:
             raise ValueError(f"family: {family} needs upstream ComfyUI (this host has no supported_models."
                              f"{FAMILY_SPECS[family][0]}: the PyPI fork)")
         return cls
-    raise ValueError(f"family: unknown architecture {family!r}; one of {FAMILIES + UPSTREAM_FAMILIES}")
+    raise ValueError(f"family: unknown architecture {family!r}; one of {ALL_FAMILIES}")
 
 
 def _reference_model_module():
@@ -288,7 +306,7 @@ def _init_state_dict(family: str, config: dict, seed: int = 0) -> dict:
         # the network class the host's model_base builds for this config (constructed once more with _InitOps)
         model = config_class(family)(dict(unet_config(family))).get_model({}, device=torch.device("cpu"))
         return _init_generic(type(model.diffusion_model), cfg, seed)
-    if family == "flux":
+    if family in ("flux", "fluxfill"):
         from comfy.ldm.flux.model import Flux
 
         with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
@@ -356,8 +374,8 @@ def parse_seeds(seeds) -> list[int]:
 
 def make_conditioning(family: str, seeds="1", tokens: int = 4, width: int = 128, height: int = 128) -> list:
     """CONDITIONING as the family's text encoder would give it; row i of the batch is drawn from ``seeds[i]``."""
-    if family not in FAMILIES + UPSTREAM_FAMILIES:
-        raise ValueError(f"family: unknown architecture {family!r}; one of {FAMILIES + UPSTREAM_FAMILIES}")
+    if family not in ALL_FAMILIES:
+        raise ValueError(f"family: unknown architecture {family!r}; one of {ALL_FAMILIES}")
     conds, pooled = [], []
     for s in parse_seeds(seeds):
         gen = torch.Generator(device="cpu").manual_seed(int(s))
@@ -372,7 +390,7 @@ def make_conditioning(family: str, seeds="1", tokens: int = 4, width: int = 128,
             for s in parse_seeds(seeds)])
     if family in ("lumina2", "ltxv"):   # their text encoders hand the sampler the token mask too
         extra["attention_mask"] = torch.ones((len(conds), int(tokens)), dtype=torch.long)
-    if family == "sdxl":   # what CLIPTextEncodeSDXL adds; model_base.SDXL.encode_adm reads them
+    if family in ("sdxl", "sdxlinpaint"):   # what CLIPTextEncodeSDXL adds; model_base.SDXL.encode_adm reads them
         extra.update({"width": int(width), "height": int(height), "crop_w": 0, "crop_h": 0,
                       "target_width": int(width), "target_height": int(height)})
     return [[torch.stack(conds), extra]]
@@ -382,8 +400,8 @@ def make_latent(family: str, seeds="3", size: int = 16, frames: int = -1) -> dic
     """A LATENT of smooth unit-variance random "images" in the model's space, stored as a VAE encode stores it.
     Video families (FAMILY_SPECS) get [B, C, frames, size, size], each frame drawn like an image; ``frames``: -1 =
     the family's, 0 = a 4-D image latent (what EmptySD3LatentImage gives a Qwen-Image workflow)."""
-    if family not in FAMILIES + UPSTREAM_FAMILIES:
-        raise ValueError(f"family: unknown architecture {family!r}; one of {FAMILIES + UPSTREAM_FAMILIES}")
+    if family not in ALL_FAMILIES:
+        raise ValueError(f"family: unknown architecture {family!r}; one of {ALL_FAMILIES}")
     fmt = config_class(family).latent_format()
     channels = LATENT_CHANNELS[family]
     frames = (FAMILY_SPECS[family][2] if family in FAMILY_SPECS else None) if int(frames) < 0 else int(frames) or None
@@ -467,3 +485,39 @@ def input_jacobian_norm(patcher, family: str, sigma_fraction: float = 0.5, itera
         finally:
             for mod, name, p in originals:
                 mod._parameters[name] = p
+
+
+VAE_DOWNSCALE = 2    # a 32x32 IMAGE is a 16x16 latent
+VAE_SCALE = 0.18215  # SD1's latent scale factor: the stored latent is the model-space one / 0.18215, as a VAE stores it
+
+
+def tiny_vae(family: str = "sd1"):
+    """A VAE stand-in for ``family``'s latents, duck-typed for the host's VAEEncode / VAEDecode / VAEEncodeForInpaint
+    / InpaintModelConditioning (the pack's ReferenceVAE with another encoding): 2x2 average pooling of the pixels in
+    -1..1; their three channels and their mean, repeated to the family's latent channels. Decode reads the first three
+    (exact up to the pooling: nearest upsampling). It lets the inpainting nodes run for real on the tiny models."""
+    base = _reference_model_module().ReferenceVAE
+    channels = LATENT_CHANNELS[family]
+
+    class TinyLatentVAE(base):
+        downscale_ratio = upscale_ratio = VAE_DOWNSCALE
+        latent_channels = channels
+
+        def spacial_compression_encode(self):
+            return VAE_DOWNSCALE
+
+        def spacial_compression_decode(self):
+            return VAE_DOWNSCALE
+
+        def encode(self, pixel_samples):
+            p = self.process_input(pixel_samples[..., :3].to(torch.float32)).movedim(-1, 1)
+            p = torch.nn.functional.avg_pool2d(p, VAE_DOWNSCALE)
+            four = torch.cat([p, p.mean(dim=1, keepdim=True)], dim=1)
+            return four.repeat(1, -(-channels // 4), 1, 1)[:, :channels] / VAE_SCALE
+
+        def decode(self, samples_in):
+            p = samples_in[:, :3].to(torch.float32) * VAE_SCALE
+            p = torch.nn.functional.interpolate(p, scale_factor=VAE_DOWNSCALE, mode="nearest")
+            return self.process_output(p).movedim(1, -1).contiguous()
+
+    return TinyLatentVAE()

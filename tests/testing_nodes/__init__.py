@@ -257,8 +257,9 @@ class InversionTestProgress:
 # ------------------------------------------------------------------------------------------- real architectures
 _ARCHITECTURES_PATH = Path(__file__).resolve().parent.parent / "architectures.py"
 def _arch_families() -> list:
-    """The fork's families, then those only upstream ComfyUI has (flux, wan21, qwen_image ...: an error on the fork)."""
-    return list(architectures().FAMILIES + architectures().UPSTREAM_FAMILIES)
+    """The fork's families, those only upstream ComfyUI has (flux, wan21, qwen_image ...: an error on the fork), then
+    the inpainting variants (fluxfill: upstream only)."""
+    return list(architectures().ALL_FAMILIES)
 
 
 def architectures():
@@ -338,6 +339,21 @@ class InversionTestArchLatent:
         return (architectures().make_latent(family, seeds, size, frames),)
 
 
+class InversionTestArchVAE:
+    """A VAE for a family's latents (tests/architectures.py tiny_vae: 2x pooling, exact up to it)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"family": (_arch_families(), {"tooltip": "Whose latent channels."})}}
+
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "build"
+    CATEGORY = "testing/inversion"
+
+    def build(self, family):
+        return (architectures().tiny_vae(family),)
+
+
 class InversionTestUnscaledEuler:
     """The host's stock ``euler`` SAMPLER (``comfy.k_diffusion.sampling.sample_euler`` in a ``KSAMPLER``) minus
     KSAMPLER's ``noise_scaling`` / ``inverse_noise_scaling`` around it: the stock-unsampling baseline for flow models.
@@ -387,5 +403,6 @@ NODE_CLASS_MAPPINGS = {
     "InversionTestArchConditioning": InversionTestArchConditioning,
     "InversionTestArchLatent": InversionTestArchLatent,
     "InversionTestUnscaledEuler": InversionTestUnscaledEuler,
+    "InversionTestArchVAE": InversionTestArchVAE,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {name: name.replace("InversionTest", "Inversion test: ") for name in NODE_CLASS_MAPPINGS}

@@ -60,6 +60,10 @@ def _takes_options(attention_fn) -> bool:
     return any(p.name == "transformer_options" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
+def _tensor_list(val) -> bool:
+    return isinstance(val, (list, tuple)) and bool(val) and all(isinstance(v, torch.Tensor) for v in val)
+
+
 def _convert_cond(cond):
     try:
         from comfy.sampler_helpers import convert_cond
@@ -250,7 +254,12 @@ class EditEngine:
                 for key, val in c.items():
                     if key == "transformer_options":
                         continue
-                    c_all[key] = concat_tokens([c_src[key], val]) if isinstance(val, torch.Tensor) else val
+                    if isinstance(val, torch.Tensor):
+                        c_all[key] = concat_tokens([c_src[key], val])
+                    elif _tensor_list(val):     # Flux Kontext's reference latents: one batch per reference
+                        c_all[key] = [concat_tokens([a, b]) for a, b in zip(c_src[key], val)]
+                    else:
+                        c_all[key] = val
                 opts = dict(c.get("transformer_options", {}))
                 opts["cond_or_uncond"] = cou + cou
                 opts[KEY] = _Context(k, "batched", n, b, cou, x.shape[2:], tokens)
@@ -328,21 +337,33 @@ class EditEngine:
             if base is None or not hasattr(base, "extra_conds"):
                 raise RuntimeError("Inversion Edit Engine: this host's model function wrapper does not pass the "
                                    "model's apply_model; the host is too old or too new for the engine")
+            # latent_image as the guider gives it: an inpainting model's concat input reads it (where no
+            # InpaintModelConditioning set one) and fails on None; without a denoise_mask, which the pack's samplers
+            # never pass, the host uses only its shape (the blank image and mask of ones), so this sub-batch serves
             conds = comfy.samplers.encode_model_conds(base.extra_conds, _convert_cond(self.source_cond),
-                                                      x[:b], x.device, "positive")
+                                                      x[:b], x.device, "positive", latent_image=x[:b])
             model_conds = conds[0]["model_conds"]
             self._src_conds[key] = {name: obj.process_cond(batch_size=b, device=x.device, area=None).cond
                                     for name, obj in model_conds.items()}
         src = self._src_conds[key]
         out = {}
         chunks = len(cou)
-        for name, val in c.items():
-            if name == "transformer_options" or not isinstance(val, torch.Tensor) or name not in src:
-                out[name] = val
-                continue
+
+        def swap(val: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
             parts = val.chunk(chunks)
-            out[name] = concat_tokens([src[name].to(device=val.device, dtype=val.dtype) if cou[j] == 0 else parts[j]
-                                       for j in range(chunks)])
+            return concat_tokens([source.to(device=val.device, dtype=val.dtype) if cou[j] == 0 else parts[j]
+                                  for j in range(chunks)])
+
+        for name, val in c.items():
+            if name == "transformer_options" or name not in src:
+                out[name] = val
+            elif isinstance(val, torch.Tensor):
+                out[name] = swap(val, src[name])
+            elif _tensor_list(val) and _tensor_list(src[name]) and len(val) == len(src[name]):
+                # a list of tensors (upstream's CONDList: reference latents), each batched like a tensor input
+                out[name] = [swap(v, s) for v, s in zip(val, src[name])]
+            else:
+                out[name] = val
         return out
 
     # ------------------------------------------------------------------------------------------ patches

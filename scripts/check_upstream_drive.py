@@ -690,6 +690,74 @@ async def _():
     return note + f"; pnp on Flux: {msg[:90]!r}"
 
 
+# ---- models whose network input is more than the noisy latent and the prompt (upstream only: the fork has no Flux):
+# Flux Fill (the masked image and the mask as its concat input, from InpaintModelConditioning) and reference latents
+# (Flux Kontext / Qwen-Image-Edit: ReferenceLatent puts the reference image's latent into the conditioning). The tiny
+# random Flux layouts of tests/architectures.py (fluxfill: in_channels 96), T=5 on simple, a 32x32 image (the
+# InversionTestArchVAE stand-in) = 16x16 latent, the mask the right half.
+def concat_graph(family):
+    arch = {"family": family}
+    return {
+        "model": {"class_type": "InversionTestArchModel", "inputs": {**arch, "seed": 0}},
+        "positive": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "1", "tokens": 4}},
+        "negative": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "2", "tokens": 4}},
+        "edit": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "5", "tokens": 4}},
+        "source": {"class_type": "InversionTestArchLatent", "inputs": {**arch, "seeds": "3", "size": 16}},
+        "vae": {"class_type": "InversionTestArchVAE", "inputs": arch},
+        "image": {"class_type": "VAEDecode", "inputs": {"samples": ["source", 0], "vae": ["vae", 0]}},
+        "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["vae", 0]}},
+        "mask_zero": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 32, "height": 32}},
+        "mask_one": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 16, "height": 32}},
+        "mask": {"class_type": "MaskComposite", "inputs": {
+            "destination": ["mask_zero", 0], "source": ["mask_one", 0], "x": 16, "y": 0, "operation": "add"}},
+    }
+
+
+def concat_invert(method, positive, negative, latent, steps=5, **given):
+    return {"class_type": method, "inputs": widget_defaults(
+        method, steps=steps, scheduler="simple", model=["model", 0], positive=positive, negative=negative,
+        latent=latent, **given)}
+
+
+def concat_replay(inverted, positive, negative, **given):
+    return {"class_type": "InvertedLatentSampler", "inputs": widget_defaults(
+        "InvertedLatentSampler", model=["model", 0], positive=positive, negative=negative,
+        inverted_latent=[inverted, 0], **given)}
+
+
+@check("flux + ReferenceLatent: Inversion Edit Engine dit_kv with reference latents (batched = cached, the same "
+       "prompt with full source correction = the plain replay, an edit changes the result)")
+async def _():
+    cfg = 2.0
+    p = concat_graph("flux")
+    p["ref_pos"] = {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["positive", 0], "latent": ["latent", 0]}}
+    p["ref_neg"] = {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["negative", 0], "latent": ["latent", 0]}}
+    p["ref_edit"] = {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["edit", 0], "latent": ["latent", 0]}}
+    p["inv"] = concat_invert("ExactInvert", ["ref_pos", 0], ["ref_neg", 0], ["latent", 0], cfg=cfg)
+    for branch in ("batched", "cached"):
+        p[f"eng_{branch}"] = {"class_type": "InversionEditEngine", "inputs": widget_defaults(
+            "InversionEditEngine", model=["model", 0], inverted_latent=["inv", 0], source_conditioning=["ref_pos", 0],
+            mode="dit_kv", window_start=0.0, window_end=1.0, source_branch=branch)}
+        p[f"edit_{branch}"] = concat_replay("inv", ["ref_edit", 0], ["ref_neg", 0], cfg=cfg)
+        p[f"edit_{branch}"]["inputs"]["model"] = [f"eng_{branch}", 0]
+    p["same"] = concat_replay("inv", ["ref_pos", 0], ["ref_neg", 0], cfg=cfg, correction_strength=1.0,
+                              source_positive=["ref_pos", 0])
+    p["same"]["inputs"]["model"] = ["eng_batched", 0]
+    p["plain_same"] = concat_replay("inv", ["ref_pos", 0], ["ref_neg", 0], cfg=cfg, correction_strength=1.0,
+                                    source_positive=["ref_pos", 0])
+    p["plain_edit"] = concat_replay("inv", ["ref_edit", 0], ["ref_neg", 0], cfg=cfg)
+    lat, _p, _h = await run(p, save=("edit_batched", "edit_cached", "same", "plain_same", "plain_edit"))
+    cached = (lat["edit_batched"] - lat["edit_cached"]).abs().max().item()
+    same = rms(lat["same"], lat["plain_same"])
+    changed = rms(lat["edit_batched"], lat["plain_edit"])
+    note = f"batched vs cached max {cached:.3g}; same prompt vs plain RMS {same:.3g}; edit vs plain edit RMS {changed:.4g}"
+    # measured before the fix: the batched branch (the default) failed inside Flux ("Sizes of tensors must match":
+    # the reference latents were left at the edit's batch while the latent was doubled)
+    if not (cached <= 1e-5 and same <= 1e-5 and changed > 1e-3):
+        raise Failed(note)
+    return note
+
+
 # ---- the other families upstream 0.3.64 runs (tests/architectures.py FAMILY_SPECS: Wan 2.1 / 2.2, Qwen-Image,
 # Lumina2, Chroma, HiDream, LTXV, Cosmos Predict2, HunyuanVideo, AuraFlow), one block deep, seeded random weights,
 # an 8x8 latent (video families: 2 frames; Qwen-Image and Cosmos: the 5-D latent of one frame), T=4 on the nodes'

@@ -712,7 +712,8 @@ class InversionSampler(comfy.samplers.Sampler):
         check_guider_conditioning(model_wrap, x0.shape[0], f"the {self.method} inversion SAMPLER")
         if denoise_mask is not None:
             warn(f"{self.method} inversion: the latent's noise_mask does not limit the inversion (the whole image is "
-                 "inverted), and SamplerCustomAdvanced keeps it on its output LATENT: the Inverted Replay SAMPLER "
+                 "inverted; SetLatentNoiseMask, InpaintModelConditioning and VAEEncodeForInpaint set one), and "
+                 "SamplerCustomAdvanced keeps it on its output LATENT: the Inverted Replay SAMPLER "
                  "refuses it and a stock sampler would keep the area outside the mask as the inverted noise. For a "
                  "masked edit, invert with an Invert node and give the mask to the Inverted Latent Sampler")
         progress = StepProgress(callback, len(schedule) - 1)
@@ -830,8 +831,11 @@ class ReplaySampler(comfy.samplers.Sampler):
         x_top = latent_image if latent_image is not None else noise
         check_guider_conditioning(model_wrap, x_top.shape[0], "the Inverted Replay SAMPLER")
         if denoise_mask is not None and self.mask is None:
-            raise ValueError("latent noise_mask: a masked edit needs the stored inversion trajectory; use the "
-                             "Inverted Latent Sampler's mask input instead of SamplerCustomAdvanced")
+            raise ValueError("latent noise_mask: this latent carries a noise_mask (SetLatentNoiseMask, "
+                             "InpaintModelConditioning, VAEEncodeForInpaint), which SamplerCustomAdvanced hands over "
+                             "as a masked edit; a masked edit needs the stored inversion trajectory. Replay an Invert "
+                             "node's LATENT with the Inverted Latent Sampler (it applies the mask), or invert and "
+                             "replay a latent without one (VAEEncode; InpaintModelConditioning with noise_mask off)")
         bdia = self.bdia
         if not self.checked:
             said = ignored_noise(noise, latent_image)

@@ -129,6 +129,42 @@ def test_inpainting_unet_inverts_replays_and_edits_like_the_plain_models(family,
     assert outside <= 1e-6 * x0.abs().max().item() and inside > 0.1, (outside, inside)
 
 
+def _twin(p: dict, positive, negative, latent, method="ExactInvertSampler") -> dict:
+    p["sched"] = {"class_type": "BasicScheduler", "inputs": {
+        "model": ["model", 0], "scheduler": "ddim_uniform", "steps": STEPS, "denoise": 1.0}}
+    p["flip"] = {"class_type": "FlipSigmas", "inputs": {"sigmas": ["sched", 0]}}
+    p["guider"] = {"class_type": "CFGGuider", "inputs": {
+        "model": ["model", 0], "positive": positive, "negative": negative, "cfg": 1.0}}
+    p["nonoise"] = {"class_type": "DisableNoise", "inputs": {}}
+    p["twin_sampler"] = {"class_type": method, "inputs": defaults(method)}
+    p["replay_sampler"] = {"class_type": "InvertedReplaySampler", "inputs": {}}
+    common = {"noise": ["nonoise", 0], "guider": ["guider", 0]}
+    p["twin"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        **common, "sampler": ["twin_sampler", 0], "sigmas": ["flip", 0], "latent_image": latent}}
+    p["twin_replay"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        **common, "sampler": ["replay_sampler", 0], "sigmas": ["sched", 0], "latent_image": ["twin", 0]}}
+    return p
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sampler_twins_with_inpaint_conditioning_match_the_nodes_and_a_noise_mask_is_named(family):
+    """InpaintModelConditioning's conditioning with a latent without noise_mask: the twins are the nodes bit for bit.
+    Its LATENT (or VAEEncodeForInpaint's) carries a noise_mask, which SamplerCustomAdvanced hands over as a masked
+    edit: the replay refuses it with an error naming the nodes that set one."""
+    p = base(family)
+    p["node"] = invert("ExactInvert", ["imc", 0], ["imc", 1], ["latent", 0])
+    p["node_replay"] = replay("node", ["imc", 0], ["imc", 1])
+    _twin(p, ["imc", 0], ["imc", 1], ["latent", 0])
+    out = run(family, p, ["node", "node_replay", "twin", "twin_replay"])
+    node, twin = out["node"][0]["samples"], out["twin"][0]["samples"]
+    assert torch.equal(node, twin), (node - twin).abs().max().item()
+    assert torch.equal(out["node_replay"][0]["samples"], out["twin_replay"][0]["samples"])
+    for latent in (["imc", 2], ["vefi", 0]):
+        p["twin"]["inputs"]["latent_image"] = latent
+        with pytest.raises(WorkflowError, match="InpaintModelConditioning, VAEEncodeForInpaint"):
+            run(family, p, ["twin_replay"])
+
+
 @pytest.mark.parametrize("mode", ["pnp", "p2p"])
 def test_the_edit_engine_runs_on_an_inpainting_unet_without_inpaint_conditioning(mode):
     """The engine built its source branch's model inputs without the latent_image the host's guider passes, and an

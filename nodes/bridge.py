@@ -248,19 +248,77 @@ def conditioning_fingerprint(cond: Any) -> Any:
     model is given (pooled output, SDXL's width / height / crop / target size, areas, masks, strengths, other
     tensors; a ControlNet by what it contributes (_control_state), other objects by their type). None for anything
     else."""
+    items = _cond_items(cond)
+    if items is None:
+        return None
+    return fingerprint([(tensor, {k: _control_state(v) if k == "control" else v
+                                  for k, v in extra.items() if k not in _CONVERTED_KEYS}) for tensor, extra in items])
+
+
+def _cond_items(cond: Any) -> Optional[list]:
+    """(text tensor, extra entries) per item of a CONDITIONING or of a guider's converted copy of one; None for
+    anything else."""
     if not isinstance(cond, (list, tuple)) or not cond:
         return None
     items = []
     for c in cond:
         if isinstance(c, dict):
-            tensor, extra = c.get("cross_attn"), c
+            items.append((c.get("cross_attn"), c))
         elif isinstance(c, (list, tuple)) and len(c) >= 2 and isinstance(c[1], dict):
-            tensor, extra = c[0], c[1]
+            items.append((c[0], c[1]))
         else:
             return None
-        items.append((tensor, {k: _control_state(v) if k == "control" else v
-                               for k, v in extra.items() if k not in _CONVERTED_KEYS}))
-    return fingerprint(items)
+    return items
+
+
+# conditioning entries that hand the model an image beside the noisy latent, not a prompt: InpaintModelConditioning's
+# concat_latent_image / concat_mask (SD1.5 / SDXL inpainting UNets, Flux Fill), InstructPixToPixConditioning's
+# concat_latent_image, the x4 upscaler's concat_image, ReferenceLatent's reference_latents (Flux Kontext,
+# Qwen-Image-Edit). An edit changes the prompt; these must stay the inversion's
+IMAGE_INPUTS = ("concat_latent_image", "concat_mask", "concat_image", "reference_latents")
+
+
+def image_inputs(cond: Any) -> Optional[dict]:
+    """The IMAGE_INPUTS a CONDITIONING (or a guider's converted copy) carries: their names and a fingerprint of
+    their values per item; None when it cannot be read."""
+    items = _cond_items(cond)
+    if items is None:
+        return None
+    chosen = [{k: extra[k] for k in IMAGE_INPUTS if extra.get(k) is not None} for _, extra in items]
+    return {"names": sorted({k for c in chosen for k in c}), "print": fingerprint(chosen)}
+
+
+def _replay_conds(positive: Any, negative: Any, cfg: Optional[float], source_positive: Any = None) -> dict:
+    """check_image_inputs' conditionings of a replay: the positive; the negative where the host evaluates it (cfg not
+    1; unknown for a guider with its own prediction: left out); source correction's source_positive."""
+    conds = {"positive": (positive, "positive")}
+    if cfg is not None and cfg != 1.0:
+        conds["negative"] = (negative, "negative")
+    if source_positive is not None:
+        conds["source_positive"] = (source_positive, "positive")
+    return conds
+
+
+def check_image_inputs(guidance: Optional[dict], conds: dict, action: str, who: str = "") -> None:
+    """A warning for each replay conditioning (``conds``: input name -> (CONDITIONING, "positive" / "negative": the
+    inversion's conditioning it is compared with)) whose image inputs (IMAGE_INPUTS) are not the inversion's: the
+    model then sees another image beside the latent than it was inverted with (tiny SD1.5-inpainting, an
+    InpaintModelConditioning inversion replayed with the plain prompt: 7.7 dB instead of 45), which no prompt check
+    says (another conditioning reads as an edit)."""
+    recorded = (guidance or {}).get("image_inputs") or {}
+    for name, (cond, role) in conds.items():
+        old = recorded.get(role)
+        now = image_inputs(cond) if old is not None and cond is not None else None
+        if now is None or matches(old["print"], now["print"], rtol=CONDITIONING_RTOL):
+            continue
+        had, has = ", ".join(old["names"]) or "none", ", ".join(now["names"]) or "none"
+        what = f"other values of {has} (another image or mask)" if had == has else f"{has}, where it had {had}"
+        warn(f"{who}{name}: the images it gives the model beside the latent are not those of the {role} conditioning "
+             f"this latent was inverted with: {what}. The model then sees another input than at inversion, so the "
+             f"{action} does not reconstruct the image and an edit changes more than its prompt (tiny "
+             "SD1.5-inpainting: 7.7 dB instead of 45). Give every conditioning of the replay, an edit prompt too, the "
+             "inversion's image inputs: the same InpaintModelConditioning / ReferenceLatent with the same image and "
+             "mask")
 
 
 def _control_state(control: Any, depth: int = 0) -> Any:
@@ -280,13 +338,16 @@ def _control_state(control: Any, depth: int = 0) -> Any:
 
 def guidance_of(guider) -> dict:
     """What an inversion was guided with, for its replays to compare theirs with: the fingerprint of the guider's
-    positive conditioning and its cfg. The cfg is None for a guider that overrides the host's CFG prediction
+    positive conditioning, its cfg and the image inputs of the conditionings the model was evaluated with. The cfg is None for a guider that overrides the host's CFG prediction
     (PerpNegGuider, DualCFGGuider, BasicGuider ...): its ``cfg`` attribute need not be the scale it applies."""
     conds = getattr(guider, "original_conds", None) or {}
     cfg = guider_cfg(guider)
+    # the negative's image inputs count only where the host evaluates it (it skips it at cfg 1)
+    used = ("positive",) + (("negative",) if cfg is not None and cfg != 1.0 else ())
+    inputs = {role: image_inputs(conds.get(role)) for role in used}
     if cfg is not None and _same_conditioning(conds.get("positive"), conds.get("negative")):
         cfg = None        # positive = negative: every cfg gave the conditional prediction, none is "the" cfg
-    return {"positive": conditioning_fingerprint(conds.get("positive")), "cfg": cfg}
+    return {"positive": conditioning_fingerprint(conds.get("positive")), "cfg": cfg, "image_inputs": inputs}
 
 
 def guider_cfg(guider) -> Optional[float]:
@@ -898,10 +959,12 @@ def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None, pat
                  "relative RMS away from the image instead of 0). For a masked edit, replay the inversion node's "
                  "LATENT with the Inverted Latent Sampler")
         cfg = guider_cfg(guider) if guider is not None else None
+        conds = getattr(guider, "original_conds", None) or {}
         if cfg is not None:
-            conds = getattr(guider, "original_conds", None) or {}
             check_replay_cfg(found.guidance, conds.get("positive"), conds.get("negative"), cfg,
                              "Inverted Replay SAMPLER: cfg", patcher)
+        check_image_inputs(found.guidance, _replay_conds(conds.get("positive"), conds.get("negative"), cfg),
+                           "replay", "Inverted Replay SAMPLER: ")
         return found.top
     if found.related is not None:
         warn(f"Inverted Replay SAMPLER: latent_image is a recent inversion's noise {found.related} after the "
@@ -1221,6 +1284,8 @@ def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_po
     # full source correction reconstructs the source prompt at any cfg, and so does a mask of 0 everywhere (pinned)
     if not all(w == 1.0 for w in weights) and not (m is not None and float(m.max()) == 0.0):
         check_replay_cfg(entry.get("guidance"), positive, negative, cfg, "cfg", model)
+        check_image_inputs(entry.get("guidance"), _replay_conds(positive, negative, float(cfg), source_positive
+                                                                if any(weights) else None), "replay")
     sampler = ReplaySampler(offsets, weights, m, states_down if m is not None else None, checked=True, bdia=bdia)
     out_samples = _guide(model, positive, negative, cfg, start, sampler, schedule)
     out = {k: v for k, v in latent.items() if k not in ("samples", LATENT_KEY, "noise_mask")}

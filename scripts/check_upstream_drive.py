@@ -694,7 +694,16 @@ async def _():
 # Flux Fill (the masked image and the mask as its concat input, from InpaintModelConditioning) and reference latents
 # (Flux Kontext / Qwen-Image-Edit: ReferenceLatent puts the reference image's latent into the conditioning). The tiny
 # random Flux layouts of tests/architectures.py (fluxfill: in_channels 96), T=5 on simple, a 32x32 image (the
-# InversionTestArchVAE stand-in) = 16x16 latent, the mask the right half.
+# InversionTestArchVAE stand-in) = 16x16 latent, the mask the right half. Warnings are read from the server's log.
+IMAGE_INPUTS_WARNING = "the images it gives the model beside the latent"
+
+
+def server_log() -> str:
+    """The server's log so far (scripts/check_upstream.sh writes it next to the base directory)."""
+    path = BASE.parent / "server.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 def concat_graph(family):
     arch = {"family": family}
     return {
@@ -723,6 +732,61 @@ def concat_replay(inverted, positive, negative, **given):
     return {"class_type": "InvertedLatentSampler", "inputs": widget_defaults(
         "InvertedLatentSampler", model=["model", 0], positive=positive, negative=negative,
         inverted_latent=[inverted, 0], **given)}
+
+
+@check("fluxfill (Flux Fill layout, random weights): plain / InpaintModelConditioning / VAEEncodeForInpaint inversions "
+       "replay (Exact >> DDIM, BDIA exact), a masked edit keeps the outside, a replay without the inversion's image "
+       "inputs is warned")
+async def _():
+    p = concat_graph("fluxfill")
+    links = {"vae": ["vae", 0], "mask": ["mask", 0], "pixels": ["image", 0]}
+    p["imc"] = {"class_type": "InpaintModelConditioning", "inputs": widget_defaults(
+        "InpaintModelConditioning", positive=["positive", 0], negative=["negative", 0], **links)}
+    p["imc_edit"] = {"class_type": "InpaintModelConditioning", "inputs": widget_defaults(
+        "InpaintModelConditioning", positive=["edit", 0], negative=["negative", 0], **links)}
+    p["vefi"] = {"class_type": "VAEEncodeForInpaint", "inputs": widget_defaults("VAEEncodeForInpaint", **links)}
+    sources = {"plain": (["positive", 0], ["negative", 0], ["latent", 0]),
+               "imc": (["imc", 0], ["imc", 1], ["imc", 2]),
+               "vefi": (["positive", 0], ["negative", 0], ["vefi", 0])}
+    save = ["latent", "vefi"]     # InpaintModelConditioning's LATENT is VAEEncode's samples (with a noise_mask)
+    for name, (pos, neg, lat) in sources.items():
+        for m in ("ExactInvert", "DDIMInvert", "BDIAInvert"):
+            p[f"inv_{name}_{m}"] = concat_invert(m, pos, neg, lat)
+            p[f"rep_{name}_{m}"] = concat_replay(f"inv_{name}_{m}", pos, neg)
+            save.append(f"rep_{name}_{m}")
+    # the edit: InpaintModelConditioning's edit prompt; its LATENT's noise_mask (in the record) limits the edit
+    p["edited"] = concat_replay("inv_imc_ExactInvert", ["imc_edit", 0], ["imc", 1], cfg=3.0)
+    save.append("edited")
+    before = len(server_log())
+    lat, _p, _h = await run(p, save=tuple(save))
+    if IMAGE_INPUTS_WARNING in server_log()[before:]:
+        raise Failed("a replay with the inversion's own image inputs was warned")
+    got = {(name, m): psnr(lat[f"rep_{name}_{m}"], lat["vefi" if name == "vefi" else "latent"])
+           for name in sources for m in ("ExactInvert", "DDIMInvert", "BDIAInvert")}
+    x0 = lat["latent"]
+    outside = (lat["edited"][..., :8] - x0[..., :8]).abs().max().item()
+    inside = rms(lat["edited"][..., 8:], x0[..., 8:])
+    note = "; ".join(f"{name}: " + ", ".join(f"{m[:-6]} {got[(name, m)]:.2f}" for m in ("ExactInvert", "DDIMInvert",
+                                                                                         "BDIAInvert"))
+                     for name in sources) + f"; edit outside max diff {outside:.3g}, inside RMS {inside:.3g}"
+    bad = [f"{name}: Exact not >= DDIM + 30 dB or BDIA below 150" for name in sources
+           if got[(name, "ExactInvert")] < got[(name, "DDIMInvert")] + 30 or got[(name, "BDIAInvert")] < 150]
+    if not (outside <= 1e-5 and inside > 1e-3):
+        bad.append("masked edit: the outside is not kept or the inside does not change")
+    # the InpaintModelConditioning inversion replayed with the plain prompt: warned, and no reconstruction
+    w = concat_graph("fluxfill")
+    w["imc"] = p["imc"]
+    w["inv"] = p["inv_imc_ExactInvert"]
+    w["replay"] = concat_replay("inv", ["positive", 0], ["negative", 0])
+    before = len(server_log())
+    wl, _p, _h = await run(w, save=("replay", "latent"))
+    mismatch = psnr(wl["replay"], wl["latent"])
+    if IMAGE_INPUTS_WARNING not in server_log()[before:]:
+        bad.append(f"the replay without InpaintModelConditioning ({mismatch:.1f} dB) was not warned")
+    note += f"; InpaintModelConditioning inversion replayed with the plain prompt {mismatch:.2f} dB, warned"
+    if bad:
+        raise Failed("; ".join(bad) + ": " + note)
+    return note
 
 
 @check("flux + ReferenceLatent: Inversion Edit Engine dit_kv with reference latents (batched = cached, the same "

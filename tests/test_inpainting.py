@@ -21,10 +21,12 @@ import torch
 import host
 from host import Session, WorkflowError
 from test_architectures import defaults, print_row, psnr, rms
+from test_editing_host import warnings_of
 
 FAMILIES = ["sd1inpaint", "sdxlinpaint"]
 STEPS = 5
 EXACT = {"preset": "exact"}
+IMAGE_INPUTS = "the images it gives the model beside the latent"
 # latent columns outside the mask whatever VAEEncodeForInpaint's grow_mask_by (6 px) adds to it: the mask starts at
 # pixel 16 = latent column 8, grown to about 6.5
 OUTSIDE = (..., slice(0, 6))
@@ -105,7 +107,7 @@ def test_the_tiny_models_are_inpainting_models_whose_output_depends_on_the_conca
 
 @pytest.mark.parametrize("source", list(SOURCES))
 @pytest.mark.parametrize("family", FAMILIES)
-def test_inpainting_unet_inverts_replays_and_edits_like_the_plain_models(family, source):
+def test_inpainting_unet_inverts_replays_and_edits_like_the_plain_models(family, source, caplog):
     positive, negative, latent, edit, mask = SOURCES[source]
     p = base(family)
     for method, given in (("ExactInvert", EXACT), ("DDIMInvert", {}), ("BDIAInvert", {})):
@@ -114,6 +116,7 @@ def test_inpainting_unet_inverts_replays_and_edits_like_the_plain_models(family,
     p["edited"] = replay("inv_ExactInvert", edit, negative, cfg=3.0)
     if mask is not None:
         p["edited"]["inputs"]["mask"] = mask
+    caplog.clear()
     out = run(family, p, ["rep_ExactInvert", "rep_DDIMInvert", "rep_BDIAInvert", "edited", latent[0]])
     x0 = out[latent[0]][latent[1]]["samples"]
     got = {m: psnr(out[f"rep_{m}"][0]["samples"], x0) for m in ("ExactInvert", "DDIMInvert", "BDIAInvert")}
@@ -127,6 +130,7 @@ def test_inpainting_unet_inverts_replays_and_edits_like_the_plain_models(family,
     assert got["BDIAInvert"] >= 150, got
     # the masked edit keeps the outside (pinned to the stored trajectory: 0 up to float rounding) and edits inside
     assert outside <= 1e-6 * x0.abs().max().item() and inside > 0.1, (outside, inside)
+    assert not warnings_of(caplog, IMAGE_INPUTS), warnings_of(caplog, IMAGE_INPUTS)
 
 
 def _twin(p: dict, positive, negative, latent, method="ExactInvertSampler") -> dict:
@@ -147,7 +151,7 @@ def _twin(p: dict, positive, negative, latent, method="ExactInvertSampler") -> d
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_sampler_twins_with_inpaint_conditioning_match_the_nodes_and_a_noise_mask_is_named(family):
+def test_sampler_twins_with_inpaint_conditioning_match_the_nodes_and_a_noise_mask_is_named(family, caplog):
     """InpaintModelConditioning's conditioning with a latent without noise_mask: the twins are the nodes bit for bit.
     Its LATENT (or VAEEncodeForInpaint's) carries a noise_mask, which SamplerCustomAdvanced hands over as a masked
     edit: the replay refuses it with an error naming the nodes that set one."""
@@ -155,14 +159,77 @@ def test_sampler_twins_with_inpaint_conditioning_match_the_nodes_and_a_noise_mas
     p["node"] = invert("ExactInvert", ["imc", 0], ["imc", 1], ["latent", 0])
     p["node_replay"] = replay("node", ["imc", 0], ["imc", 1])
     _twin(p, ["imc", 0], ["imc", 1], ["latent", 0])
+    caplog.clear()
     out = run(family, p, ["node", "node_replay", "twin", "twin_replay"])
     node, twin = out["node"][0]["samples"], out["twin"][0]["samples"]
     assert torch.equal(node, twin), (node - twin).abs().max().item()
     assert torch.equal(out["node_replay"][0]["samples"], out["twin_replay"][0]["samples"])
+    assert not warnings_of(caplog, IMAGE_INPUTS), warnings_of(caplog, IMAGE_INPUTS)
     for latent in (["imc", 2], ["vefi", 0]):
         p["twin"]["inputs"]["latent_image"] = latent
         with pytest.raises(WorkflowError, match="InpaintModelConditioning, VAEEncodeForInpaint"):
             run(family, p, ["twin_replay"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_replay_whose_image_inputs_are_not_the_inversions_is_warned(family, caplog):
+    """An InpaintModelConditioning inversion replayed with the plain prompt (or an edit prompt that did not go through
+    InpaintModelConditioning), or the reverse: the model sees another concat input than at inversion, the image does
+    not come back, and no prompt check said so (another conditioning reads as an edit). Now each is warned, naming the
+    input; a replay with the inversion's image inputs is not, nor a negative the host does not evaluate (cfg 1)."""
+    p = base(family)
+    p["inv"] = invert("ExactInvert", ["imc", 0], ["imc", 1], ["latent", 0], **EXACT)
+    p["inv_cfg3"] = invert("ExactInvert", ["imc", 0], ["imc", 1], ["latent", 0], cfg=3.0, **EXACT)
+    p["inv_plain"] = invert("ExactInvert", ["positive", 0], ["negative", 0], ["latent", 0], **EXACT)
+    cases = {   # replay -> the input named in its warning, or None
+        "same": (replay("inv", ["imc", 0], ["imc", 1]), None),
+        "plain_prompt": (replay("inv", ["positive", 0], ["negative", 0]), "positive"),
+        "plain_negative_cfg1": (replay("inv", ["imc", 0], ["negative", 0]), None),
+        "inpaint_edit": (replay("inv", ["imc_edit", 0], ["imc", 1], cfg=3.0), None),
+        "plain_edit": (replay("inv", ["edit", 0], ["imc", 1], cfg=3.0), "positive"),
+        "plain_negative_cfg3": (replay("inv_cfg3", ["imc", 0], ["negative", 0], cfg=3.0), "negative"),
+        "imc_on_plain": (replay("inv_plain", ["imc", 0], ["imc", 1]), "positive"),
+    }
+    said, out = {}, {}
+    for name, (node, _) in cases.items():
+        p[name] = node
+        caplog.clear()
+        out[name] = run(family, p, [name, "latent"])
+        said[name] = warnings_of(caplog, IMAGE_INPUTS)
+    x0 = out["same"]["latent"][0]["samples"]
+    db = {n: psnr(out[n][n][0]["samples"], x0) for n in ("same", "plain_prompt", "imc_on_plain")}
+    print_row(family, **db)
+    for name, (_, named) in cases.items():
+        if named is None:
+            assert not said[name], (name, said[name])
+        else:
+            assert len(said[name]) == 1 and said[name][0].startswith(f"[comfyui-inversion] {named}:"), (name, said)
+    assert "concat_latent_image, concat_mask" in said["plain_prompt"][0]
+    # measured (sd1inpaint / sdxlinpaint): the inversion's image inputs 92.6 / 88.7 dB; the plain prompt 7.7 / 3.9,
+    # the reverse (a plain inversion replayed with InpaintModelConditioning's prompt) 6.9 / 3.8
+    assert db["plain_prompt"] < db["same"] - 30 and db["imc_on_plain"] < db["same"] - 30, db
+
+
+@pytest.mark.parametrize("family", ["sd1inpaint"])
+def test_the_replay_sampler_and_the_edit_engine_compare_image_inputs_too(family, caplog):
+    p = base(family)
+    p["inv"] = invert("ExactInvert", ["imc", 0], ["imc", 1], ["latent", 0])
+    _twin(p, ["positive", 0], ["negative", 0], ["latent", 0])
+    p["twin_replay"]["inputs"]["latent_image"] = ["inv", 0]      # the Invert node's LATENT, the plain prompt's guider
+    caplog.clear()
+    run(family, p, ["twin_replay"])
+    said = warnings_of(caplog, IMAGE_INPUTS)
+    assert len(said) == 1 and "Inverted Replay SAMPLER: positive" in said[0], said
+    for source, named in ((["positive", 0], True), (["imc", 0], False)):
+        p["engine"] = {"class_type": "InversionEditEngine", "inputs": {
+            **defaults("InversionEditEngine", mode="p2p", layers="output.0-3"), "model": ["model", 0],
+            "inverted_latent": ["inv", 0], "source_conditioning": source}}
+        p["engine_edit"] = replay("inv", ["imc_edit", 0], ["imc", 1], model="engine", cfg=3.0)
+        caplog.clear()
+        run(family, p, ["engine_edit"])
+        said = warnings_of(caplog, IMAGE_INPUTS)
+        assert len(said) == (1 if named else 0), said
+        assert not named or "Inversion Edit Engine: source_conditioning" in said[0], said
 
 
 @pytest.mark.parametrize("mode", ["pnp", "p2p"])

@@ -418,7 +418,10 @@ def _per_item_tensors(c: dict):
     """The tensors of one prepared cond that the host may pair with the batch row by row: its model conds, its region
     mask (ConditioningSetMask) and the hints of its ControlNet chain."""
     for v in (c.get("model_conds") or {}).values():
-        yield getattr(v, "cond", None)
+        cond = getattr(v, "cond", None)
+        # a list of tensors (upstream's CONDList: Flux Kontext / Qwen-Image-Edit reference latents), each sliced to
+        # the leading rows of a sub-batch like any other
+        yield from (cond if isinstance(cond, (list, tuple)) else (cond,))
     yield c.get("mask")
     control, seen = c.get("control"), set()
     while control is not None and id(control) not in seen:

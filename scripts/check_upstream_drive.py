@@ -705,21 +705,12 @@ def server_log() -> str:
 
 
 def concat_graph(family):
-    arch = {"family": family}
-    return {
-        "model": {"class_type": "InversionTestArchModel", "inputs": {**arch, "seed": 0}},
-        "positive": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "1", "tokens": 4}},
-        "negative": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "2", "tokens": 4}},
-        "edit": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "5", "tokens": 4}},
-        "source": {"class_type": "InversionTestArchLatent", "inputs": {**arch, "seeds": "3", "size": 16}},
-        "vae": {"class_type": "InversionTestArchVAE", "inputs": arch},
-        "image": {"class_type": "VAEDecode", "inputs": {"samples": ["source", 0], "vae": ["vae", 0]}},
-        "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["vae", 0]}},
-        "mask_zero": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 32, "height": 32}},
-        "mask_one": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 16, "height": 32}},
-        "mask": {"class_type": "MaskComposite", "inputs": {
-            "destination": ["mask_zero", 0], "source": ["mask_one", 0], "x": 16, "y": 0, "operation": "add"}},
-    }
+    """tests/architectures.py image_graph: the tiny model, prompts, an image, its VAEEncode and a right-half MASK."""
+    if str(PACK / "tests") not in sys.path:
+        sys.path.insert(0, str(PACK / "tests"))
+    from architectures import image_graph  # noqa: E402
+
+    return image_graph(family)
 
 
 def concat_invert(method, positive, negative, latent, steps=5, **given):

@@ -521,3 +521,24 @@ def tiny_vae(family: str = "sd1"):
             return self.process_output(p).movedim(1, -1).contiguous()
 
     return TinyLatentVAE()
+
+
+def image_graph(family: str) -> dict:
+    """API-format prompt nodes (test-only node types, tests/testing_nodes) for the inpainting checks of both hosts:
+    ``family``'s tiny model, prompts (source 1, negative 2, edit 5), an IMAGE (the test latent of seed 3 decoded by
+    the VAE stand-in) and its VAEEncode, and a MASK of the IMAGE's right half."""
+    arch = {"family": family}
+    return {
+        "model": {"class_type": "InversionTestArchModel", "inputs": {**arch, "seed": 0}},
+        "positive": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "1", "tokens": 4}},
+        "negative": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "2", "tokens": 4}},
+        "edit": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "5", "tokens": 4}},
+        "source": {"class_type": "InversionTestArchLatent", "inputs": {**arch, "seeds": "3", "size": 16}},
+        "vae": {"class_type": "InversionTestArchVAE", "inputs": arch},
+        "image": {"class_type": "VAEDecode", "inputs": {"samples": ["source", 0], "vae": ["vae", 0]}},
+        "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["vae", 0]}},
+        "mask_zero": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 32, "height": 32}},
+        "mask_one": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 16, "height": 32}},
+        "mask": {"class_type": "MaskComposite", "inputs": {
+            "destination": ["mask_zero", 0], "source": ["mask_one", 0], "x": 16, "y": 0, "operation": "add"}},
+    }

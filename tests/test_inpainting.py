@@ -41,23 +41,11 @@ def run(family: str, prompt: dict, outputs=None):
 
 
 def base(family: str) -> dict:
-    """Model, prompts, an image (the decoded test latent), its VAEEncode, a right-half MASK and the three ways to
+    """architectures.image_graph (model, prompts, an image, its VAEEncode, a right-half MASK) and the three ways to
     hand an inpainting model its inputs."""
-    arch = {"family": family}
     links = {n: [n, 0] for n in ("vae", "mask")}
     return {
-        "model": {"class_type": "InversionTestArchModel", "inputs": {**arch, "seed": 0}},
-        "positive": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "1", "tokens": 4}},
-        "negative": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "2", "tokens": 4}},
-        "edit": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "5", "tokens": 4}},
-        "source": {"class_type": "InversionTestArchLatent", "inputs": {**arch, "seeds": "3", "size": 16}},
-        "vae": {"class_type": "InversionTestArchVAE", "inputs": arch},
-        "image": {"class_type": "VAEDecode", "inputs": {"samples": ["source", 0], "vae": ["vae", 0]}},
-        "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["vae", 0]}},
-        "mask_zero": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 32, "height": 32}},
-        "mask_one": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 16, "height": 32}},
-        "mask": {"class_type": "MaskComposite", "inputs": {
-            "destination": ["mask_zero", 0], "source": ["mask_one", 0], "x": 16, "y": 0, "operation": "add"}},
+        **host.testing_module().architectures().image_graph(family),
         "imc": {"class_type": "InpaintModelConditioning", "inputs": {
             "positive": ["positive", 0], "negative": ["negative", 0], "pixels": ["image", 0], **links}},
         "imc_edit": {"class_type": "InpaintModelConditioning", "inputs": {

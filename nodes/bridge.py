@@ -338,8 +338,9 @@ def _control_state(control: Any, depth: int = 0) -> Any:
 
 def guidance_of(guider) -> dict:
     """What an inversion was guided with, for its replays to compare theirs with: the fingerprint of the guider's
-    positive conditioning, its cfg and the image inputs of the conditionings the model was evaluated with. The cfg is None for a guider that overrides the host's CFG prediction
-    (PerpNegGuider, DualCFGGuider, BasicGuider ...): its ``cfg`` attribute need not be the scale it applies."""
+    positive conditioning, its cfg and the image inputs of the conditionings the model was evaluated with. The cfg is
+    None for a guider that overrides the host's CFG prediction (PerpNegGuider, DualCFGGuider, BasicGuider ...): its
+    ``cfg`` attribute need not be the scale it applies."""
     conds = getattr(guider, "original_conds", None) or {}
     cfg = guider_cfg(guider)
     # the negative's image inputs count only where the host evaluates it (it skips it at cfg 1)

@@ -568,7 +568,7 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
     layers_available = dit_layers(diffusion_model) if dit else unet_layers(diffusion_model)
     if not layers_available:
         raise ValueError(f"model: no UNet transformer blocks, MMDiT joint blocks or Flux blocks found in "
-                         f"{type(diffusion_model).__name__}; the engine handles SD-style UNets (SD1.x / SD2.x / SDXL, "
+                         f"{type(diffusion_model).__module__}.{type(diffusion_model).__name__}; the engine handles SD-style UNets (SD1.x / SD2.x / SDXL, "
                          "the reference model), SD3's MMDiT and (on upstream ComfyUI) Flux")
     flux = dit and _is_flux(diffusion_model)
     if flux:

@@ -48,6 +48,15 @@ def warn(message: str) -> None:
     log.warning("[comfyui-inversion] %s", message)
 
 
+TESTED_HOSTS = "ComfyUI 0.3.64 and the PyPI fork comfyui 0.0.1"
+
+
+def unsupported_host(what: str) -> str:
+    """The sentence every error or warning about a missing or changed host internal ends with."""
+    return (f"This ComfyUI version is not supported for {what} (tested on {TESTED_HOSTS}); please report it with "
+            "your ComfyUI version")
+
+
 def model_kind(model_sampling) -> str:
     """EPS / V_PREDICTION / EDM / COSMOS_RFLOW / CONST for the host's model_sampling object (its class is built
     dynamically)."""
@@ -912,14 +921,22 @@ class ReplaySampler(comfy.samplers.Sampler):
             if stored_top is not None and describe_change(stored_top, x_top, rtol=FLOAT32_ROUND_TRIP) is not None:
                 x_top = stored_top.to(device=x_top.device)   # a half-precision copy: the inversion's float32 top
         den = _denoiser(model_wrap, extra_args)
+        engine = edit_engine_of(getattr(model_wrap, "model_patcher", None))
+        calls = engine.stats["calls"] if engine is not None else 0
         if bdia is not None:
             pair = None if bdia[0] is None else bdia[0].to(device=x_top.device)
             out = bdia_replay(den, x_top, pair, schedule, bdia[1], callback=_host_progress(callback), grid=bdia[2],
                               space=bdia[3], offsets=self.offsets, weights=self.weights, mask=self.mask,
                               states_down=self.states_down, recorded=bdia[4])
-            return out.to(device=x_top.device)
-        out = replay(den, x_top, schedule, callback=_host_progress(callback), offsets=self.offsets,
-                     weights=self.weights, mask=self.mask, states_down=self.states_down)
+        else:
+            out = replay(den, x_top, schedule, callback=_host_progress(callback), offsets=self.offsets,
+                         weights=self.weights, mask=self.mask, states_down=self.states_down)
+        if engine is not None and engine.stats["calls"] == calls:
+            # the engine is the MODEL's model function wrapper: a host that no longer calls it returned the plain
+            # replay as the edit (tiny SD1: bit for bit)
+            raise RuntimeError("Inversion Edit Engine: the host evaluated the model without calling its "
+                               "model_options['model_function_wrapper'] (the engine), so the edit would be the plain "
+                               f"replay. {unsupported_host('the edit engine')}")
         return out.to(device=x_top.device)
 
 

@@ -28,7 +28,8 @@ from ..inversion_core.edit.attention import reweight_columns
 from ..inversion_core.edit.select import MODE_HELP, EditSettings, layer_name
 from ..inversion_core.record import describe_change
 from .bridge import (_mask_for, check_conditioning, check_image_inputs, check_patches, check_sampling,
-                     model_family, model_kind, raw_patch_signature, read_inverted, warn)
+                     edit_engine_of, model_family, model_kind, raw_patch_signature, read_inverted, unsupported_host,
+                     warn)
 from .common import CATEGORY
 
 KEY = "inversion_edit"          # our entry in transformer_options
@@ -160,11 +161,21 @@ class _Context:
 
 
 def _call_site(extra_options: dict):
-    """(host attention module, heads, precision, engine context or None, layer id) of an attention replace call."""
-    block = extra_options.get("block")
-    layer = (block[0], block[1], extra_options.get("block_index", 0)) if block is not None else None
+    """(host attention module, heads, precision, engine context or None) of an attention replace call."""
     ctx: Optional[_Context] = extra_options.get(KEY)
-    return _host_attention(), extra_options["n_heads"], extra_options.get("attn_precision"), ctx, layer
+    return _host_attention(), extra_options["n_heads"], extra_options.get("attn_precision"), ctx
+
+
+class _AttnPatch:
+    """An attention replace patch for one UNet layer (``set_model_attn1_replace`` / ``attn2``). It knows its layer
+    itself: the host found it under that layer's key, so nothing depends on how the host names the block in the
+    call's options."""
+
+    def __init__(self, engine: "EditEngine", which: str, layer: tuple):
+        self.engine, self.which, self.layer = engine, which, layer
+
+    def __call__(self, q, k, v, extra_options):
+        return getattr(self.engine, self.which)(q, k, v, extra_options, self.layer)
 
 
 class EditEngine:
@@ -191,6 +202,7 @@ class EditEngine:
         self._last_step: Optional[int] = None        # the step of the previous model call (a lower one: a new run)
         self._seen: set = set()                      # the cond/uncond chunk sets called at that step so far
         self._bypass = False                         # offsets_pass(): the MODEL as it was before the engine
+        self._reached: set = set()                   # what saw the engine's context in this model call (_check_reached)
 
     # ------------------------------------------------------------------------------------------ model wrapper
     @contextlib.contextmanager
@@ -265,14 +277,19 @@ class EditEngine:
                 opts[KEY] = _Context(k, "batched", n, b, cou, x.shape[2:], tokens)
                 c_all["transformer_options"] = opts
                 self.current = opts[KEY]
+                self._reached = set()
                 out = self._apply(apply_model, torch.cat([x_src, x]), torch.cat([t, t]), c_all, cou + cou)
+                self._check_reached(k)
                 return out[n:]
             opts = dict(c.get("transformer_options", {}))
             opts[KEY] = self.current = _Context(k, "capture", n, b, cou, x.shape[2:], tokens)
+            self._reached = set()
             self._apply(apply_model, x_src, t, dict(c_src, transformer_options=opts), cou)
             opts = dict(c.get("transformer_options", {}))
             opts[KEY] = self.current = _Context(k, "inject", n, b, cou, x.shape[2:], tokens)
-            return self._apply(apply_model, x, t, dict(c, transformer_options=opts), cou)
+            out = self._apply(apply_model, x, t, dict(c, transformer_options=opts), cou)
+            self._check_reached(k)
+            return out
         finally:
             self.current = None
             self.cache.clear()
@@ -285,12 +302,30 @@ class EditEngine:
             return apply_model(x, t, **c)
         return self.inner_wrapper(apply_model, {"input": x, "timestep": t, "c": c, "cond_or_uncond": list(cou)})
 
+    def _check_reached(self, k: int) -> None:
+        """An error when a model call at step ``k``, where the engine injects, ran without the engine's patches
+        seeing its context: the host no longer calls them (or no longer hands them the entry the wrapper put in
+        transformer_options), and the edit would come out as the plain replay, or with only some of its injections
+        (tiny SD1: the PnP edit lost its attention injection without a word)."""
+        s = self.settings
+        due = {"attention": bool((s.self_steps and s.self_layers and s.self_steps[k])
+                                 or (s.mask_layers and s.mask_steps and s.mask_steps[k])),
+               "cross-attention": bool(s.cross_steps and s.cross_steps[k]),
+               "residual": bool(s.residual_block is not None and s.residual_steps and s.residual_steps[k])}
+        missing = [what for what, needed in due.items() if needed and what not in self._reached]
+        if missing:
+            raise RuntimeError(
+                f"Inversion Edit Engine: at step {k} the host ran the model without calling the engine's "
+                f"{' / '.join(missing)} patches with the engine's context (transformer_options[{KEY!r}], which the "
+                "model function wrapper sets): this ComfyUI calls model patches differently, so the edit would "
+                f"silently lose its injection. {unsupported_host('the edit engine')}")
+
     def _attend(self, which: str, layer, q, k, v, extra_options: dict):
         """The attention of a replaced layer: the MODEL's earlier replace patch for it, else the host's kernel."""
         inner = self.inner_attention.get((which, layer))
         if inner is not None:
             return inner(q, k, v, extra_options)
-        attention, heads, precision, _, _ = _call_site(extra_options)
+        attention, heads, precision, _ = _call_site(extra_options)
         return attention.optimized_attention(q, k, v, heads, attn_precision=precision,
                                              **_options_kwargs(attention.optimized_attention, extra_options))
 
@@ -379,11 +414,12 @@ class EditEngine:
             raise RuntimeError(f"Inversion Edit Engine: no source features captured for {what} {layer}")
         return list(src), list(tensors)
 
-    def attn1(self, q, k, v, extra_options):
-        _, _, _, ctx, layer = _call_site(extra_options)
+    def attn1(self, q, k, v, extra_options, layer: tuple):
+        _, _, _, ctx = _call_site(extra_options)
         s = self.settings
         if ctx is None:
             return self._attend("attn1", layer, q, k, v, extra_options)
+        self._reached.add("attention")
         inject = s.self_steps[ctx.step] and layer in s.self_layers
         masked = self.mask is not None and s.mask_steps[ctx.step] and layer in s.mask_layers
         if not (inject or masked):
@@ -398,11 +434,12 @@ class EditEngine:
             qe, ke, ve = torch.cat([src[0], qe]), torch.cat([src[1], ke]), torch.cat([src[2], ve])
         return self._attend("attn1", layer, qe, ke, ve, extra_options)
 
-    def attn2(self, q, k, v, extra_options):
-        _, heads, _, ctx, layer = _call_site(extra_options)
+    def attn2(self, q, k, v, extra_options, layer: tuple):
+        _, heads, _, ctx = _call_site(extra_options)
         out = self._attend("attn2", layer, q, k, v, extra_options)
         if ctx is None or not self.settings.cross_steps or not self.settings.cross_steps[ctx.step]:
             return out
+        self._reached.add("cross-attention")
         src, edit = self._split(ctx, layer, "attn2", q, k)
         if src is None:
             return out
@@ -431,6 +468,8 @@ class EditEngine:
         """One MMDiT joint block with the source's keys/values in the image tokens (the block's own pre/post
         attention, the host's attention function; text tokens untouched)."""
         ctx, s = self.current, self.settings
+        if ctx is not None:
+            self._reached.add("attention")     # the host called the object patch (an MMDiT block in its place)
         inject = ctx is not None and s.self_steps[ctx.step] and layer in s.self_layers
         masked = ctx is not None and self.mask is not None and s.mask_steps[ctx.step] and layer in s.mask_layers
         if not (inject or masked):
@@ -485,6 +524,7 @@ class EditEngine:
                 raise ValueError(f"Inversion Edit Engine: Flux block {layer_name(layer)} has {total} tokens, fewer "
                                  f"than the {start} text + {img_tokens} image tokens the latent implies")
             q, k, v = self._flux_inject(ctx, layer, inject, masked, q, k, v, start, end)
+            self._reached.add("attention")     # the host's Flux called the override: the injection ran
             if prior is not None:
                 return prior(func, q, k, v, heads, *a, **kw)
             return func(q, k, v, heads, *a, **kw)
@@ -518,6 +558,12 @@ class EditEngine:
         ctx: Optional[_Context] = transformer_options.get(KEY)
         s = self.settings
         block = transformer_options.get("block")
+        if ctx is not None:
+            if block is None:
+                raise RuntimeError("Inversion Edit Engine: the host's output_block_patch call carries no "
+                                   "transformer_options['block'] (which output block it is), so the residual "
+                                   f"features cannot be injected at their block. {unsupported_host('the edit engine')}")
+            self._reached.add("residual")
         if ctx is None or s.residual_block is None or not s.residual_steps[ctx.step] or block is None \
                 or block[1] != s.residual_block:
             return h, hsp
@@ -604,6 +650,7 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
     patched = model.clone()
 
     def installed():
+        _check_installed(patched, engine, layers_available, flux, dit, settings)
         engine.built_signature = raw_patch_signature(patched)   # bridge.check_patches: what is added after it
         return patched, engine
 
@@ -624,12 +671,37 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
             patched.add_object_patch(name, _JointBlockWithInjection(block, engine, layer))
         return installed()
     for layer in layers_available:
-        patched.set_model_attn1_replace(engine.attn1, layer[0], layer[1], layer[2])
+        patched.set_model_attn1_replace(_AttnPatch(engine, "attn1", layer), layer[0], layer[1], layer[2])
         if settings.cross_steps:
-            patched.set_model_attn2_replace(engine.attn2, layer[0], layer[1], layer[2])
+            patched.set_model_attn2_replace(_AttnPatch(engine, "attn2", layer), layer[0], layer[1], layer[2])
     if settings.residual_block is not None:
         patched.set_model_output_block_patch(engine.output_block)
     return installed()
+
+
+def _check_installed(patched, engine: EditEngine, layers: list, flux: bool, dit: bool, settings) -> None:
+    """An error when the host's ModelPatcher did not keep the engine's patches where the pack reads them back:
+    ``model_options["model_function_wrapper"]`` (bridge.edit_engine_of: source correction's offsets pass, the patch
+    and cfg checks) and ``transformer_options["patches_replace"]`` (_patches_underneath: another node's patch the
+    engine keeps working underneath its own). A host that keeps them elsewhere would drop those silently."""
+    if edit_engine_of(patched) is not engine:
+        raise RuntimeError("Inversion Edit Engine: this ComfyUI's ModelPatcher.set_model_unet_function_wrapper does "
+                           "not keep the wrapper in model_options['model_function_wrapper'], where the pack finds the "
+                           f"engine on a MODEL. {unsupported_host('the edit engine')}")
+    replace = patched.model_options.get("transformer_options", {}).get("patches_replace", {})
+    if flux:
+        where = [("dit", (f"{layer[0]}_block", layer[1])) for layer in layers]
+    elif dit:
+        return
+    else:
+        where = [(which, tuple(layer)) for layer in layers
+                 for which in (("attn1", "attn2") if settings.cross_steps else ("attn1",))]
+    lost = [key for which, key in where if getattr(replace.get(which, {}).get(key), "engine", None) is not engine]
+    if lost:
+        raise RuntimeError("Inversion Edit Engine: this ComfyUI's ModelPatcher does not keep replace patches in "
+                           "model_options['transformer_options']['patches_replace'] (none of the engine's is there: "
+                           f"{lost[:2]} ...), where the engine finds another node's patch to keep it working under "
+                           f"its own. {unsupported_host('the edit engine')}")
 
 
 def _patches_underneath(model, layers: list, flux: bool, dit: bool, settings) -> tuple:

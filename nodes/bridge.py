@@ -62,9 +62,18 @@ def model_kind(model_sampling) -> str:
     dynamically)."""
     ms = model_sampling
     for name in MODEL_KINDS:
+        # getattr: COSMOS_RFLOW is upstream's only (the PyPI fork has none)
         cls = getattr(comfy.model_sampling, name, None)
         if cls is not None and isinstance(ms, cls):
             return name
+    # a kind the pack does not know (or a host that renamed one: CONST gone would make a flow model this) is not
+    # sampled wrongly (the host's own denoiser is used) but "auto" picks karras and the flow checks do not apply
+    absent = [name for name in MODEL_KINDS if name != "COSMOS_RFLOW" and not hasattr(comfy.model_sampling, name)]
+    warn(f"model: it samples as {'/'.join(c.__name__ for c in type(ms).__bases__)}, none "
+         f"of the kinds the pack knows ({', '.join(MODEL_KINDS)} of comfy.model_sampling"
+         + (f"; this ComfyUI has no {', '.join(absent)}" if absent else "") + "): the 'auto' scheduler takes karras, "
+         "GNRI / PreciseInv refuse it, and a flow model's checks (sigmas above 1) and noise figures do not apply. "
+         + unsupported_host("this model's sampling"))
     return type(ms).__name__
 
 
@@ -137,7 +146,15 @@ def patch_signature(model) -> dict:
 
 
 def raw_patch_signature(model) -> dict:
-    """patch_signature, the edit engine's own patches included."""
+    """patch_signature, the edit engine's own patches included. A ModelPatcher without the attributes the host keeps
+    patches in is warned: its patches could not be compared."""
+    missing = [name for name in ("model_options", "patches", "object_patches")
+               if not isinstance(getattr(model, name, None), dict)]
+    if missing and model is not None:
+        warn(f"model: this ComfyUI's ModelPatcher ({type(model).__name__}) has no {' / '.join(missing)} dict (where "
+             "the host keeps model options, weight patches such as a LoRA, and object patches), so patches that "
+             "differ between the inversion and the replay model are not detected. "
+             + unsupported_host("the patch check"))
     opts = getattr(model, "model_options", None) or {}
     to = opts.get("transformer_options") or {}
     weights = getattr(model, "patches", None) or {}
@@ -172,6 +189,9 @@ def base_weights(model) -> Any:
     # parameter names gain "_orig_mod.", which would read as another checkpoint after the model was unloaded
     net = getattr(net, "_orig_mod", net)
     if not isinstance(net, torch.nn.Module):
+        if model is not None:
+            warn("model: this ComfyUI's ModelPatcher has no model.diffusion_model network, so another checkpoint "
+                 f"between the inversion and the replay is not detected. {unsupported_host('the checkpoint check')}")
         return None
     params = list(net.named_parameters())
     if not params:
@@ -334,7 +354,12 @@ def _control_state(control: Any, depth: int = 0) -> Any:
     """What a ControlNet / T2I adapter in a conditioning contributes, as plain values for the fingerprint: its hint
     image, strength and step range, a few of its model's weights, and the chain before it (an object alone would be
     compared by type only: another hint image at the same strength would pass for the inversion's conditioning)."""
-    if control is None or depth > 8 or not hasattr(control, "cond_hint_original"):
+    if control is None or depth > 8:
+        return control
+    if not hasattr(control, "cond_hint_original"):
+        warn(f"conditioning: its ControlNet ({type(control).__name__}) has no cond_hint_original (the host "
+             "ControlBase's hint image), so a replay with another hint image than the inversion's is not told apart. "
+             + unsupported_host("the ControlNet check"))
         return control
     net = getattr(control, "control_model", None)
     params = list(net.parameters()) if isinstance(net, torch.nn.Module) else []
@@ -350,7 +375,7 @@ def guidance_of(guider) -> dict:
     positive conditioning, its cfg and the image inputs of the conditionings the model was evaluated with. The cfg is
     None for a guider that overrides the host's CFG prediction (PerpNegGuider, DualCFGGuider, BasicGuider ...): its
     ``cfg`` attribute need not be the scale it applies."""
-    conds = getattr(guider, "original_conds", None) or {}
+    conds = guider_conds(guider)
     cfg = guider_cfg(guider)
     # the negative's image inputs count only where the host evaluates it (it skips it at cfg 1)
     used = ("positive",) + (("negative",) if cfg is not None and cfg != 1.0 else ())
@@ -360,11 +385,37 @@ def guidance_of(guider) -> dict:
     return {"positive": conditioning_fingerprint(conds.get("positive")), "cfg": cfg, "image_inputs": inputs}
 
 
+def guider_conds(guider, who: Optional[str] = None) -> dict:
+    """The guider's conditionings as the host converted them (CFGGuider.original_conds: positive, negative, or
+    whatever a custom guider names them). {} for a guider without them, which ``who`` (the first reader in a run)
+    warns: every check that compares the guider's conditioning with the inversion's would be skipped unsaid."""
+    conds = getattr(guider, "original_conds", None)
+    if isinstance(conds, dict):
+        return conds
+    if who is not None:
+        warn(f"{who}: the guider ({type(guider).__name__}) has no original_conds (the host CFGGuider's converted "
+             "conditionings), so the checks of its prompts against the inversion's (batch pairing, cfg, image inputs) "
+             f"are skipped. {unsupported_host('these checks')}")
+    return {}
+
+
+def guider_patcher(guider):
+    """The guider's ModelPatcher (CFGGuider.model_patcher), or None with a warning: the model checks need it."""
+    patcher = getattr(guider, "model_patcher", None)
+    if patcher is None:
+        warn(f"model: the guider ({type(guider).__name__}) has no model_patcher (the host CFGGuider's ModelPatcher), "
+             "so the inversion's and the replay's model patches and checkpoints are not compared. "
+             + unsupported_host("these checks"))
+    return patcher
+
+
 def guider_cfg(guider) -> Optional[float]:
     """The cfg of a guider that predicts with the host's own CFG (CFGGuider.predict_noise), else None."""
-    base = getattr(comfy.samplers, "CFGGuider", None)
-    standard = base is not None and getattr(type(guider), "predict_noise", None) is getattr(base, "predict_noise", None)
+    standard = getattr(type(guider), "predict_noise", None) is comfy.samplers.CFGGuider.predict_noise
     cfg = getattr(guider, "cfg", None) if standard else None
+    if standard and not isinstance(cfg, (int, float)):
+        warn(f"cfg: the host's CFGGuider has no numeric cfg attribute (got {type(cfg).__name__}), so the replay's cfg "
+             f"is not compared with the inversion's. {unsupported_host('the cfg check')}")
     return float(cfg) if isinstance(cfg, (int, float)) else None
 
 
@@ -424,10 +475,19 @@ def model_family(model) -> str:
     return "SDXL" if fmt.startswith("SDXL") else fmt
 
 
+_UNREADABLE = object()   # _per_item_tensors: an entry whose tensors a changed host keeps elsewhere
+
+
 def _per_item_tensors(c: dict):
     """The tensors of one prepared cond that the host may pair with the batch row by row: its model conds, its region
-    mask (ConditioningSetMask) and the hints of its ControlNet chain."""
-    for v in (c.get("model_conds") or {}).values():
+    mask (ConditioningSetMask) and the hints of its ControlNet chain; _UNREADABLE for a model cond or ControlNet
+    without the attribute the host keeps them in (``cond``, ``cond_hint_original``)."""
+    if not isinstance(c.get("model_conds"), dict):
+        yield _UNREADABLE
+        return
+    for v in c["model_conds"].values():
+        if not hasattr(v, "cond"):
+            yield _UNREADABLE
         cond = getattr(v, "cond", None)
         # a list of tensors (upstream's CONDList: Flux Kontext / Qwen-Image-Edit reference latents), each sliced to
         # the leading rows of a sub-batch like any other
@@ -436,7 +496,7 @@ def _per_item_tensors(c: dict):
     control, seen = c.get("control"), set()
     while control is not None and id(control) not in seen:
         seen.add(id(control))
-        yield getattr(control, "cond_hint_original", None)
+        yield getattr(control, "cond_hint_original", _UNREADABLE)
         control = getattr(control, "previous_controlnet", None)
 
 
@@ -444,12 +504,17 @@ def _uniform_conditioning(model_wrap) -> bool:
     """True when nothing in the prepared conds has more than one batch row, so a sub-batch of items can be evaluated on
     its own. The host slices a per-item tensor to the leading rows of a smaller batch (``mask[:n]``, ControlNet's
     ``broadcast_image_to``), which would pair the remaining items with the first items' masks or hints: with any such
-    tensor the whole batch is evaluated every time (slower once items converge, never wrong)."""
-    conds = getattr(model_wrap, "conds", None) or {}
+    tensor the whole batch is evaluated every time (slower once items converge, never wrong); so it is where the
+    prepared conds cannot be read (a host that keeps them, or their tensors, elsewhere than the guider's ``conds``)."""
+    conds = getattr(model_wrap, "conds", None)
+    if not isinstance(conds, dict):
+        return False
     for cond_list in conds.values():
         for c in cond_list:
+            if not isinstance(c, dict):
+                return False
             for t in _per_item_tensors(c):
-                if isinstance(t, torch.Tensor) and t.ndim > 0 and t.shape[0] != 1:
+                if t is _UNREADABLE or (isinstance(t, torch.Tensor) and t.ndim > 0 and t.shape[0] != 1):
                     return False
     return True
 
@@ -467,12 +532,10 @@ def _items_independent(model_wrap) -> bool:
     cfg 3 and the exact preset: 35.2 / 55.8 dB with sub-batches against 84.2 / 83.7 with the whole batch)."""
     if not _uniform_conditioning(model_wrap):
         return False
-    options = getattr(model_wrap, "model_options", None) or {}
-    if any(options.get(k) for k in BATCH_HOOKS):
+    options = getattr(model_wrap, "model_options", None)
+    if not isinstance(options, dict) or any(options.get(k) for k in BATCH_HOOKS):
         return False
-    predict = getattr(type(model_wrap), "predict_noise", None)
-    base = getattr(comfy.samplers, "CFGGuider", None)
-    return predict is None or base is None or predict is getattr(base, "predict_noise", None)
+    return getattr(type(model_wrap), "predict_noise", None) is comfy.samplers.CFGGuider.predict_noise
 
 
 PROGRESS_INTERVAL = 0.25   # seconds between progress updates inside one step
@@ -536,10 +599,14 @@ def _denoiser(model_wrap, extra_args: dict, on_eval: Optional[Callable[[], None]
 
 def _compute_dtype(base_model) -> torch.dtype:
     """The dtype the host's network computes in: its manual-cast dtype where set, else its weights' (the host's
-    ``apply_model`` casts the network input to it); float32 for a model that does not say."""
+    ``apply_model`` casts the network input to it); else (a host without these) its network's first floating weight;
+    float32 for a model that does not say."""
     dtype = getattr(base_model, "manual_cast_dtype", None)
     if dtype is None and hasattr(base_model, "get_dtype"):
         dtype = base_model.get_dtype()
+    if dtype is None and isinstance(base_model, torch.nn.Module):
+        # GNRI sizes its finite-difference step by this dtype: float32 for bf16 weights was 10x off (test_gnri)
+        dtype = next((p.dtype for p in base_model.parameters() if p.dtype.is_floating_point), None)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         return torch.float32
     # 8-bit weights compute in a 16-bit type here (the host's manual cast, or fp8 matmuls on 16-bit activations)
@@ -803,7 +870,7 @@ class InversionSampler(comfy.samplers.Sampler):
                              hooks=self.hooks, callback=lambda step, total, x: progress.step(step, total, x, x),
                              model_kind=kind)
         self.record.model_sigma_max = float(ms.sigma_max)
-        patcher = getattr(model_wrap, "model_patcher", None)
+        patcher = guider_patcher(model_wrap)
         self.record.model_signature = dict(sampling_signature(ms, schedule), patches=patch_signature(patcher),
                                            base=base_weights(patcher))
         self.record.guidance = guidance_of(model_wrap)
@@ -916,7 +983,7 @@ class ReplaySampler(comfy.samplers.Sampler):
             if said:
                 warn(f"Inverted Replay SAMPLER: {said}")
             stored_top = check_replay_input(x_top, schedule, model_wrap.inner_model.model_sampling,
-                                            getattr(model_wrap, "model_patcher", None), guider=model_wrap)
+                                            guider_patcher(model_wrap), guider=model_wrap)
             bdia = bdia or INVERTED.bdia_for(x_top)     # a BDIA top is never replayed with the plain step
             if stored_top is not None and describe_change(stored_top, x_top, rtol=FLOAT32_ROUND_TRIP) is not None:
                 x_top = stored_top.to(device=x_top.device)   # a half-precision copy: the inversion's float32 top
@@ -980,7 +1047,7 @@ def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None, pat
                  "relative RMS away from the image instead of 0). For a masked edit, replay the inversion node's "
                  "LATENT with the Inverted Latent Sampler")
         cfg = guider_cfg(guider) if guider is not None else None
-        conds = getattr(guider, "original_conds", None) or {}
+        conds = guider_conds(guider)
         if cfg is not None:
             check_replay_cfg(found.guidance, conds.get("positive"), conds.get("negative"), cfg,
                              "Inverted Replay SAMPLER: cfg", patcher)
@@ -1069,7 +1136,7 @@ def check_guider_conditioning(guider, batch: int, who: str) -> None:
     of ``batch`` items with the first ``batch`` rows of a larger prompt batch without a word: after LatentFromBatch
     picked item 1 of an inversion with one prompt per item, the item was replayed with item 0's prompt (tiny SD1,
     BDIA: 0.11 relative error instead of 0)."""
-    for name, conds in (getattr(guider, "original_conds", None) or {}).items():
+    for name, conds in guider_conds(guider, who[0].upper() + who[1:]).items():
         for c in conds if isinstance(conds, (list, tuple)) else ():
             for key in ("cross_attn", "pooled_output"):
                 t = c.get(key) if isinstance(c, dict) else None

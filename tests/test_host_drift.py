@@ -107,3 +107,135 @@ def test_engine_context_that_never_reaches_the_attention_is_an_error(inverted, m
         edit(*inverted, mode=mode)
     assert UNSUPPORTED in str(e.value)
 
+
+def invert(model, steps=3, scheduler="auto", batch=1):
+    cond = host.tiny_conditioning()
+    latent = host.tiny_latent(batch=batch, size=8)
+    with torch.inference_mode():
+        return host.node_class("DDIMInvert")().invert(model, cond, cond, latent, steps, scheduler, 1.0)
+
+
+def test_a_model_kind_the_host_no_longer_names_is_warned(monkeypatch, caplog):
+    """A host that renamed CONST: a flow model's kind was its dynamic class's name, and "auto" silently took karras
+    (a poor grid for flow models) with the flow checks off. Without the change nothing is said."""
+    import comfy.model_sampling
+
+    model = host.tiny_model("flow")
+    invert(model)
+    assert not warnings_of(caplog, "kinds the pack knows")
+    _, plain = invert(model)
+    monkeypatch.delattr(comfy.model_sampling, "CONST")
+    _, renamed = invert(model)
+    said = warnings_of(caplog, "kinds the pack knows")
+    assert said and "this ComfyUI has no CONST" in said[0] and UNSUPPORTED in said[0], said
+    assert not torch.equal(plain, renamed)      # what the warning is about: another schedule than 'auto' means
+
+
+def test_a_guider_without_original_conds_is_warned(caplog):
+    """A CFGGuider whose converted conditionings are not in original_conds: the batch-pairing, cfg and image-input
+    checks read nothing and were skipped unsaid."""
+    import comfy.samplers
+
+    guider = comfy.samplers.CFGGuider(host.tiny_model())
+    guider.set_conds(host.tiny_conditioning(batch=2), host.tiny_conditioning(batch=2))
+    with pytest.raises(ValueError, match="conditioning batch is 2"):
+        bridge().check_guider_conditioning(guider, 3, "the replay")
+    assert not warnings_of(caplog, "original_conds")
+    del guider.original_conds
+    bridge().check_guider_conditioning(guider, 3, "the replay")
+    said = warnings_of(caplog, "original_conds")
+    assert len(said) == 1 and said[0].startswith("[comfyui-inversion] The replay") and UNSUPPORTED in said[0], said
+
+
+def test_a_guider_without_a_cfg_is_warned(caplog):
+    import comfy.samplers
+
+    guider = comfy.samplers.CFGGuider(host.tiny_model())
+    guider.set_cfg(3.0)
+    assert bridge().guider_cfg(guider) == 3.0 and not warnings_of(caplog, "numeric cfg")
+    del guider.cfg
+    assert bridge().guider_cfg(guider) is None
+    assert warnings_of(caplog, "numeric cfg")
+
+
+def test_sub_batches_need_the_prepared_conds_to_be_readable():
+    """Items are solved in sub-batches only when no prepared cond pairs rows with items; where the host keeps them
+    elsewhere (no ``conds`` on the guider, no ``model_conds`` in an entry, a model cond without ``cond``, a
+    ControlNet without ``cond_hint_original``) that cannot be told, and the whole batch is evaluated (it was taken for
+    uniform: the host then pairs the remaining items with the first items' rows)."""
+    import comfy.conds
+    import comfy.samplers
+
+    guider = comfy.samplers.CFGGuider(host.tiny_model())
+    one, two = torch.zeros(1, 4, 16), torch.zeros(2, 4, 16)
+    b = bridge()
+
+    def independent(*entries):
+        guider.conds = {"positive": list(entries)}
+        return b._items_independent(guider)
+
+    assert independent({"model_conds": {"c_crossattn": comfy.conds.CONDCrossAttn(one)}})
+    assert not independent({"model_conds": {"c_crossattn": comfy.conds.CONDCrossAttn(two)}})
+    assert not independent({"model_conds_v2": {"c_crossattn": comfy.conds.CONDCrossAttn(two)}})
+
+    class Renamed:      # a model cond keeping its tensor under another name
+        def __init__(self, t):
+            self.tensor = t
+
+    assert not independent({"model_conds": {"c_crossattn": Renamed(two)}})
+
+    class Control:      # a ControlNet keeping its hint under another name
+        hint, previous_controlnet = two, None
+
+    assert not independent({"model_conds": {}, "control": Control()})
+    del guider.conds
+    assert not b._items_independent(guider)
+
+
+def test_a_model_patcher_without_its_patch_dicts_is_warned(caplog):
+    """A LoRA kept elsewhere than ModelPatcher.patches was not compared between inversion and replay (both read
+    as unpatched)."""
+    model = host.tiny_model().clone()
+    bridge().raw_patch_signature(model)
+    assert not warnings_of(caplog, "ModelPatcher")
+    del model.patches
+    bridge().raw_patch_signature(model)
+    said = warnings_of(caplog, "ModelPatcher")
+    assert said and "has no patches dict" in said[0] and UNSUPPORTED in said[0], said
+
+
+def test_a_model_patcher_without_its_network_is_warned(caplog):
+    model = host.tiny_model().clone()
+    assert bridge().base_weights(model) is not None and not warnings_of(caplog, "diffusion_model")
+    model.model = None
+    assert bridge().base_weights(model) is None
+    assert warnings_of(caplog, "diffusion_model")
+
+
+def test_the_compute_dtype_of_a_host_model_without_get_dtype_is_its_weights(monkeypatch):
+    """GNRI sizes its finite differences by the dtype the network computes in; a host model without get_dtype read as
+    float32 for bf16 weights (a 10x too small step: test_gnri), silently."""
+    import comfy.model_base
+
+    model = host.tiny_model("eps").model
+    model.diffusion_model.to(torch.bfloat16)
+    model.diffusion_model.dtype = torch.bfloat16                  # what the host's get_dtype() reads
+    assert bridge()._compute_dtype(model) == torch.bfloat16
+    monkeypatch.delattr(comfy.model_base.BaseModel, "get_dtype")
+    assert bridge()._compute_dtype(model) == torch.bfloat16
+
+
+def test_a_controlnet_without_its_hint_is_warned(caplog):
+    """A ControlNet object keeping its hint image elsewhere than cond_hint_original was fingerprinted by its type only:
+    a replay with another hint image passed for the inversion's conditioning."""
+    class Control:      # a future host's ControlNet: the hint under another name
+        def __init__(self, hint):
+            self.hint, self.strength, self.previous_controlnet = hint, 1.0, None
+
+    cond = host.tiny_conditioning()
+    a = [[cond[0][0], dict(cond[0][1], control=Control(torch.zeros(1, 3, 8, 8)))]]
+    b = [[cond[0][0], dict(cond[0][1], control=Control(torch.ones(1, 3, 8, 8)))]]
+    fingerprint_a = bridge().conditioning_fingerprint(a)
+    assert host.pack_module().inversion_core.fingerprint.matches(fingerprint_a, bridge().conditioning_fingerprint(b))
+    said = warnings_of(caplog, "cond_hint_original")
+    assert said and UNSUPPORTED in said[0], said

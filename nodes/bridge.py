@@ -21,6 +21,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import torch
 
+import comfy.latent_formats
 import comfy.model_management
 import comfy.model_sampling
 import comfy.samplers
@@ -29,6 +30,7 @@ import comfy.utils
 from .common import AUTO_SCHEDULER, scheduler_for
 from ..inversion_core import (LATENT_KEY, Denoiser, InversionRecord, MissingInversionRecord, as_sampling_schedule,
                               invert, read_latent_entry, replay)
+from ..inversion_core.edit.select import FAMILY_LAYERS
 from ..inversion_core.fingerprint import fingerprint, matches
 from ..inversion_core.record import describe_change, noise_scale_message, reach_message
 from ..inversion_core.replay import source_offsets, step_weights
@@ -472,7 +474,19 @@ def model_family(model) -> str:
     ``model`` is a ModelPatcher or the host's BaseModel."""
     base = getattr(model, "model", model)
     fmt = type(getattr(base, "latent_format", None)).__name__
-    return "SDXL" if fmt.startswith("SDXL") else fmt
+    family = "SDXL" if fmt.startswith("SDXL") else fmt
+    # the presets are keyed on the host's latent format class names: a host that renamed them would give every
+    # SD1.x / SDXL / SD3 model the default presets instead
+    absent = [name for name in PRESET_FAMILIES if not hasattr(comfy.latent_formats, name)]
+    if absent and family not in PRESET_FAMILIES:
+        warn(f"model: this ComfyUI's comfy.latent_formats has no {', '.join(absent)} (the latent formats the pack's "
+             f"presets are keyed on), so this model's {fmt} may be one of them renamed: the edit engine's 'auto' "
+             "layers and residual block and EasyInv's preset fall back to the defaults. "
+             + unsupported_host("the model-family presets"))
+    return family
+
+
+PRESET_FAMILIES = tuple(FAMILY_LAYERS)      # model_family names with their own presets (EasyInv's: SDXL)
 
 
 _UNREADABLE = object()   # _per_item_tensors: an entry whose tensors a changed host keeps elsewhere

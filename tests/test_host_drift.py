@@ -239,3 +239,16 @@ def test_a_controlnet_without_its_hint_is_warned(caplog):
     assert host.pack_module().inversion_core.fingerprint.matches(fingerprint_a, bridge().conditioning_fingerprint(b))
     said = warnings_of(caplog, "cond_hint_original")
     assert said and UNSUPPORTED in said[0], said
+
+
+def test_latent_format_names_the_host_no_longer_has_are_warned(monkeypatch, caplog):
+    """The family presets (the engine's 'auto' layers and residual block, EasyInv's SDXL preset) are keyed on the
+    host's latent format class names; a host that renamed SD15 gave SD1.x models the defaults without a word."""
+    import comfy.latent_formats
+
+    model = host.tiny_model()
+    assert bridge().model_family(model) == "TinyLatentFormat" and not warnings_of(caplog, "latent_formats")
+    monkeypatch.delattr(comfy.latent_formats, "SD15")
+    assert bridge().model_family(model) == "TinyLatentFormat"
+    said = warnings_of(caplog, "latent_formats has no SD15")
+    assert said and UNSUPPORTED in said[0], said

@@ -87,8 +87,28 @@ def unet_layers(diffusion_model) -> list:
             for sub in (block if isinstance(block, torch.nn.Sequential) else [block]):
                 if isinstance(sub, attention.SpatialTransformer):
                     out.extend((kind, block_id, t) for t, blk in enumerate(sub.transformer_blocks)
-                               if not getattr(blk, "disable_self_attn", False))
+                               if not _host_flag(blk, "disable_self_attn"))
     return out
+
+
+def _host_flag(block, name: str) -> bool:
+    """A flag every host block of its kind carries (BasicTransformerBlock.disable_self_attn, Flux's
+    DoubleStreamBlock.flipped_img_txt): read strictly, as a missing one would pass for False and let the engine
+    inject where it must not (a text-reading attn1, a flipped token order)."""
+    if not hasattr(block, name):
+        raise RuntimeError(f"Inversion Edit Engine: this ComfyUI's {type(block).__name__} has no {name}, which tells "
+                           f"the engine which layers it may patch. {unsupported_host('the edit engine')}")
+    return bool(getattr(block, name))
+
+
+def _mmdit_x(joint_block) -> bool:
+    """Whether an MMDiT joint block is an MMDiT-X block (SD3.5 medium's extra image self-attention). The PyPI fork's
+    blocks predate MMDiT-X (neither the flag nor pre_attention_x); a block with pre_attention_x but no flag is a host
+    that renamed it, where the engine would silently drop the extra attention."""
+    xb = joint_block.x_block
+    if not hasattr(xb, "x_block_self_attn") and not hasattr(xb, "pre_attention_x"):
+        return False
+    return _host_flag(xb, "x_block_self_attn")
 
 
 def dit_layers(diffusion_model) -> list:
@@ -111,7 +131,7 @@ def _check_flux(model, diffusion_model) -> None:
         raise ValueError(f"model: {type(diffusion_model).__module__}.{type(diffusion_model).__name__} has Flux-style "
                          "double/single stream blocks but is not the host's Flux; the engine's dit_kv mode handles "
                          "SD3's MMDiT and Flux (comfy.ldm.flux) only")
-    if any(getattr(blk, "flipped_img_txt", False) for blk in diffusion_model.double_blocks):
+    if any(_host_flag(blk, "flipped_img_txt") for blk in diffusion_model.double_blocks):
         raise ValueError("model: this Flux puts the image tokens before the text tokens (flipped_img_txt); the "
                          "engine's dit_kv mode handles the [text, image] order of Flux.1 only")
     if not hasattr(model, "set_model_patch_replace"):
@@ -619,8 +639,7 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
     flux = dit and _is_flux(diffusion_model)
     if flux:
         _check_flux(model, diffusion_model)
-    if dit and not flux and any(getattr(blk.x_block, "x_block_self_attn", False)
-                                for blk in diffusion_model.joint_blocks):
+    if dit and not flux and any(_mmdit_x(blk) for blk in diffusion_model.joint_blocks):
         raise ValueError("model: this MMDiT has MMDiT-X blocks (SD3.5 medium's extra image self-attention); the "
                          "engine's dit_kv mode handles SD3 / SD3.5 large joint blocks only")
     if dit and not flux and not hasattr(model, "add_object_patch"):

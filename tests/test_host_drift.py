@@ -252,3 +252,34 @@ def test_latent_format_names_the_host_no_longer_has_are_warned(monkeypatch, capl
     assert bridge().model_family(model) == "TinyLatentFormat"
     said = warnings_of(caplog, "latent_formats has no SD15")
     assert said and UNSUPPORTED in said[0], said
+
+
+def test_a_transformer_block_without_disable_self_attn_is_an_error(inverted, monkeypatch):
+    """The engine leaves alone blocks whose attn1 reads the text (disable_self_attn: the SD x4 upscaler's); a host
+    that renamed the flag had every such block injected with the source's self-attention, silently."""
+    import comfy.ldm.modules.attention as attention
+
+    model, cond, inv = inverted
+    blocks = [m for m in model.model.diffusion_model.modules() if isinstance(m, attention.BasicTransformerBlock)]
+    assert blocks
+    for blk in blocks:
+        monkeypatch.delattr(blk, "disable_self_attn")
+    with pytest.raises(RuntimeError, match="has no disable_self_attn") as e:
+        edit(model, cond, inv)
+    assert UNSUPPORTED in str(e.value)
+
+
+def test_an_mmdit_x_block_without_its_flag_is_an_error():
+    """SD3.5 medium's MMDiT-X blocks are refused by their x_block_self_attn flag; a block that can run the extra
+    attention (upstream's pre_attention_x) but has no flag would have been run without it. The PyPI fork's blocks
+    have neither and pass."""
+    import types
+
+    edit_module = host.pack_module().nodes.edit
+    assert edit_module._mmdit_x(types.SimpleNamespace(x_block=types.SimpleNamespace())) is False
+    upstream_like = types.SimpleNamespace(x_block=types.SimpleNamespace(pre_attention_x=None, x_block_self_attn=True))
+    assert edit_module._mmdit_x(upstream_like) is True
+    renamed = types.SimpleNamespace(x_block=types.SimpleNamespace(pre_attention_x=None, self_attention_x=True))
+    with pytest.raises(RuntimeError, match="has no x_block_self_attn") as e:
+        edit_module._mmdit_x(renamed)
+    assert UNSUPPORTED in str(e.value)

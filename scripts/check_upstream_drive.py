@@ -867,9 +867,7 @@ FAMILY_SIZE = 8
 def family_base(family):
     arch = {"family": family}
     return {
-        "model": {"class_type": "InversionTestArchModel", "inputs": {**arch, "seed": 0}},
-        "positive": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "1", "tokens": 4}},
-        "negative": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "2", "tokens": 4}},
+        **architectures().model_nodes(family),
         "target": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "7", "tokens": 4}},
         "latent": {"class_type": "InversionTestArchLatent", "inputs": {**arch, "seeds": "3", "size": FAMILY_SIZE}},
     }

@@ -523,15 +523,24 @@ def tiny_vae(family: str = "sd1"):
     return TinyLatentVAE()
 
 
+def model_nodes(family: str) -> dict:
+    """API-format prompt nodes (test-only node types, tests/testing_nodes): ``family``'s tiny model (seed 0) and its
+    source and negative prompts (seeds 1 and 2, 4 tokens), which the upstream checks build their graphs on."""
+    arch = {"family": family}
+    return {
+        "model": {"class_type": "InversionTestArchModel", "inputs": {**arch, "seed": 0}},
+        "positive": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "1", "tokens": 4}},
+        "negative": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "2", "tokens": 4}},
+    }
+
+
 def image_graph(family: str) -> dict:
     """API-format prompt nodes (test-only node types, tests/testing_nodes) for the inpainting checks of both hosts:
     ``family``'s tiny model, prompts (source 1, negative 2, edit 5), an IMAGE (the test latent of seed 3 decoded by
     the VAE stand-in) and its VAEEncode, and a MASK of the IMAGE's right half."""
     arch = {"family": family}
     return {
-        "model": {"class_type": "InversionTestArchModel", "inputs": {**arch, "seed": 0}},
-        "positive": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "1", "tokens": 4}},
-        "negative": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "2", "tokens": 4}},
+        **model_nodes(family),
         "edit": {"class_type": "InversionTestArchConditioning", "inputs": {**arch, "seeds": "5", "tokens": 4}},
         "source": {"class_type": "InversionTestArchLatent", "inputs": {**arch, "seeds": "3", "size": 16}},
         "vae": {"class_type": "InversionTestArchVAE", "inputs": arch},

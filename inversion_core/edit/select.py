@@ -148,8 +148,8 @@ def _parse_tokens(text: str) -> tuple:
         if not t:
             continue
         if not t.isdigit():
-            raise ValueError(f"tokens: expected comma-separated token positions (CLIP: 0 = the start token, 1 = the first word), got "
-                             f"{text!r}")
+            raise ValueError("tokens: expected comma-separated token positions (CLIP: 0 = the start token, 1 = the "
+                             f"first word), got {text!r}")
         out.append(int(t))
     return tuple(out)
 

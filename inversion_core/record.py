@@ -177,20 +177,26 @@ def noise_scale_message(x0: Tensor, top: Tensor, sigma_top: float, model_kind: s
             "mask) or another sampler starts from a latent the model never sees, and comes out wrong")
 
 
+def relative_difference(top: Tensor, samples: Tensor) -> float:
+    """RMS(samples − top) / RMS(top), in float32 on the CPU: how far a latent is from a stored top state."""
+    a, b = top.detach().float().cpu(), samples.detach().float().cpu()
+    return float((a - b).pow(2).mean().sqrt() / a.pow(2).mean().sqrt().clamp_min(1e-12))
+
+
 def describe_change(top: Tensor, samples: Tensor, rtol: float = 1e-3) -> Optional[str]:
     """None when ``samples`` is still ``top`` (the stored top state, both in the model's sigma space) within a relative
     RMS ``rtol``; otherwise what happened to it: flipped / rotated / scaled / something else, with the size."""
     a, b = top.detach().float().cpu(), samples.detach().float().cpu()
     if a.shape != b.shape:
         return f"its shape changed from {tuple(a.shape)} to {tuple(b.shape)}"
-    scale = a.pow(2).mean().sqrt().clamp_min(1e-12)
-
-    def rel(x: Tensor, y: Tensor) -> float:
-        return float((x - y).pow(2).mean().sqrt() / scale)
-
-    diff = rel(a, b)
+    diff = relative_difference(a, b)
     if diff <= rtol:
         return None
+    scale = a.pow(2).mean().sqrt().clamp_min(1e-12)
+
+    def rel(x: Tensor, y: Tensor) -> float:     # against the stored top's scale, for its flipped / scaled copies
+        return float((x - y).pow(2).mean().sqrt() / scale)
+
     candidates = [("flipped left-right", a.flip(-1)), ("flipped top-bottom", a.flip(-2))]
     if a.shape[-1] == a.shape[-2]:
         candidates += [(f"rotated by {k * 90} degrees", torch.rot90(a, k, dims=(-2, -1))) for k in (1, 2, 3)]

@@ -32,7 +32,7 @@ from ..inversion_core import (LATENT_KEY, Denoiser, InversionRecord, MissingInve
                               invert, read_latent_entry, replay)
 from ..inversion_core.edit.select import FAMILY_LAYERS
 from ..inversion_core.fingerprint import fingerprint, matches
-from ..inversion_core.record import describe_change, noise_scale_message, reach_message
+from ..inversion_core.record import describe_change, noise_scale_message, reach_message, relative_difference
 from ..inversion_core.replay import source_offsets, step_weights
 from ..inversion_core.solvers.bdia import METHOD as BDIA, bdia_replay, bdia_source_offsets
 from ..inversion_core.invert import StepHook, StepSolver
@@ -827,15 +827,13 @@ def _closest(tops: list, x: torch.Tensor) -> Optional[tuple[int, int]]:
 
 def _rows_of(top: torch.Tensor, x: torch.Tensor) -> Optional[tuple[int, float]]:
     """(i, relative RMS difference) for the batch item i whose run top[i:i + len(x)] is closest to ``x`` among those
-    equal to it up to x's dtype rounding (describe_change's measure), or None."""
+    equal to it up to x's dtype rounding (record.relative_difference, describe_change's measure), or None."""
     b = x.shape[0]
     if top.shape[1:] != x.shape[1:] or b > top.shape[0]:
         return None
-    xf = x.detach().float().cpu()
-    best = None
+    xf, best = x.detach().float().cpu(), None      # once: the stored tops are CPU float32 already
     for i in range(top.shape[0] - b + 1):
-        run = top[i:i + b].detach().float().cpu()
-        diff = float((run - xf).pow(2).mean().sqrt() / run.pow(2).mean().sqrt().clamp_min(1e-12))
+        diff = relative_difference(top[i:i + b], xf)
         if diff <= _rtol(x.dtype) and (best is None or diff < best[1]):
             best = (i, diff)
     return best

@@ -107,8 +107,9 @@ def lint(prompt):
         raise Failed("stale prompt: " + "; ".join(bad))
 
 
-async def run(prompt, save=(), timeout=600, on_progress=None):
-    """Queue ``prompt`` (adding SaveLatent for the node ids in ``save``); return ({node: latent}, progress, history)."""
+async def run(prompt, save=(), timeout=600, on_progress=None, messages=None):
+    """Queue ``prompt`` (adding SaveLatent for the node ids in ``save``); return ({node: latent}, progress, history).
+    ``messages``: a list that receives every websocket message (type, data) this client got during the run."""
     prompt = copy.deepcopy(prompt)
     tag = uuid.uuid4().hex[:8]
     for nid in save:
@@ -136,6 +137,8 @@ async def run(prompt, save=(), timeout=600, on_progress=None):
                 if msg is not None and msg.type == aiohttp.WSMsgType.TEXT:
                     m = json.loads(msg.data)
                     d = m.get("data", {})
+                    if messages is not None:
+                        messages.append((m["type"], d))
                     if m["type"] == "progress" and d.get("prompt_id") == pid:
                         progress.append((d["node"], d["value"], d["max"]))
                         if on_progress:
@@ -249,6 +252,27 @@ def invert_and_replay(kind="eps", method="DDIMInvert", steps=8, extra=None, cfg=
     p["invert"] = inv_node(method, steps, cfg=cfg, **(extra or {}))
     p["replay"] = replay_node("invert", cfg=cfg)
     return p
+
+
+@check("warnings on the page: the pack's web script is served and a warning reaches the client that queued the run")
+async def _():
+    ours = [f for f in get("/extensions") if f.startswith("/extensions/comfyui-inversion/")]
+    if ours != ["/extensions/comfyui-inversion/inversion_warnings.js"]:
+        raise Failed(f"the pack's scripts in /extensions: {ours}")
+    with urllib.request.urlopen(URL + ours[0], timeout=60) as r:
+        script = r.read().decode()
+    event = "comfyui-inversion.warning"
+    if event not in script or "registerExtension" not in script:
+        raise Failed(f"{ours[0]} does not listen for {event}")
+    got = []
+    # EasyInv at 4 steps: its default window holds no step, which it warns
+    await run(invert_and_replay(method="EasyInvInvert", steps=4, extra={"preset": "auto"}), save=("replay",),
+              messages=got)
+    toasts = [d for t, d in got if t == event]
+    window = [d for d in toasts if "holds no step of this 4-step schedule" in d.get("message", "")]
+    if len(window) != 1 or window[0].get("node") != "invert":
+        raise Failed(f"warning events this client got: {toasts}")
+    return f"{len(toasts)} warning(s) on the page, node {window[0]['node']}"
 
 
 @check("object_info: pack nodes, category sampling/inversion, tooltips")

@@ -236,10 +236,12 @@ class RecordingServer:
         self.last_prompt_id = None
         self.receive_all_progress_notifications = True
         self.events: list = []
+        self.addressed: list = []         # (event, data, sid): whom each event was sent to
         self.listeners: list = []
 
     def send_sync(self, event, data, sid=None):
         self.events.append((event, data))
+        self.addressed.append((event, data, sid))
         for listener in list(self.listeners):
             listener(event, data)
 
@@ -355,7 +357,7 @@ class Session:
 
         prompt_id = str(uuid.uuid4())
         server = self.server
-        server.events = []
+        server.events, server.addressed = [], []
         server.last_prompt_id = prompt_id
         if on_event is not None:
             server.listeners.append(on_event)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -229,6 +230,27 @@ def test_easyinv_whose_window_holds_no_step_warns(caplog):
     assert any("nothing was blended" in r.getMessage() for r in caplog.records)
 
 
+def test_a_warning_reaches_the_page_naming_its_node():
+    """A warning logged only to the server console is silent for a user of the page: it is also sent to the client
+    that queued the prompt (web/inversion_warnings.js shows it as a toast), once per node and message."""
+    EVENT = sys.modules[host.pack_module().__name__ + ".nodes.notify"].EVENT
+    session = host.Session()
+    prompt = invert_and_replay(method="EasyInvInvert", steps=4, extra={"preset": "auto"})
+    out = session.run(prompt)
+    said = out["invert"][0]["inversion"]["warnings"]
+    sent = [(data, sid) for event, data, sid in session.server.addressed if event == EVENT]
+    window = [data for data, _ in sent if "EasyInv's window 0.05-0.25 holds no step" in data["message"]]
+    assert len(window) == 1, sent
+    assert window[0]["node"] == "invert" and window[0]["prompt_id"] == session.server.last_prompt_id
+    assert all(sid == session.server.client_id for _, sid in sent)
+    assert any(said_one in window[0]["message"] or window[0]["message"] in said_one for said_one in said)
+    # a node cached in the next run does not warn again; a changed input re-runs it and warns again
+    assert not [e for e, _ in session.run(prompt).events if e == EVENT]
+    prompt["invert"]["inputs"]["steps"] = 3
+    again = [d for e, d in session.run(prompt).events if e == EVENT]
+    assert any("EasyInv's window 0.05-0.25 holds no step of this 3-step" in d["message"] for d in again)
+
+
 # ---------------------------------------------------------------------------- issue 15: reach sigma_max, progress
 INVERT_NODES = {
     "DDIMInvert": {},
@@ -453,3 +475,33 @@ def test_a_half_precision_latent_replays_from_the_float32_inversion(dtype):
             node("DisableNoise")().get_noise()[0], node("CFGGuider")().get_guider(model, cond, cond, 1.0)[0],
             node("InvertedReplaySampler")().get_sampler()[0], entry["sigmas"], inv)[0]["samples"]
     assert rms(chained.float(), half["samples"].float()) <= 0.5 * rounding
+
+
+def test_the_web_script_is_registered_and_listens_for_the_warning_event():
+    """The host serves the pack's web folder (WEB_DIRECTORY) and its script listens for the event notify.py sends."""
+    notify = sys.modules[host.pack_module().__name__ + ".nodes.notify"]
+    dirs = host.engine().nodes.EXTENSION_WEB_DIRS
+    ours = [d for name, d in dirs.items() if name.startswith(host.PACK_DIR_NAME)]
+    assert len(ours) == 1, dirs
+    script = (Path(ours[0]) / "inversion_warnings.js").read_text()
+    assert f'"{notify.EVENT}"' in script and "api.addEventListener(EVENT" in script
+
+
+def test_warnings_on_the_page_come_once_per_node_and_at_most_a_few_per_prompt():
+    from comfy.execution_context import ExecutionContext, new_execution_context
+
+    notify = sys.modules[host.pack_module().__name__ + ".nodes.notify"]
+    server = host.RecordingServer()
+    server.last_prompt_id, server.last_node_id = "prompt-1", "7"
+    with new_execution_context(ExecutionContext(server)):
+        for i in range(notify.MAX_TOASTS + 4):
+            notify.show_in_ui(f"warning {i}")
+        notify.show_in_ui("warning 0")                         # again from the same node: not repeated
+        server.last_prompt_id = "prompt-2"                     # the next prompt starts afresh
+        notify.show_in_ui("warning 0")
+    messages = [(d["prompt_id"], d["message"]) for e, d in server.events if e == notify.EVENT]
+    first = [m for p, m in messages if p == "prompt-1"]
+    assert first[:notify.MAX_TOASTS] == [f"warning {i}" for i in range(notify.MAX_TOASTS)]
+    assert len(first) == notify.MAX_TOASTS + 1 and "see the ComfyUI console" in first[-1]
+    assert [m for p, m in messages if p == "prompt-2"] == ["warning 0"]
+    assert {d["node"] for e, d in server.events if e == notify.EVENT} == {"7"}

@@ -1,7 +1,7 @@
 """ComfyUI Inversion: turn an image latent back into the noise a diffusion model regenerates it from.
 
 ComfyUI imports this file when the folder sits in ``custom_nodes/``; it registers the node classes and the web folder
-whose script shows the pack's warnings on the page (nodes/notify.py).
+whose script shows the pack's warnings on the page (nodes/page.py).
 """
 import logging
 

@@ -28,7 +28,7 @@ import comfy.samplers
 import comfy.utils
 
 from .common import AUTO_SCHEDULER, scheduler_for
-from .notify import show_in_ui
+from .page import show_in_ui
 from ..inversion_core import (LATENT_KEY, Denoiser, InversionRecord, MissingInversionRecord, as_sampling_schedule,
                               invert, read_latent_entry, replay)
 from ..inversion_core.edit.select import FAMILY_LAYERS
@@ -47,7 +47,7 @@ log = logging.getLogger("comfyui-inversion")
 
 
 def warn(message: str) -> None:
-    """A warning the user sees in the ComfyUI console and, as a toast naming the node, on the page (notify.py; the
+    """A warning the user sees in the ComfyUI console and, as a toast naming the node, on the page (page.py; the
     host shows node errors in the UI itself, warnings only in its log)."""
     log.warning("[comfyui-inversion] %s", message)
     show_in_ui(message)

@@ -31,6 +31,7 @@ from ..inversion_core.metrics import psnr, ssim
 from ..inversion_core.record import RESIDUAL_BEFORE_MAP, describe_change, image_share
 from .bridge import warn
 from .common import CATEGORY
+from .page import preview_image
 
 # A step whose residual exceeds this fraction of the step's own size is flagged. Measured on the reference model
 # (8 held-out images, worst item per step): every run that reconstructs at >= 33.9 dB stays below 43% on every step
@@ -271,7 +272,9 @@ class InversionReport:
             bad = bad_steps(entry)
             if bad:
                 warn(f"Inversion Report ({entry['method']}): bad steps " + "; ".join(f"{i + 1}: {w}" for i, w in bad))
-        return {"ui": {"text": [table]}, "result": (table, residual_plot(entry))}
+        plot = residual_plot(entry)
+        # shown on the node itself (page.py): the table by the pack's web script, the plot as the host shows previews
+        return {"ui": {"text": [table], "images": preview_image(plot)}, "result": (table, plot)}
 
 
 NODE_CLASS_MAPPINGS = {"InversionReport": InversionReport}

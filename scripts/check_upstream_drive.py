@@ -257,7 +257,7 @@ def invert_and_replay(kind="eps", method="DDIMInvert", steps=8, extra=None, cfg=
 @check("warnings on the page: the pack's web script is served and a warning reaches the client that queued the run")
 async def _():
     ours = [f for f in get("/extensions") if f.startswith("/extensions/comfyui-inversion/")]
-    if ours != ["/extensions/comfyui-inversion/inversion_warnings.js"]:
+    if ours != ["/extensions/comfyui-inversion/inversion_page.js"]:
         raise Failed(f"the pack's scripts in /extensions: {ours}")
     with urllib.request.urlopen(URL + ours[0], timeout=60) as r:
         script = r.read().decode()
@@ -512,6 +512,15 @@ async def _():
     text = json.dumps(h["outputs"].get("show", {}))
     if "PSNR" not in text:
         raise Failed(f"no PSNR in the report: {text[:300]}")
+    # shown on the node itself too: the table (for the pack's web script) and the plot, served like a preview
+    own = h["outputs"].get("report", {})
+    shown = own.get("images") or []
+    if "PSNR" not in "".join(own.get("text") or []) or len(shown) != 1 or shown[0].get("type") != "temp":
+        raise Failed(f"the report's own ui: {json.dumps(own)[:400]}")
+    query = f"/view?filename={shown[0]['filename']}&subfolder={shown[0]['subfolder']}&type=temp"
+    with urllib.request.urlopen(URL + query, timeout=60) as r:
+        if r.status != 200 or not r.read(8).startswith(b"\x89PNG"):
+            raise Failed(f"{query}: not a PNG")
     return text[:160]
 
 

@@ -232,8 +232,8 @@ def test_easyinv_whose_window_holds_no_step_warns(caplog):
 
 def test_a_warning_reaches_the_page_naming_its_node():
     """A warning logged only to the server console is silent for a user of the page: it is also sent to the client
-    that queued the prompt (web/inversion_warnings.js shows it as a toast), once per node and message."""
-    EVENT = sys.modules[host.pack_module().__name__ + ".nodes.notify"].EVENT
+    that queued the prompt (web/inversion_page.js shows it as a toast), once per node and message."""
+    EVENT = sys.modules[host.pack_module().__name__ + ".nodes.page"].EVENT
     session = host.Session()
     prompt = invert_and_replay(method="EasyInvInvert", steps=4, extra={"preset": "auto"})
     out = session.run(prompt)
@@ -478,30 +478,30 @@ def test_a_half_precision_latent_replays_from_the_float32_inversion(dtype):
 
 
 def test_the_web_script_is_registered_and_listens_for_the_warning_event():
-    """The host serves the pack's web folder (WEB_DIRECTORY) and its script listens for the event notify.py sends."""
-    notify = sys.modules[host.pack_module().__name__ + ".nodes.notify"]
+    """The host serves the pack's web folder (WEB_DIRECTORY) and its script listens for the event page.py sends."""
+    page = sys.modules[host.pack_module().__name__ + ".nodes.page"]
     dirs = host.engine().nodes.EXTENSION_WEB_DIRS
     ours = [d for name, d in dirs.items() if name.startswith(host.PACK_DIR_NAME)]
     assert len(ours) == 1, dirs
-    script = (Path(ours[0]) / "inversion_warnings.js").read_text()
-    assert f'"{notify.EVENT}"' in script and "api.addEventListener(EVENT" in script
+    script = (Path(ours[0]) / "inversion_page.js").read_text()
+    assert f'"{page.EVENT}"' in script and "api.addEventListener(EVENT" in script
 
 
 def test_warnings_on_the_page_come_once_per_node_and_at_most_a_few_per_prompt():
     from comfy.execution_context import ExecutionContext, new_execution_context
 
-    notify = sys.modules[host.pack_module().__name__ + ".nodes.notify"]
+    page = sys.modules[host.pack_module().__name__ + ".nodes.page"]
     server = host.RecordingServer()
     server.last_prompt_id, server.last_node_id = "prompt-1", "7"
     with new_execution_context(ExecutionContext(server)):
-        for i in range(notify.MAX_TOASTS + 4):
-            notify.show_in_ui(f"warning {i}")
-        notify.show_in_ui("warning 0")                         # again from the same node: not repeated
+        for i in range(page.MAX_TOASTS + 4):
+            page.show_in_ui(f"warning {i}")
+        page.show_in_ui("warning 0")                         # again from the same node: not repeated
         server.last_prompt_id = "prompt-2"                     # the next prompt starts afresh
-        notify.show_in_ui("warning 0")
-    messages = [(d["prompt_id"], d["message"]) for e, d in server.events if e == notify.EVENT]
+        page.show_in_ui("warning 0")
+    messages = [(d["prompt_id"], d["message"]) for e, d in server.events if e == page.EVENT]
     first = [m for p, m in messages if p == "prompt-1"]
-    assert first[:notify.MAX_TOASTS] == [f"warning {i}" for i in range(notify.MAX_TOASTS)]
-    assert len(first) == notify.MAX_TOASTS + 1 and "see the ComfyUI console" in first[-1]
+    assert first[:page.MAX_TOASTS] == [f"warning {i}" for i in range(page.MAX_TOASTS)]
+    assert len(first) == page.MAX_TOASTS + 1 and "see the ComfyUI console" in first[-1]
     assert [m for p, m in messages if p == "prompt-2"] == ["warning 0"]
-    assert {d["node"] for e, d in server.events if e == notify.EVENT} == {"7"}
+    assert {d["node"] for e, d in server.events if e == page.EVENT} == {"7"}

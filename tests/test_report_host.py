@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,6 +32,21 @@ def test_psnr_and_ssim_are_measured_per_item():
     assert "| 0 | inf | 1.0000 |" in same
     assert plot.shape == (1, 256, 512, 3) and 0 <= plot.min() and plot.max() <= 1
     assert out["ui"]["text"] == [table]
+
+
+def test_the_report_shows_its_plot_on_the_node():
+    """The shipped graphs leave the report's outputs unconnected: its plot is saved where the host's PreviewImage
+    saves (the temp folder) and returned as the node's ui images, which the page shows on the node."""
+    from comfy.cmd import folder_paths
+    from PIL import Image
+
+    out = host.node_class("InversionReport")().report(*images())
+    plot = out["result"][1]
+    (shown,) = out["ui"]["images"]
+    assert shown["type"] == "temp" and shown["subfolder"] == ""
+    saved = torch.from_numpy(np.asarray(Image.open(Path(folder_paths.get_temp_directory()) / shown["filename"])))
+    assert saved.shape == (256, 512, 3)
+    assert torch.equal(saved, (plot[0] * 255).round().to(torch.uint8))
 
 
 def test_report_shows_cost_and_residuals_of_an_inversion():

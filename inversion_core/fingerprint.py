@@ -10,13 +10,14 @@ at most half its dtype's epsilon, which ``matches`` allows for.
 """
 from __future__ import annotations
 
+import enum
 import math
 from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
 SAMPLE = 256        # values read per tensor
-MAX_DEPTH = 8       # nesting followed into containers (patch tuples, conditioning dicts)
+MAX_DEPTH = 8       # nesting followed into containers (patch tuples, conditioning dicts, data objects)
 
 
 class TensorPrint(NamedTuple):
@@ -70,13 +71,19 @@ def tensor_prints(tensors: list) -> Optional[list]:
 
 def _walk(obj: Any, on_tensor: Callable[[torch.Tensor], Any], depth: int = 0) -> Any:
     """``obj`` with every tensor replaced by ``on_tensor(tensor)``, containers as tuples (dicts as sorted (key, value)
-    pairs), numbers, strings and None kept, and any other object reduced to its type name: its identity would differ
-    between calls that mean the same thing. An object carrying its tensors in ``weights`` (the host's weight adapters)
-    is followed into them."""
+    pairs), numbers, strings and None kept, an enum member by its class and name. An object carrying its tensors in
+    ``weights`` (the host's weight adapters) is followed into them; any other object that only carries data (a
+    CLIP-vision output in an unCLIP or Wan image-to-video conditioning, a future host's plain record) into its public
+    attributes (_data_attributes), so that two such objects holding other tensors differ: compared by type alone,
+    the conditioning of another image read as the inversion's. Anything else is reduced to its type name (a module,
+    a function, an object holding a network, one with no attribute dict): its identity would differ between calls that
+    mean the same thing, and walking a network's parameters would cost a pass over the model."""
     if isinstance(obj, torch.Tensor):
         return on_tensor(obj)
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
+    if isinstance(obj, enum.Enum):
+        return f"<{type(obj).__name__}.{obj.name}>"
     if depth >= MAX_DEPTH:
         return f"<{type(obj).__name__}>"
     if isinstance(obj, dict):
@@ -86,7 +93,35 @@ def _walk(obj: Any, on_tensor: Callable[[torch.Tensor], Any], depth: int = 0) ->
     weights = getattr(obj, "weights", None)
     if isinstance(weights, (list, tuple)):
         return (f"<{type(obj).__name__}>", _walk(weights, on_tensor, depth + 1))
+    data = _data_attributes(obj)
+    if data is not None:
+        return (f"<{type(obj).__name__}>", _walk(data, on_tensor, depth + 1))
     return f"<{type(obj).__name__}>"
+
+
+def _data_attributes(obj: Any) -> Optional[dict]:
+    """The public attributes of an object that only carries data, without its callables (bound functions, hooks);
+    None for a callable object (a function, a class, a module), one without an attribute dict, and one directly holding
+    a network (a ControlNet, a CLIP, a ModelPatcher: their identity is the network, which the fingerprint does not
+    read; compared by type, as before)."""
+    if callable(obj) or isinstance(obj, torch.nn.Module):
+        return None
+    try:
+        attrs = vars(obj)
+    except TypeError:          # __slots__, a builtin without __dict__
+        return None
+    if not isinstance(attrs, dict):
+        return None
+    out = {}
+    for k, v in attrs.items():
+        if not isinstance(k, str) or k.startswith("_"):
+            continue
+        if isinstance(v, torch.nn.Module):
+            return None
+        if callable(v):
+            continue
+        out[k] = v
+    return out
 
 
 def fingerprint(obj: Any) -> Any:

@@ -437,15 +437,17 @@ def is_inversion_prompt(guidance: Optional[dict], cond: Any) -> Optional[bool]:
 def check_source_positive(guidance: Optional[dict], source_positive: Any, positive: Any) -> None:
     """A warning when source correction's ``source_positive`` is not the inversion's positive while the replay's
     ``positive`` is: the offsets then make the replay follow another prompt's predictions, and the image does not come
-    back (tiny SDXL, the same text at another size, cfg 5: 26 dB instead of 119). Other uses are meant and exact: a
-    source_positive that is also the positive reconstructs whatever the inversion's prompt, and a description as
-    source with an edit prompt after an empty-prompt inversion is a DirectInversion-style edit."""
+    back (tiny SDXL, the same text at another size, cfg 5: 26 dB instead of 119; tiny SD2.1 unCLIP, the conditioning
+    of another image, cfg 3: 44 dB instead of 145). Other uses are meant and exact: a source_positive that is also the
+    positive reconstructs whatever the inversion's prompt, and a description as source with an edit prompt after an
+    empty-prompt inversion is a DirectInversion-style edit. A plain replay with another image's conditioning is a
+    variation, an edit like another prompt: not warned."""
     if is_inversion_prompt(guidance, positive) and is_inversion_prompt(guidance, source_positive) is False:
         warn("source_positive: it differs from the positive conditioning this latent was inverted with (another "
-             "prompt, or the same text with other values: SDXL's size / crop, the pooled output ...), while positive "
-             "is that conditioning: source correction then pulls the replay towards source_positive's predictions and "
-             "the image does not come back. Connect the conditioning the inversion node got as positive to "
-             "source_positive too")
+             "prompt or image: unCLIP's CLIP-vision output; or the same text with other values: SDXL's size / crop, "
+             "the pooled output ...), while positive is that conditioning: source correction then pulls the replay "
+             "towards source_positive's predictions and the image does not come back. Connect the conditioning the "
+             "inversion node got as positive to source_positive too")
 
 
 def _same_conditioning(a: Any, b: Any) -> bool:

@@ -228,9 +228,11 @@ def test_the_compute_dtype_of_a_host_model_without_get_dtype_is_its_weights(monk
 def test_a_controlnet_without_its_hint_is_warned(caplog):
     """A ControlNet object keeping its hint image elsewhere than cond_hint_original was fingerprinted by its type only:
     a replay with another hint image passed for the inversion's conditioning."""
-    class Control:      # a future host's ControlNet: the hint under another name
+    class Control:      # a future host's ControlNet: the hint under another name, next to its network (which the
+        # fingerprint does not walk into: an object holding a network is compared by its type)
         def __init__(self, hint):
             self.hint, self.strength, self.previous_controlnet = hint, 1.0, None
+            self.control_model = torch.nn.Conv2d(3, 4, 1)
 
     cond = host.tiny_conditioning()
     a = [[cond[0][0], dict(cond[0][1], control=Control(torch.zeros(1, 3, 8, 8)))]]

@@ -63,7 +63,7 @@ class InversionRecord:
     warnings: list[str] = field(default_factory=list)   # what the user should know about this inversion
     model_signature: dict[str, Any] = field(default_factory=dict)   # the host's description of the model's sampling
     # what the inversion was guided with (the host bridge's guidance_of: a fingerprint of the positive conditioning,
-    # the cfg), for a replay to tell a reconstruction from a mismatch
+    # the cfg, the image inputs and hooks the model was given), for a replay to tell a reconstruction from a mismatch
     guidance: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -185,10 +185,11 @@ def base_weights(model) -> Any:
     checkpoint holds them: what tells two checkpoints of one architecture apart, which neither the model sampling nor
     the patches do. A parameter the patcher patched in place is read from its backup of the original
     (``ModelPatcher.backup``), so the fingerprint is the same whether the model is unloaded, fully loaded with its
-    LoRA merged into the weights, or loaded in lowvram mode (patches applied on the fly). They are picked by their
-    position among the named parameters: the names, and so the picks, are the same under object patches that keep
-    the module names (the edit engine's MMDiT blocks). None when the model has no diffusion model or a weight cannot
-    be read."""
+    LoRA merged into the weights, or loaded in lowvram mode (patches applied on the fly); and so is one an upstream
+    hook patched while a hooked conditioning is evaluated (``ModelPatcher.hook_backup``, below). They are picked by
+    their position among the named parameters: the names, and so the picks, are the same under object patches that
+    keep the module names (the edit engine's MMDiT blocks). None when the model has no diffusion model or a weight
+    cannot be read."""
     net = getattr(getattr(model, "model", None), "diffusion_model", None)
     # a torch.compile object patch (TorchCompileModel, ModelCompile) wraps the network while it is loaded: its
     # parameter names gain "_orig_mod.", which would read as another checkpoint after the model was unloaded
@@ -203,12 +204,24 @@ def base_weights(model) -> Any:
         return None
     picks = sorted({round(i * (len(params) - 1) / (BASE_TENSORS - 1)) for i in range(BASE_TENSORS)})
     backup = getattr(model, "backup", None) or {}
+    # upstream's hooks (Create Hook LoRA + Cond Set Props / Set CLIP Hooks) write the hooked weights into the network
+    # while a hooked conditioning is evaluated and keep what they overwrote in hook_backup, as (weight, device); read
+    # inside a hooked inversion, the weights were the hooked ones, and every replay was told "another checkpoint".
+    # ``backup`` first: a LoRA merged on load is in the weights the hooks saved
+    hook_backup = getattr(model, "hook_backup", None)
+    hook_backup = hook_backup if isinstance(hook_backup, dict) else {}
     chosen = []
     for i in picks:
         name, param = params[i]
-        saved = backup.get("diffusion_model." + name)
-        # the host's backup holds the tensor (the PyPI fork) or a (weight, inplace_update) tuple (upstream)
-        chosen.append((name, getattr(saved, "weight", saved) if saved is not None else param))
+        key = "diffusion_model." + name
+        saved = backup.get(key)
+        if saved is not None:
+            # the host's backup holds the tensor (the PyPI fork) or a (weight, inplace_update) tuple (upstream)
+            param = getattr(saved, "weight", saved)
+        elif hook_backup.get(key) is not None:
+            saved = hook_backup[key]
+            param = saved[0] if isinstance(saved, (tuple, list)) else saved
+        chosen.append((name, param))
     return fingerprint(chosen)
 
 
@@ -271,6 +284,10 @@ def check_patches(model, signature: Optional[dict], name: str, action: str) -> N
 # (comfy.sampler_helpers.convert_cond: a copy of the tensor, model conds built from it, upstream a fresh uuid per call):
 # left out, so that the inversion's guider copy and a replay's CONDITIONING of the same prompt fingerprint alike
 _CONVERTED_KEYS = ("cross_attn", "model_conds", "uuid")
+# entries that change the model, not the prompt: upstream's hooks (a LoRA applied while this conditioning is evaluated).
+# Left out of the prompt's fingerprint and compared by check_model_inputs (hooks_state): their objects also carry
+# sampling-time state (the current keyframe, sigmas) that differs between runs that mean the same thing
+_MODEL_KEYS = ("hooks",)
 # prompts that differ differ everywhere; the same prompt encoded again (another text-encode node) may differ in
 # float rounding on some devices, which this allows
 CONDITIONING_RTOL = 1e-4
@@ -280,13 +297,15 @@ def conditioning_fingerprint(cond: Any) -> Any:
     """A fingerprint (inversion_core/fingerprint.py) of a CONDITIONING ``[[tensor, {pooled_output, width, ...}], ...]``
     or of a guider's converted copy of one ``[{cross_attn: tensor, ...}, ...]``: its tensors and every extra entry the
     model is given (pooled output, SDXL's width / height / crop / target size, areas, masks, strengths, other
-    tensors; a ControlNet by what it contributes (_control_state), other objects by their type). None for anything
-    else."""
+    tensors; a ControlNet by what it contributes (_control_state); a data object such as unCLIP's / Wan
+    image-to-video's CLIP-vision output by its tensors (inversion_core/fingerprint.py), other objects by their type).
+    Hooks are not the prompt: hooks_state. None for anything else."""
     items = _cond_items(cond)
     if items is None:
         return None
     return fingerprint([(tensor, {k: _control_state(v) if k == "control" else v
-                                  for k, v in extra.items() if k not in _CONVERTED_KEYS}) for tensor, extra in items])
+                                  for k, v in extra.items() if k not in _CONVERTED_KEYS + _MODEL_KEYS})
+                        for tensor, extra in items])
 
 
 def _cond_items(cond: Any) -> Optional[list]:
@@ -322,8 +341,68 @@ def image_inputs(cond: Any) -> Optional[dict]:
     return {"names": sorted({k for c in chosen for k in c}), "print": fingerprint(chosen)}
 
 
+def hooks_state(cond: Any) -> Optional[dict]:
+    """The hooks a CONDITIONING (or a guider's converted copy) carries per item (upstream: Create Hook LoRA / Create
+    Hook Model as LoRA attached by Cond Set Props, Set CLIP Hooks ...; the host writes their weights into the network
+    while the item is evaluated): how many, and a fingerprint of what each does (_hook_state); None when it cannot be
+    read. Hosts without hooks (the PyPI fork) give every item none."""
+    items = _cond_items(cond)
+    if items is None:
+        return None
+    groups = [_hook_group_state(extra.get("hooks")) for _, extra in items]
+    return {"count": sum(len(g) for g in groups if isinstance(g, list)), "print": fingerprint(groups)}
+
+
+def _hook_group_state(group: Any) -> Any:
+    if group is None:
+        return None
+    hooks = getattr(group, "hooks", None)
+    if not isinstance(hooks, (list, tuple)):
+        warn(f"conditioning: its hooks ({type(group).__name__}) have no list of hooks (the host HookGroup's hooks), so "
+             "a replay with other hooks than the inversion's is not told apart. " + unsupported_host("the hooks check"))
+        return f"<{type(group).__name__}>"
+    return [_hook_state(hook) for hook in hooks]
+
+
+def _hook_state(hook: Any) -> dict:
+    """What a hook does to the model, as plain values for the fingerprint: its kind, the strength its node set, its
+    keyframes (strength from a start percent on) and the weights it applies (a hook LoRA's tensors; a model-as-LoRA
+    hook's patches). Not its identity (a second Create Hook LoRA of the same file is the same hook) nor the state the
+    host keeps while sampling (current keyframe, its sigma)."""
+    keyframes = getattr(getattr(hook, "hook_keyframe", None), "keyframes", None)
+    return {"type": type(hook).__name__,
+            # the node's strength_model (the public strength_model is multiplied by the current keyframe's)
+            "strength": getattr(hook, "_strength_model", None),
+            "keyframes": [(getattr(k, "strength", None), getattr(k, "start_percent", None),
+                           getattr(k, "guarantee_steps", None)) for k in keyframes or ()],
+            "weights": getattr(hook, "weights", None)}
+
+
+def scheduled_hooks(guider) -> Optional[str]:
+    """A note when a conditioning the inversion's ``guider`` evaluates carries hooks whose keyframes change their
+    strength during sampling (Set Hook Keyframes): the host moves a hook to its next keyframe as sigma falls and never
+    back, while an inversion walks sigma up, so the inversion and its replay run the hooked model at other strengths
+    (tiny SD1.5 on upstream, strength 1 then 0 from 50%, Exact's exact preset: 20.5 dB instead of 81.9 with the same
+    hook unscheduled)."""
+    conds, cfg = guider_conds(guider), guider_cfg(guider)
+    # the host evaluates the negative only at a cfg other than 1; a guider with its own prediction: all of them
+    used = conds.values() if cfg is None else (conds.get("positive"),) + ((conds.get("negative"),) if cfg != 1.0
+                                                                          else ())
+    for cond in used:
+        for _, extra in _cond_items(cond) or ():
+            for hook in getattr(extra.get("hooks"), "hooks", None) or ():
+                keyframes = getattr(getattr(hook, "hook_keyframe", None), "keyframes", None) or ()
+                if len({getattr(k, "strength", None) for k in keyframes}) > 1:
+                    return ("a conditioning carries hooks whose keyframes change their strength during sampling (Set "
+                            "Hook Keyframes); the host steps through keyframes as sigma falls, an inversion walks "
+                            "sigma up, so the inversion runs the hooks at other strengths than its replay and the "
+                            "image does not come back (tiny SD1.5: 20.5 dB instead of 81.9). Invert and replay with "
+                            "hooks of one strength")
+    return None
+
+
 def _replay_conds(positive: Any, negative: Any, cfg: Optional[float], source_positive: Any = None) -> dict:
-    """check_image_inputs' conditionings of a replay: the positive; the negative where the host evaluates it (cfg not
+    """check_model_inputs' conditionings of a replay: the positive; the negative where the host evaluates it (cfg not
     1; unknown for a guider with its own prediction: left out); source correction's source_positive."""
     conds = {"positive": (positive, "positive")}
     if cfg is not None and cfg != 1.0:
@@ -333,26 +412,42 @@ def _replay_conds(positive: Any, negative: Any, cfg: Optional[float], source_pos
     return conds
 
 
-def check_image_inputs(guidance: Optional[dict], conds: dict, action: str, who: str = "") -> None:
+def check_model_inputs(guidance: Optional[dict], conds: dict, action: str, who: str = "") -> None:
     """A warning for each replay conditioning (``conds``: input name -> (CONDITIONING, "positive" / "negative": the
-    inversion's conditioning it is compared with)) whose image inputs (IMAGE_INPUTS) are not the inversion's: the
-    model then sees another image beside the latent than it was inverted with (tiny SD1.5-inpainting, an
-    InpaintModelConditioning inversion replayed with the plain prompt: 7.7 dB instead of 45), which no prompt check
-    says (another conditioning reads as an edit)."""
+    inversion's conditioning it is compared with)) that gives the model other inputs than the inversion's beside its
+    prompt, which no prompt check says (another conditioning reads as an edit):
+
+    * image inputs (IMAGE_INPUTS): the model sees another image beside the latent than it was inverted with (tiny
+      SD1.5-inpainting, an InpaintModelConditioning inversion replayed with the plain prompt: 7.7 dB instead of 45);
+    * hooks (hooks_state): the model runs with other weights while this conditioning is evaluated (another hook LoRA,
+      its strength or keyframes, or a hook on one branch only)."""
     recorded = (guidance or {}).get("image_inputs") or {}
+    recorded_hooks = (guidance or {}).get("hooks") or {}
     for name, (cond, role) in conds.items():
         old = recorded.get(role)
         now = image_inputs(cond) if old is not None and cond is not None else None
-        if now is None or matches(old["print"], now["print"], rtol=CONDITIONING_RTOL):
+        if now is not None and not matches(old["print"], now["print"], rtol=CONDITIONING_RTOL):
+            had, has = ", ".join(old["names"]) or "none", ", ".join(now["names"]) or "none"
+            what = f"other values of {has} (another image or mask)" if had == has else f"{has}, where it had {had}"
+            warn(f"{who}{name}: the images it gives the model beside the latent are not those of the {role} "
+                 f"conditioning this latent was inverted with: {what}. The model then sees another input than at "
+                 f"inversion, so the {action} does not reconstruct the image and an edit changes more than its prompt "
+                 "(tiny SD1.5-inpainting: 7.7 dB instead of 45). Give every conditioning of the replay, an edit prompt "
+                 "too, the inversion's image inputs: the same InpaintModelConditioning / ReferenceLatent with the "
+                 "same image and mask")
+        old = recorded_hooks.get(role)
+        now = hooks_state(cond) if old is not None and cond is not None else None
+        if now is None or old["print"] is None or now["print"] is None or matches(old["print"], now["print"]):
             continue
-        had, has = ", ".join(old["names"]) or "none", ", ".join(now["names"]) or "none"
-        what = f"other values of {has} (another image or mask)" if had == has else f"{has}, where it had {had}"
-        warn(f"{who}{name}: the images it gives the model beside the latent are not those of the {role} conditioning "
-             f"this latent was inverted with: {what}. The model then sees another input than at inversion, so the "
-             f"{action} does not reconstruct the image and an edit changes more than its prompt (tiny "
-             "SD1.5-inpainting: 7.7 dB instead of 45). Give every conditioning of the replay, an edit prompt too, the "
-             "inversion's image inputs: the same InpaintModelConditioning / ReferenceLatent with the same image and "
-             "mask")
+        had, has = old["count"], now["count"]
+        what = ("other hooks (another LoRA, strength or keyframes)" if had and has else
+                f"{has or 'none'}, where it had {had or 'none'}")
+        warn(f"{who}{name}: its hooks are not those of the {role} conditioning this latent was inverted with: {what}. "
+             "Hooks (Create Hook LoRA ... attached by Cond Set Props, Set CLIP Hooks) change the model's weights "
+             f"while this conditioning is evaluated, so the {action} runs another model than the inversion's and does "
+             f"not reconstruct the image, and an edit changes more than its prompt (tiny SD1.5 on upstream ComfyUI, "
+             "cfg 2: another hook LoRA, the same at half strength, none: 17.0 / 21.6 / 18.3 dB instead of 40.4). Give "
+             "every conditioning of the replay, an edit prompt too, the inversion's hooks")
 
 
 def _control_state(control: Any, depth: int = 0) -> Any:
@@ -377,17 +472,19 @@ def _control_state(control: Any, depth: int = 0) -> Any:
 
 def guidance_of(guider) -> dict:
     """What an inversion was guided with, for its replays to compare theirs with: the fingerprint of the guider's
-    positive conditioning, its cfg and the image inputs of the conditionings the model was evaluated with. The cfg is
-    None for a guider that overrides the host's CFG prediction (PerpNegGuider, DualCFGGuider, BasicGuider ...): its
-    ``cfg`` attribute need not be the scale it applies."""
+    positive conditioning, its cfg and the image inputs and hooks of the conditionings the model was evaluated with
+    (check_model_inputs). The cfg is None for a guider that overrides the host's CFG prediction (PerpNegGuider,
+    DualCFGGuider, BasicGuider ...): its ``cfg`` attribute need not be the scale it applies."""
     conds = guider_conds(guider)
     cfg = guider_cfg(guider)
-    # the negative's image inputs count only where the host evaluates it (it skips it at cfg 1)
+    # the negative's image inputs and hooks count only where the host evaluates it (it skips it at cfg 1)
     used = ("positive",) + (("negative",) if cfg is not None and cfg != 1.0 else ())
     inputs = {role: image_inputs(conds.get(role)) for role in used}
+    hooks = {role: hooks_state(conds.get(role)) for role in used}
     if cfg is not None and _same_conditioning(conds.get("positive"), conds.get("negative")):
         cfg = None        # positive = negative: every cfg gave the conditional prediction, none is "the" cfg
-    return {"positive": conditioning_fingerprint(conds.get("positive")), "cfg": cfg, "image_inputs": inputs}
+    return {"positive": conditioning_fingerprint(conds.get("positive")), "cfg": cfg, "image_inputs": inputs,
+            "hooks": hooks}
 
 
 def guider_conds(guider, who: Optional[str] = None) -> dict:
@@ -901,7 +998,7 @@ class InversionSampler(comfy.samplers.Sampler):
                                             "(denoise < 1 on the scheduler), this is expected")
                 warn(f"{self.method} inversion: {self.record.warnings[-1]}")
         for said in [above, ignored_noise(noise, latent_image), self._blown_up(schedule, kind),
-                     EMPTY_LATENT if empty else None]:
+                     EMPTY_LATENT if empty else None, scheduled_hooks(model_wrap)]:
             if said:
                 self.record.warnings.append(said)
                 warn(f"{self.method} inversion: {said}")
@@ -1068,7 +1165,7 @@ def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None, pat
         if cfg is not None:
             check_replay_cfg(found.guidance, conds.get("positive"), conds.get("negative"), cfg,
                              "Inverted Replay SAMPLER: cfg", patcher)
-        check_image_inputs(found.guidance, _replay_conds(conds.get("positive"), conds.get("negative"), cfg),
+        check_model_inputs(found.guidance, _replay_conds(conds.get("positive"), conds.get("negative"), cfg),
                            "replay", "Inverted Replay SAMPLER: ")
         return found.top
     if found.related is not None:
@@ -1389,7 +1486,7 @@ def run_replay(model, positive, negative, cfg: float, latent: dict, *, source_po
     # full source correction reconstructs the source prompt at any cfg, and so does a mask of 0 everywhere (pinned)
     if not all(w == 1.0 for w in weights) and not (m is not None and float(m.max()) == 0.0):
         check_replay_cfg(entry.get("guidance"), positive, negative, cfg, "cfg", model)
-        check_image_inputs(entry.get("guidance"), _replay_conds(positive, negative, float(cfg), source_positive
+        check_model_inputs(entry.get("guidance"), _replay_conds(positive, negative, float(cfg), source_positive
                                                                 if any(weights) else None), "replay")
     sampler = ReplaySampler(offsets, weights, m, states_down if m is not None else None, checked=True, bdia=bdia)
     out_samples = _guide(model, positive, negative, cfg, start, sampler, schedule)

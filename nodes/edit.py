@@ -27,7 +27,7 @@ from ..inversion_core.edit import (MODES, concat_tokens, find_step, inject_self_
 from ..inversion_core.edit.attention import reweight_columns
 from ..inversion_core.edit.select import MODE_HELP, EditSettings, layer_name
 from ..inversion_core.record import describe_change
-from .bridge import (_mask_for, check_conditioning, check_image_inputs, check_patches, check_sampling,
+from .bridge import (_mask_for, check_conditioning, check_model_inputs, check_patches, check_sampling,
                      edit_engine_of, model_family, model_kind, raw_patch_signature, read_inverted, unsupported_host,
                      warn)
 from .common import CATEGORY
@@ -619,9 +619,9 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
     check_sampling(model.get_model_object("model_sampling"), entry["sigmas"], entry.get("model_signature"), "model",
                    "edit")
     check_patches(model, entry.get("model_signature"), "model", "edit")
-    # the source branch is the inversion's own prompt: an inpainting model's concat (or a reference latent) must be
-    # the inversion's there too, or the branch does not follow the stored trajectory it is pinned to
-    check_image_inputs(entry.get("guidance"), {"source_conditioning": (source_conditioning, "positive")},
+    # the source branch is the inversion's own prompt: an inpainting model's concat (or a reference latent) and its
+    # hooks must be the inversion's there too, or the branch does not follow the stored trajectory it is pinned to
+    check_model_inputs(entry.get("guidance"), {"source_conditioning": (source_conditioning, "positive")},
                        "source branch", "Inversion Edit Engine: ")
     schedule = [float(s) for s in entry["sigmas"].tolist()]
     total = len(schedule) - 1

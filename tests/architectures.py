@@ -18,7 +18,14 @@ flux      supported_models.FluxSchnell    CONST flow, shift 1     1 double + 1 s
           (upstream only)                                         (rotary 4/14/14), vector_in on pooled output
 sd1inpaint / sdxlinpaint / fluxfill (upstream only): sd1 / sdxl / flux with the input channels of an inpainting
           checkpoint (9 / 9 / 96: the latent + the host's concat input; INPAINT_FAMILIES)
+sd2unclip supported_models.SD21UnclipH    V_PREDICTION            sd2v + label_emb on the noise-augmented
+          (model_base.SD21UNCLIP)                                 CLIP-vision image embedding (UNCLIP_EMBED)
 ========  ==============================  ======================  ===========================================
+
+SD2.1 unCLIP (``sd2unclip``, both hosts) is guided by an image: unCLIPConditioning puts a CLIP-vision output
+(``clip_vision_output``: the host's ``comfy.clip_vision.Output``, tensors as attributes) into the conditioning, and the
+model feeds its noise-augmented ``image_embeds`` to the UNet's label embedding. ``clip_vision_output(seed)`` is such an
+output for a seeded random "image" (what CLIPVisionEncode would give), so conditionings of two images can be told apart.
 
 Upstream only as well (``FAMILY_SPECS``, ``scripts/check_upstream.sh``'s "families" checks): the other families
 upstream ComfyUI 0.3.64 runs that build at a tiny size, each one block deep and 64 wide with 2 heads (32-wide),
@@ -68,6 +75,7 @@ FAMILIES = ("sd1", "sd2v", "sdxl", "sd3")     # what the PyPI fork has
 INPAINT_FAMILIES = {"sd1inpaint": ("sd1", 9), "sdxlinpaint": ("sdxl", 9), "fluxfill": ("flux", 96)}
 CONTEXT_DIM = 32     # cross-attention token width (CLIP-L 768 / OpenCLIP-H 1024 / SDXL 2048 / SD3 4096 in real models)
 POOLED_DIM = 32      # pooled text embedding (SDXL, SD3: 1280 / 2048 in real models)
+UNCLIP_EMBED = 32    # CLIP-vision image embedding of the unCLIP family (1024 for SD2.1 unCLIP-H, 768 for -L)
 _BLOCK = {"dim": 64, "num_heads": 2}
 # family -> (upstream supported_models class, tiny unet_config, latent frames (None: a 4-D image latent), output
 # layer prefix). Widths: 64 hidden, heads of 32, rotary axes summing to 32.
@@ -120,10 +128,10 @@ SDXL_SIZE_EMBED = 6 * 256   # model_base.SDXL.encode_adm: 6 size/crop values, ea
 LATENT_CHANNELS = {"sd1": 4, "sd2v": 4, "sdxl": 4, "sd3": 16, "flux": 16, "wan21": 16, "wan22": 48,
                    "qwen_image": 16, "lumina2": 16, "chroma": 16, "hidream": 16, "ltxv": 128,
                    "cosmos_predict2": 16, "hunyuan_video": 16, "auraflow": 4, "sd1inpaint": 4, "sdxlinpaint": 4,
-                   "fluxfill": 16}
+                   "fluxfill": 16, "sd2unclip": 4}
 MODEL_KIND = {"sd1": "EPS", "sd2v": "V_PREDICTION", "sdxl": "EPS", "sd3": "CONST", "flux": "CONST",
               **{f: "CONST" for f in FAMILY_SPECS}, "cosmos_predict2": "COSMOS_RFLOW",
-              "sd1inpaint": "EPS", "sdxlinpaint": "EPS", "fluxfill": "CONST"}
+              "sd1inpaint": "EPS", "sdxlinpaint": "EPS", "fluxfill": "CONST", "sd2unclip": "V_PREDICTION"}
 # Schedulers other than the inversion nodes' default (auto: karras, or simple for flow; flux names simple for the
 # upstream check). For the EPS UNets the classic DDIM grid (ddim_uniform, top sigma 5.1 at T=5): with karras at T=5
 # the top two steps (sigma 1.27 -> 4.80 -> 14.6) cannot be inverted on these random networks. Measured on sd1: along the
@@ -143,11 +151,14 @@ SCHEDULER = {"sd1": "ddim_uniform", "sdxl": "ddim_uniform", "flux": "simple", "s
 # the step's inverse is worse conditioned, which says nothing about the methods.
 OUTPUT_LAYER = {"sd1": "out.2.", "sd2v": "out.2.", "sdxl": "out.2.", "sd3": "final_layer.linear.",
                 "flux": "final_layer.linear.", **{f: spec[3] for f, spec in FAMILY_SPECS.items()},
-                "sd1inpaint": "out.2.", "sdxlinpaint": "out.2.", "fluxfill": "final_layer.linear."}
+                "sd1inpaint": "out.2.", "sdxlinpaint": "out.2.", "fluxfill": "final_layer.linear.",
+                "sd2unclip": "out.2."}
 # FAMILY_SPECS families: 0.5, not measured against a trained model (their checks compare methods with each other)
 OUTPUT_GAIN = {"sd1": 0.45, "sd2v": 0.45, "sdxl": 0.5, "sd3": 1.0, "flux": 0.6, **{f: 0.5 for f in FAMILY_SPECS},
-               "sd1inpaint": 0.45, "sdxlinpaint": 0.5, "fluxfill": 0.6}
-ALL_FAMILIES = FAMILIES + UPSTREAM_FAMILIES + tuple(INPAINT_FAMILIES)
+               "sd1inpaint": 0.45, "sdxlinpaint": 0.5, "fluxfill": 0.6, "sd2unclip": 0.45}
+# image-guided families outside FAMILIES (the tests written for every text-to-image family do not apply): SD2.1 unCLIP
+GUIDED_FAMILIES = ("sd2unclip",)
+ALL_FAMILIES = FAMILIES + UPSTREAM_FAMILIES + tuple(INPAINT_FAMILIES) + GUIDED_FAMILIES
 
 
 def _unet_base(**overrides) -> dict:
@@ -173,6 +184,10 @@ def unet_config(family: str) -> dict:
         return _unet_base()                                         # SD15: conv proj_in/out, num_heads 8
     if family == "sd2v":
         return _unet_base(use_linear_in_transformer=True)
+    if family == "sd2unclip":
+        # SD2.x's UNet plus the label embedding of unCLIP's adm vector: the augmented image embedding and the
+        # embedding of its noise level, each UNCLIP_EMBED wide
+        return _unet_base(use_linear_in_transformer=True, num_classes="sequential", adm_in_channels=2 * UNCLIP_EMBED)
     if family == "sdxl":
         # SDXL: no transformer at the first level, linear proj, adm conditioning through label_emb
         return _unet_base(use_linear_in_transformer=True, transformer_depth=[0, 1],
@@ -214,6 +229,15 @@ def config_class(family: str) -> type:
                 return model_base.ModelType.V_PREDICTION          # detected from weights in a real checkpoint
 
         return TinySD20V
+    if family == "sd2unclip":
+        class TinySD21Unclip(supported_models.SD21UnclipH):
+            unet_extra_config = dict(supported_models.SD21UnclipH.unet_extra_config, num_head_channels=16)
+            noise_aug_config = dict(supported_models.SD21UnclipH.noise_aug_config, timestep_dim=UNCLIP_EMBED)
+
+            def model_type(self, state_dict, prefix=""):
+                return model_base.ModelType.V_PREDICTION          # SD2.1 unCLIP is a 768-v model
+
+        return TinySD21Unclip
     if family == "sdxl":
         class TinySDXL(supported_models.SDXL):
             unet_extra_config = dict(supported_models.SDXL.unet_extra_config, num_head_channels=16)
@@ -394,6 +418,40 @@ def make_conditioning(family: str, seeds="1", tokens: int = 4, width: int = 128,
         extra.update({"width": int(width), "height": int(height), "crop_w": 0, "crop_h": 0,
                       "target_width": int(width), "target_height": int(height)})
     return [[torch.stack(conds), extra]]
+
+
+def clip_vision_output(seed: int = 11, batch: int = 1, tokens: int = 5):
+    """What CLIPVisionEncode hands unCLIPConditioning for a seeded random image: the host's ``comfy.clip_vision.Output``
+    with its ``image_embeds`` [batch, UNCLIP_EMBED] (what the unCLIP model reads) and hidden states (what other
+    image-guided models read: Wan image-to-video's penultimate one). Another seed is another image."""
+    from comfy.clip_vision import Output
+
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    out = Output()
+    out["last_hidden_state"] = torch.randn((int(batch), int(tokens), UNCLIP_EMBED), generator=gen)
+    out["penultimate_hidden_states"] = torch.randn((int(batch), int(tokens), UNCLIP_EMBED), generator=gen)
+    out["image_embeds"] = torch.randn((int(batch), UNCLIP_EMBED), generator=gen)
+    return out
+
+
+def hook_lora(family: str, seed: int = 0, lora_seed: int = 10, strength: float = 1.0):
+    """Upstream's HOOKS (``comfy.hooks``: what Create Hook LoRA gives) for ``family``'s tiny model of weight seed
+    ``seed``: a LoRA in the full-difference format (``<key>.diff``, which the host's LoRA loader reads) holding seeded
+    random differences on every weight of the diffusion model, 30% of each weight's spread (what a LoRA file amounts
+    to), at ``strength``. Another ``lora_seed`` is another LoRA file. Upstream only: the PyPI fork has no hooks."""
+    try:
+        import comfy.hooks
+    except ImportError:
+        raise ValueError("hooks: this host has no comfy.hooks (the PyPI fork); hooks need upstream ComfyUI") from None
+    config = config_class(family)(unet_config(family))
+    config.set_inference_dtype(torch.float32, None)
+    sd = init_state_dict(family, config.unet_config, seed)
+    gen = torch.Generator().manual_seed(int(lora_seed))
+    lora = {}
+    for k, v in sd.items():
+        name = k[:-len(".weight")] if k.endswith(".weight") else k     # the loader's key for a weight / other tensor
+        lora[f"diffusion_model.{name}.diff"] = 0.3 * v.float().std().nan_to_num() * torch.randn(v.shape, generator=gen)
+    return comfy.hooks.create_hook_lora(lora=lora, strength_model=float(strength), strength_clip=float(strength))
 
 
 def make_latent(family: str, seeds="3", size: int = 16, frames: int = -1) -> dict:

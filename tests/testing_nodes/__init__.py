@@ -15,6 +15,8 @@ nodes load through the host exactly like a user's custom node package.
 * ``InversionTestArchModel`` / ``InversionTestArchConditioning`` / ``InversionTestArchLatent``: the host's real
   architectures (SD1.x, SD2.x-v, SDXL, SD3 MMDiT) at a tiny size with seeded random weights, their conditioning
   (pooled output, SDXL's size entries) and latents, one batch item per seed (``tests/architectures.py``).
+  ``InversionTestArchClipVisionOutput``: a CLIP-vision output of a seeded random image (unCLIPConditioning on
+  ``sd2unclip``); ``InversionTestArchHookLora``: upstream's HOOKS of a seeded random LoRA (upstream only).
 
 ``build_tiny_model(kind, seed, channels)`` is the same model as a plain Python call (``host.tiny_model`` wraps it).
 """
@@ -354,6 +356,46 @@ class InversionTestArchVAE:
         return (architectures().tiny_vae(family),)
 
 
+class InversionTestArchClipVisionOutput:
+    """What CLIPVisionEncode gives for a seeded random image, for unCLIPConditioning on the sd2unclip family
+    (tests/architectures.py clip_vision_output); another seed is another image."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 11, "min": 0, "max": 0xffffffffffffffff,
+                                              "tooltip": "Image seed."})}}
+
+    RETURN_TYPES = ("CLIP_VISION_OUTPUT",)
+    FUNCTION = "build"
+    CATEGORY = "testing/inversion"
+
+    def build(self, seed):
+        return (architectures().clip_vision_output(seed),)
+
+
+class InversionTestArchHookLora:
+    """Upstream's HOOKS of a seeded random LoRA on a family's tiny model (tests/architectures.py hook_lora), for
+    Cond Set Props / Set Model Hooks on Cond; what Create Hook LoRA gives from a LoRA file. Upstream only."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "family": (_arch_families(), {"tooltip": "Whose model the LoRA patches."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "tooltip": "The model's weight seed."}),
+            "lora_seed": ("INT", {"default": 10, "min": 0, "max": 0xffffffffffffffff,
+                                  "tooltip": "Another seed is another LoRA file."}),
+            "strength_model": ("FLOAT", {"default": 1.0, "min": -20.0, "max": 20.0, "step": 0.01,
+                                         "tooltip": "The hook's strength on the model."}),
+        }}
+
+    RETURN_TYPES = ("HOOKS",)
+    FUNCTION = "build"
+    CATEGORY = "testing/inversion"
+
+    def build(self, family, seed, lora_seed, strength_model):
+        return (architectures().hook_lora(family, seed, lora_seed, strength_model),)
+
+
 class InversionTestUnscaledEuler:
     """The host's stock ``euler`` SAMPLER (``comfy.k_diffusion.sampling.sample_euler`` in a ``KSAMPLER``) minus
     KSAMPLER's ``noise_scaling`` / ``inverse_noise_scaling`` around it: the stock-unsampling baseline for flow models.
@@ -404,5 +446,7 @@ NODE_CLASS_MAPPINGS = {
     "InversionTestArchLatent": InversionTestArchLatent,
     "InversionTestUnscaledEuler": InversionTestUnscaledEuler,
     "InversionTestArchVAE": InversionTestArchVAE,
+    "InversionTestArchClipVisionOutput": InversionTestArchClipVisionOutput,
+    "InversionTestArchHookLora": InversionTestArchHookLora,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {name: name.replace("InversionTest", "Inversion test: ") for name in NODE_CLASS_MAPPINGS}

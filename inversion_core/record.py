@@ -65,6 +65,9 @@ class InversionRecord:
     # what the inversion was guided with (the host bridge's guidance_of: a fingerprint of the positive conditioning,
     # the cfg, the image inputs and hooks the model was given), for a replay to tell a reconstruction from a mismatch
     guidance: dict[str, Any] = field(default_factory=dict)
+    # model evaluations outside the steps: the host bridge's check that the model is a function of its input
+    # (Denoiser.repeat_difference), counted in forward_evals
+    check_evals: float = 0.0
 
     @property
     def reach(self) -> Optional[float]:
@@ -73,7 +76,7 @@ class InversionRecord:
 
     @property
     def forward_evals(self) -> float:
-        return sum(s.forward_evals for s in self.steps)
+        return sum(s.forward_evals for s in self.steps) + self.check_evals
 
     @property
     def backward_evals(self) -> float:
@@ -88,6 +91,7 @@ class InversionRecord:
             "method": self.method,
             "steps": len(self.steps),
             "forward_evals": self.forward_evals,
+            "check_evals": self.check_evals,
             "backward_evals": self.backward_evals,
             "seconds": self.seconds,
             "model_seconds": self.model_seconds,

@@ -266,6 +266,10 @@ def check_patches(model, signature: Optional[dict], name: str, action: str) -> N
         fix = "otherwise patch the model before the engine and before the inversion node"
     else:
         check_base_weights(model, signature, name, action)
+        varies = (signature or {}).get("varies")
+        if varies is not None:
+            warn(f"{name}: " + varying_model(varies, "this latent was inverted with",
+                                             f"the {action} does not give the image back"))
         old = (signature or {}).get("patches")
         now = patch_signature(model) if model is not None else {}
         what = (f"its patches differ from those of the model this latent was inverted with ({{}}), so the {action} "
@@ -278,6 +282,23 @@ def check_patches(model, signature: Optional[dict], name: str, action: str) -> N
     if differ:
         warn(f"{name}: {what.format('; '.join(differ))} and will not reconstruct the image. Intended for an edit? "
              f"Then ignore this; {fix}")
+
+
+# patch kinds that may make the network's output other than a function of its input (a random choice per call,
+# state kept between calls); weight patches cannot
+VARYING_PATCH_KINDS = ("cfg", "blocks", "wrapper", "extensions", "objects")
+
+
+def varying_model(difference: float, subject: str, consequence: str) -> str:
+    """The warning for a model whose output changed between two evaluations at the same input (Denoiser.
+    repeat_difference): ``subject`` "inverted" (at the inversion) or "this latent was inverted with" (at a replay)."""
+    lead = "the model's output changed" if subject == "inverted" else f"{subject} a model whose output changed"
+    return (f"{lead} between two evaluations at the same input (their difference is {100 * difference:.3g}% of the "
+            "model's prediction x - D(x); its first evaluation was repeated once): a patch on the MODEL draws random "
+            "numbers on every call or keeps state between calls (TomePatchModel, HyperTile with swap_size above 2, "
+            f"APG with momentum, ...), so the inversion solved for a moving target and {consequence} (tiny SD1 + "
+            "ToMe: 47-53 dB from BDIA's otherwise bit-exact replay). Leave such a patch off the MODEL of the "
+            "inversion and of the replay")
 
 
 # entries the host's guider adds to each conditioning when it converts a CONDITIONING for sampling
@@ -971,9 +992,14 @@ class InversionSampler(comfy.samplers.Sampler):
                  "SamplerCustomAdvanced keeps it on its output LATENT: the Inverted Replay SAMPLER "
                  "refuses it and a stock sampler would keep the area outside the mask as the inverted noise. For a "
                  "masked edit, invert with an Invert node and give the mask to the Inverted Latent Sampler")
+        patcher = guider_patcher(model_wrap)
+        patches = patch_signature(patcher)
         progress = StepProgress(callback, len(schedule) - 1)
         progress.start(x0)
         den = _denoiser(model_wrap, extra_args, on_eval=progress.on_eval)
+        # a patch around the network may be random or keep state between calls: checked once, after the inversion
+        # (a plain network, or weight patches only, is a function of its input: no check, no extra evaluation)
+        den.remember_first = any(patches.get(k) for k in VARYING_PATCH_KINDS)
         self.denoiser = den                      # its counts, even when the run fails (grad_mode retries count them)
         if self.resolve_family is not None:
             self.resolve_family(model_family(model_wrap.inner_model))
@@ -984,9 +1010,15 @@ class InversionSampler(comfy.samplers.Sampler):
                              hooks=self.hooks, callback=lambda step, total, x: progress.step(step, total, x, x),
                              model_kind=kind)
         self.record.model_sigma_max = float(ms.sigma_max)
-        patcher = guider_patcher(model_wrap)
-        self.record.model_signature = dict(sampling_signature(ms, schedule), patches=patch_signature(patcher),
+        self.record.model_signature = dict(sampling_signature(ms, schedule), patches=patches,
                                            base=base_weights(patcher))
+        evals = den.forward_evals
+        varies = den.repeat_difference()
+        self.record.check_evals = den.forward_evals - evals
+        if varies is not None and varies > den.repeat_rtol():
+            self.record.model_signature["varies"] = varies
+            self.record.warnings.append(varying_model(varies, "inverted", "no replay can give the image back"))
+            warn(f"{self.method} inversion: {self.record.warnings[-1]}")
         self.record.guidance = guidance_of(model_wrap)
         short = reach_message(schedule, self.record.model_sigma_max, kind)
         if short is not None:

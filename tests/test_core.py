@@ -122,3 +122,25 @@ def test_flipped_schedule_is_read_back_as_the_sampling_schedule():
     flipped = sig.flip(0).clone()
     flipped[0] = 1e-4          # what the host's FlipSigmas does to a leading zero
     assert torch.equal(as_sampling_schedule(flipped), sig)
+
+
+def test_repeat_difference_tells_a_function_from_a_model_that_varies():
+    """Denoiser.repeat_difference evaluates the first evaluation at sigma > 0 once more (counted): 0 for a function of
+    the input, the change relative to the prediction x - D(x) for a denoiser that draws random numbers per call."""
+    x0 = image()
+    plain = Denoiser(eps_denoiser, remember_first=True)
+    invert(plain, x0, karras(4), ddim_step, method="ddim")
+    calls = plain.calls
+    assert plain.repeat_difference() == 0.0 and plain.calls == calls + 1
+    assert Denoiser(eps_denoiser).repeat_difference() is None        # nothing remembered: no evaluation
+
+    gen = torch.Generator().manual_seed(0)
+
+    def noisy(x, sigma):      # a prediction off by 1 % of its size, drawn anew on every call
+        eps = (x - eps_denoiser(x, sigma)) / sigma
+        return x - sigma * eps * (1 + 0.01 * torch.randn(eps.shape, generator=gen))
+
+    varies = Denoiser(noisy, remember_first=True)
+    invert(varies, x0, karras(4), ddim_step, method="ddim")
+    assert 0.005 < varies.repeat_difference() < 0.03
+    assert varies.repeat_rtol() == pytest.approx(1e-4)

@@ -1,0 +1,103 @@
+"""Other nodes' MODEL patches before the inversion and the replay (issue: "no silent wrong results").
+
+A replay reconstructs only if the model is a function of its input: the same latent and sigma give the same
+prediction every time. Patches that draw random numbers on every call (TomePatchModel's token merge, HyperTile's tile
+size with swap_size above 2) or keep state between calls (upstream's APG with momentum) break that, and an inversion
+through them solved for a moving target: no replay gives the image back, on both branches alike, and nothing said so
+(audit on upstream 0.3.64, tiny SD1, BDIA at T=10 whose replay of a function is bit-exact: ToMe 47 dB, HyperTile 30 dB;
+APG momentum -0.5 on the EPS reference model at cfg 3: Exact 28.6 dB instead of 49.8, BDIA 10 dB). Now the inversion
+evaluates its first model call once more when the MODEL carries anything besides weight patches, and a changed output
+is warned at the inversion and again at every replay of its latent. Deterministic patches (FreeU, PAG, SAG ...) cost
+that one evaluation and say nothing; a plain model, or weight patches only, is not checked at all.
+
+Tiny SD1 (tests/architectures.py: attention at the full-resolution level, where ToMe and HyperTile act), 16x16
+latent, BDIA Invert at its defaults with T=5 (scheduler auto) (its replay of a function is exact, so any change shows).
+"""
+from __future__ import annotations
+
+import pytest
+
+from test_architectures import add_invert, add_twin, base, defaults, psnr, run
+from test_editing_host import warnings_of
+
+FAMILY = "sd1"
+AT_INVERSION = "inversion: the model's output changed between two evaluations at the same input"
+AT_REPLAY = "this latent was inverted with a model whose output changed between two evaluations"
+PATCHES_DIFFER = "its patches differ from those of the model this latent was inverted with"
+RANDOM = {"ToMe": ("TomePatchModel", {"ratio": 0.3}),
+          "HyperTile": ("HyperTile", {"tile_size": 32, "swap_size": 3, "max_depth": 0, "scale_depth": False})}
+DETERMINISTIC = {"FreeU": ("FreeU", {}), "PAG": ("PerturbedAttentionGuidance", {}),
+                 "SAG": ("SelfAttentionGuidance", {})}
+
+
+def patched(patch, on_replay: bool = True, method: str = "BDIAInvert") -> dict:
+    """Tiny SD1 + the host node ``patch`` ((class, inputs) or None) before the inversion node, and before the
+    Inverted Latent Sampler too unless ``on_replay`` is False."""
+    prompt = add_invert(base(FAMILY), FAMILY, method)
+    # the node's default scheduler (auto: karras), which starts at sigma_max (BDIA is exact on any schedule)
+    prompt["invert"]["inputs"]["scheduler"] = defaults(method)["scheduler"]
+    if patch is not None:
+        name, inputs = patch
+        prompt["patched"] = {"class_type": name, "inputs": {**defaults(name, **inputs), "model": ["model", 0]}}
+        prompt["invert"]["inputs"]["model"] = ["patched", 0]
+        prompt["replay"]["inputs"]["model"] = ["patched", 0] if on_replay else ["model", 0]
+    return prompt
+
+
+def reconstruction(out) -> float:
+    return psnr(out["replay"][0]["samples"], out["latent"][0]["samples"])
+
+
+@pytest.mark.parametrize("name", list(RANDOM))
+def test_a_patch_that_is_random_on_every_call_is_warned_at_the_inversion_and_the_replay(name, caplog):
+    caplog.clear()
+    out = run(FAMILY, patched(RANDOM[name]))
+    entry = out["invert"][0]["inversion"]
+    assert len(warnings_of(caplog, AT_INVERSION)) == 1, warnings_of(caplog)
+    assert len(warnings_of(caplog, AT_REPLAY)) == 1, warnings_of(caplog)
+    assert warnings_of(caplog, PATCHES_DIFFER) == []            # the same patch on both branches
+    # measured: ToMe 1.6e-2, HyperTile 0.12 of the model's prediction (the threshold is 1e-4)
+    assert entry["model_signature"]["varies"] > 1e-3, entry["model_signature"]
+    assert any(AT_INVERSION.split(": ", 1)[1] in w for w in entry["warnings"]), entry["warnings"]
+    assert entry["stats"]["check_evals"] == 1.0
+    # the replay that is bit-exact on a function is not (measured: ToMe 52.7 dB, HyperTile 36.0)
+    assert reconstruction(out) < 80, reconstruction(out)
+
+
+@pytest.mark.parametrize("name", [None, *DETERMINISTIC])
+def test_deterministic_patches_cost_one_check_and_say_nothing(name, caplog):
+    """FreeU, PAG and SAG (which carries the attention of one call into its guidance function) are functions of the
+    input: checked (one evaluation more, counted) and silent, and BDIA's replay stays exact. A plain model is not
+    checked at all."""
+    caplog.clear()
+    out = run(FAMILY, patched(DETERMINISTIC.get(name)))
+    entry = out["invert"][0]["inversion"]
+    assert warnings_of(caplog) == []
+    assert "varies" not in entry["model_signature"]
+    assert entry["stats"]["check_evals"] == (0.0 if name is None else 1.0)
+    assert entry["stats"]["forward_evals"] == sum(s["forward_evals"] for s in entry["step_stats"]) + (name is not None)
+    assert reconstruction(out) > 150, (name, reconstruction(out))
+
+
+def test_a_random_patch_on_the_replay_only_is_a_patch_difference_not_a_varying_inversion(caplog):
+    caplog.clear()
+    run(FAMILY, patched(RANDOM["ToMe"], on_replay=False))           # on the inversion only
+    assert len(warnings_of(caplog, AT_INVERSION)) == 1 and len(warnings_of(caplog, PATCHES_DIFFER)) == 1, \
+        warnings_of(caplog)
+    prompt = patched(RANDOM["ToMe"])
+    prompt["invert"]["inputs"]["model"] = ["model", 0]              # on the replay only
+    caplog.clear()
+    run(FAMILY, prompt)
+    assert warnings_of(caplog, "changed between two evaluations") == []
+    assert len(warnings_of(caplog, PATCHES_DIFFER)) == 1, warnings_of(caplog)
+
+
+def test_the_sampler_twins_check_and_warn_too(caplog):
+    """SamplerCustomAdvanced: the BDIA Inversion SAMPLER checks its guider's model; the Inverted Replay SAMPLER finds
+    the inversion by its noise and warns from what the inversion recorded."""
+    prompt = add_twin(patched(RANDOM["ToMe"]), FAMILY, "BDIAInvert")
+    prompt["guider"]["inputs"]["model"] = ["patched", 0]
+    caplog.clear()
+    run(FAMILY, prompt, ["twin_replay"])
+    assert len(warnings_of(caplog, AT_INVERSION)) == 1, warnings_of(caplog)
+    assert len(warnings_of(caplog, AT_REPLAY)) == 1, warnings_of(caplog)

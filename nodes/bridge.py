@@ -124,16 +124,19 @@ def check_sampling(ms, schedule: torch.Tensor, signature: Optional[dict], name: 
     if len(old) == len(new) and differ:
         i = differ[0]
         warn(f"{name}: this model maps the schedule's sigmas to other timesteps than the model this latent was "
-             f"inverted with ({new[i]:.4g} vs {old[i]:.4g} at level {i}; a zsnr / sigma-table patch or another "
-             f"model), so the network sees other noise levels and the {action} will not reconstruct the image")
+             f"inverted with ({new[i]:.4g} vs {old[i]:.4g} at level {i}; a zsnr / sigma-table patch, "
+             "ModelSamplingAuraFlow's timestep scale on another flow model, or another model), so the network sees "
+             f"other noise levels and the {action} will not reconstruct the image")
 
 
 PATCH_KINDS = {"weights": "weight patches (a LoRA, a model merge)",
                "weight_values": "the contents of its weight patches (another LoRA file or merged model on the same "
                                 "keys at the same strength)",
-               "cfg": "cfg functions (RescaleCFG, PerpNeg, PAG, SAG ...)",
+               "cfg": "cfg functions (RescaleCFG, PerpNeg, PAG, SAG, APG, SkipLayerGuidance ...)",
                "blocks": "block / attention patches (FreeU, HyperTile, IP-Adapter ...)",
                "wrapper": "a model function wrapper",
+               "extensions": "wrappers / callbacks / an attention override (EasyCache, LazyCache, context windows, "
+                             "custom nodes ...)",
                "objects": "object patches"}
 
 
@@ -173,8 +176,33 @@ def raw_patch_signature(model) -> dict:
         "blocks": sorted([f"{k}:{len(v)}" for k, v in (to.get("patches") or {}).items()]
                          + [f"{k}:{sorted(map(str, v))}" for k, v in (to.get("patches_replace") or {}).items()]),
         "wrapper": "model_function_wrapper" in opts,
+        "extensions": _extensions(model, opts, to),
         "objects": sorted(k for k in (getattr(model, "object_patches", None) or {}) if k != "model_sampling"),
     }
+
+
+# upstream's patcher extensions that run the same network: torch.compile's APPLY_MODEL wrapper (TorchCompileModel)
+SAME_NETWORK_WRAPPERS = ("torch.compile",)
+
+
+def _extensions(model, opts: dict, to: dict) -> list:
+    """What upstream ComfyUI's patcher extensions add around the network, by name: wrappers and callbacks (type, key
+    and count; kept on the ModelPatcher and in transformer_options), an optimized_attention_override and context
+    windows (a context_handler). EasyCache on the replay model only was not seen by the other kinds (reference model:
+    19 dB instead of 58, without a word). Empty on hosts without them (the PyPI fork)."""
+    out = []
+    for what, holders in (("wrapper", (getattr(model, "wrappers", None), to.get("wrappers"))),
+                          ("callback", (getattr(model, "callbacks", None), to.get("callbacks")))):
+        for holder in holders:
+            for kind, keyed in (holder.items() if isinstance(holder, dict) else ()):
+                for key, functions in (keyed.items() if isinstance(keyed, dict) else ()):
+                    if functions and key not in SAME_NETWORK_WRAPPERS:
+                        out.append(f"{what} {kind}:{key}:{len(functions)}")
+    if to.get("optimized_attention_override") is not None:
+        out.append("optimized_attention_override")
+    if opts.get("context_handler") is not None:
+        out.append("context windows")
+    return sorted(out)
 
 
 BASE_TENSORS = 8    # parameters of the diffusion model sampled for base_weights (the first, the last, evenly between)
@@ -242,6 +270,8 @@ def check_base_weights(model, signature: Optional[dict], name: str, action: str)
 def _differing_patch_kinds(old: dict, now: dict) -> list:
     out = []
     for kind, what in PATCH_KINDS.items():
+        if kind not in old:
+            continue        # a signature recorded before this kind was (an earlier version of the pack)
         if kind == "weight_values":
             # judged only where keys and strengths agree ("weights" names the rest) and both could be read (a record
             # made before patch contents were fingerprinted has none)
@@ -299,6 +329,30 @@ def varying_model(difference: float, subject: str, consequence: str) -> str:
             f"APG with momentum, ...), so the inversion solved for a moving target and {consequence} (tiny SD1 + "
             "ToMe: 47-53 dB from BDIA's otherwise bit-exact replay). Leave such a patch off the MODEL of the "
             "inversion and of the replay")
+
+
+# upstream's EasyCache / LazyCache (their wrapper keys): a model call whose input changed little since the last one
+# returns the last output shifted by the input's change instead of evaluating the network
+OUTPUT_CACHES = {"easycache": "EasyCache", "lazycache": "LazyCache"}
+
+
+def check_output_cache(model, who: str) -> None:
+    """An error for a MODEL carrying an output cache (OUTPUT_CACHES): an inversion evaluates the model many times at
+    nearby inputs, and the cache answers them with stale outputs (on the reference model the host's EasyCache and
+    LazyCache stop with a TypeError inside their own wrapper on the ascending schedule)."""
+    opts = getattr(model, "model_options", None) or {}
+    to = opts.get("transformer_options") or {}
+    found = set()
+    for holder in (getattr(model, "wrappers", None), to.get("wrappers")):
+        for keyed in (holder.values() if isinstance(holder, dict) else ()):
+            found |= {OUTPUT_CACHES[k] for k in (keyed if isinstance(keyed, dict) else ()) if k in OUTPUT_CACHES}
+    if found:
+        raise ValueError(
+            f"model: it carries {' / '.join(sorted(found))}, which skips model evaluations and reuses the last output "
+            f"when the input changed little: {who} evaluates the model many times at nearby inputs and would solve "
+            "for the cache's answers instead of the model's, and no replay could give the image back. Connect the "
+            "MODEL before the cache node to the inversion node and to the Inverted Latent Sampler (a cache on the "
+            "replay alone is approximate: reference model 19-22 dB instead of 58)")
 
 
 # entries the host's guider adds to each conditioning when it converts a CONDITIONING for sampling
@@ -657,8 +711,10 @@ def _uniform_conditioning(model_wrap) -> bool:
 
 
 # model_options hooks that see the whole batch's predictions at once: a host cfg function may mix batch items (the
-# host's PerpNeg projects with a sum over the whole batch), so a sub-batch would be a different equation
-BATCH_HOOKS = ("sampler_cfg_function", "sampler_post_cfg_function", "sampler_pre_cfg_function")
+# host's PerpNeg projects with a sum over the whole batch), so a sub-batch would be a different equation; upstream's
+# calc_cond_batch function (SkipLayerGuidanceDiTSimple) replaces the whole batch's model call
+BATCH_HOOKS = ("sampler_cfg_function", "sampler_post_cfg_function", "sampler_pre_cfg_function",
+               "sampler_calc_cond_batch_function")
 
 
 def _items_independent(model_wrap) -> bool:
@@ -993,6 +1049,7 @@ class InversionSampler(comfy.samplers.Sampler):
                  "refuses it and a stock sampler would keep the area outside the mask as the inverted noise. For a "
                  "masked edit, invert with an Invert node and give the mask to the Inverted Latent Sampler")
         patcher = guider_patcher(model_wrap)
+        check_output_cache(patcher, f"{self.method} inversion")
         patches = patch_signature(patcher)
         progress = StepProgress(callback, len(schedule) - 1)
         progress.start(x0)

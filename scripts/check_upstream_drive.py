@@ -578,6 +578,116 @@ async def _():
     return f"{len(images)} bundled images; Exact T=10 replay: " + ", ".join(notes)
 
 
+# ---- other nodes' MODEL patches that the PyPI fork lacks, before the inversion and the replay (the fork's tier:
+# tests/test_model_patches.py; README "Other nodes' MODEL patches, measured"). The EPS / flow reference model, its first
+# held-out image and prompt, T=10. Before these checks existed (measured here, upstream 0.3.64, 2026-12): APG with
+# momentum -0.5 on both branches at cfg 3 gave BDIA 10-13 dB (its replay of a function is exact) without a word;
+# EasyCache / LazyCache before the inversion stopped with a TypeError inside their wrapper, and on the replay only gave
+# 22 / 24 dB instead of 58 without a word; SkipLayerGuidanceDiTSimple on the flow model's replay only 3 dB instead of
+# 30 (cfg 3), no word. A ModelSamplingSD3 shift on the replay only changes nothing (the stored sigmas are replayed):
+# silent, rightly.
+WARNING_EVENT = "comfyui-inversion.warning"
+REF_LINKS = {"positive": ["positive", 0], "negative": ["negative", 0]}
+
+
+def reference_graph(name="sd-unet-eps"):
+    return {"loader": {"class_type": "InversionReferenceModelLoader",
+                       "inputs": widget_defaults("InversionReferenceModelLoader", model=name)},
+            "image": {"class_type": "LoadInversionReferenceImage",
+                      "inputs": widget_defaults("LoadInversionReferenceImage")},
+            "positive": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["loader", 1], "text": ["image", 1]}},
+            "negative": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["loader", 1], "text": ""}},
+            "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["loader", 2]}}}
+
+
+def reference_pair(p, tag, method, invert_model, replay_model, cfg=1.0):
+    """Nodes inv_<tag> (``method`` at its defaults, T=10) and rep_<tag> (the Inverted Latent Sampler) on the given
+    MODEL node ids."""
+    p[f"inv_{tag}"] = {"class_type": method, "inputs": widget_defaults(
+        method, steps=10, cfg=cfg, model=[invert_model, 0], latent=["latent", 0], **REF_LINKS)}
+    p[f"rep_{tag}"] = {"class_type": "InvertedLatentSampler", "inputs": widget_defaults(
+        "InvertedLatentSampler", cfg=cfg, model=[replay_model, 0], inverted_latent=[f"inv_{tag}", 0], **REF_LINKS)}
+
+
+def patch_node(name, **given):
+    return {"class_type": name, "inputs": widget_defaults(name, model=["loader", 0], **given)}
+
+
+def toasts(messages, node=None, about=""):
+    return [d.get("message", "") for t, d in messages
+            if t == WARNING_EVENT and (node is None or d.get("node") == node) and about in d.get("message", "")]
+
+
+VARIES = "changed between two evaluations at the same input"
+PATCHES_DIFFER = "its patches differ from those of the model this latent was inverted with"
+
+
+@check("model patches: APG with momentum before the inversion and the replay is warned at both (BDIA's replay is not "
+       "exact); APG without momentum is a function: silent and exact")
+async def _():
+    p = reference_graph()
+    p["apg"] = patch_node("APG", momentum=-0.5)
+    p["apg0"] = patch_node("APG")
+    reference_pair(p, "m", "BDIAInvert", "apg", "apg", cfg=3.0)
+    reference_pair(p, "0", "BDIAInvert", "apg0", "apg0", cfg=3.0)
+    got = []
+    lat, _p, _h = await run(p, save=("latent", "rep_m", "rep_0"), messages=got)
+    with_m, without = psnr(lat["rep_m"], lat["latent"]), psnr(lat["rep_0"], lat["latent"])
+    said = {node: toasts(got, node, VARIES) for node in ("inv_m", "rep_m", "inv_0", "rep_0")}
+    if [len(v) for v in said.values()] != [1, 1, 0, 0] or toasts(got, about=PATCHES_DIFFER):
+        raise Failed(f"warnings: {toasts(got)}")
+    if not (with_m < 40 and without > 100):
+        raise Failed(f"BDIA replay with momentum {with_m:.1f} dB, without {without:.1f} dB")
+    return f"BDIA replay {with_m:.1f} dB with momentum (warned), {without:.1f} dB without (silent)"
+
+
+@check("model patches: EasyCache / LazyCache before an inversion node is an error naming it; on the replay only it "
+       "is warned as a patch difference")
+async def _():
+    notes = []
+    for cache in ("EasyCache", "LazyCache"):
+        p = reference_graph()
+        p["cache"] = patch_node(cache)
+        reference_pair(p, "c", "ExactInvert", "cache", "cache")
+        msg = await expect_error(p, "model: it carries " + cache, save=("rep_c",))
+        p = reference_graph()
+        p["cache"] = patch_node(cache)
+        reference_pair(p, "plain", "ExactInvert", "loader", "loader")
+        p["rep_c"] = dict(p["rep_plain"], inputs=dict(p["rep_plain"]["inputs"], model=["cache", 0]))
+        got = []
+        lat, _p, _h = await run(p, save=("latent", "rep_plain", "rep_c"), messages=got)
+        plain, cached = psnr(lat["rep_plain"], lat["latent"]), psnr(lat["rep_c"], lat["latent"])
+        said = toasts(got, "rep_c", PATCHES_DIFFER)
+        if len(said) != 1 or "wrappers / callbacks" not in said[0] or toasts(got, "rep_plain"):
+            raise Failed(f"{cache} on the replay only: warnings {toasts(got)}")
+        if not cached < plain - 10:
+            raise Failed(f"{cache} on the replay only: {cached:.1f} dB, plain {plain:.1f} dB")
+        notes.append(f"{cache}: {msg[:60]!r}; replay only {cached:.1f} dB (plain {plain:.1f}), warned")
+    return "; ".join(notes)
+
+
+@check("model patches (flow reference model): SkipLayerGuidanceDiTSimple on the replay only is warned; a "
+       "ModelSamplingSD3 shift on the replay only replays the stored sigmas, bit-identical and silent")
+async def _():
+    p = reference_graph("sd3-mmdit-flow")
+    p["slg"] = patch_node("SkipLayerGuidanceDiTSimple", double_layers="1", single_layers="")
+    p["shift"] = patch_node("ModelSamplingSD3", shift=6.0)
+    reference_pair(p, "plain", "ExactInvert", "loader", "loader", cfg=3.0)
+    p["rep_slg"] = dict(p["rep_plain"], inputs=dict(p["rep_plain"]["inputs"], model=["slg", 0]))
+    p["rep_shift"] = dict(p["rep_plain"], inputs=dict(p["rep_plain"]["inputs"], model=["shift", 0]))
+    got = []
+    lat, _p, _h = await run(p, save=("latent", "rep_plain", "rep_slg", "rep_shift"), messages=got)
+    plain, slg = psnr(lat["rep_plain"], lat["latent"]), psnr(lat["rep_slg"], lat["latent"])
+    said = toasts(got, "rep_slg", PATCHES_DIFFER)
+    if len(said) != 1 or "cfg functions" not in said[0] or toasts(got, "rep_shift") or toasts(got, "rep_plain"):
+        raise Failed(f"warnings: {toasts(got)}")
+    if not torch.equal(lat["rep_shift"], lat["rep_plain"]):
+        raise Failed("the shifted model's replay differs from the plain replay")
+    if not slg < plain - 10:
+        raise Failed(f"SkipLayerGuidanceDiTSimple on the replay only: {slg:.1f} dB, plain {plain:.1f} dB")
+    return f"plain {plain:.1f} dB = shift 6 on the replay (silent); SkipLayerGuidanceDiTSimple {slg:.1f} dB, warned"
+
+
 # ---- the host's real architectures that the PyPI fork lacks (tests/architectures.py; the fork's tier is
 # tests/test_architectures.py). Flux.1-schnell layout at a tiny size, seeded random weights, 16x16 latent, T=5, the
 # inversion nodes at their default scheduler (auto = simple for flow models, as the stock chain uses). Margins from

@@ -127,8 +127,10 @@ def report_table(original: torch.Tensor, reconstructed: torch.Tensor, entry: Opt
     residual = [max(r) for r in st["residual"] if r]
     lines = [
         "", f"method: {entry['method']}  params: {entry['params']}",
-        f"steps: {st['steps']}  model evaluations: forward {st['forward_evals']:.1f}, "
-        f"backward {st['backward_evals']:.1f}  seconds: {st['seconds']:.2f}",
+        f"steps: {st['steps']}  model evaluations: forward {st['forward_evals']:.1f}"
+        + (f" (of which {st['check_evals']:g} checked that the patched model is a function of its input)"
+           if st.get("check_evals") else "")
+        + f", backward {st['backward_evals']:.1f}  seconds: {st['seconds']:.2f}",
     ]
     top, smax = st.get("top_sigma"), st.get("model_sigma_max")
     if top is not None and smax:

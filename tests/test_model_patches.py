@@ -15,8 +15,11 @@ latent, BDIA Invert at its defaults with T=5 (scheduler auto) (its replay of a f
 """
 from __future__ import annotations
 
+import sys
+
 import pytest
 
+import host
 from test_architectures import add_invert, add_twin, base, defaults, psnr, run
 from test_editing_host import warnings_of
 
@@ -77,6 +80,10 @@ def test_deterministic_patches_cost_one_check_and_say_nothing(name, caplog):
     assert entry["stats"]["check_evals"] == (0.0 if name is None else 1.0)
     assert entry["stats"]["forward_evals"] == sum(s["forward_evals"] for s in entry["step_stats"]) + (name is not None)
     assert reconstruction(out) > 150, (name, reconstruction(out))
+    report = sys.modules[f"{host.PACK_DIR_NAME}.nodes.report"]        # the Inversion Report says what the check cost
+    x0 = out["latent"][0]["samples"]
+    assert ("(of which 1 checked that the patched model is a function" in report.report_table(x0, x0, entry)) \
+        == (name is not None)
 
 
 def test_a_random_patch_on_the_replay_only_is_a_patch_difference_not_a_varying_inversion(caplog):

@@ -276,7 +276,8 @@ class EditEngine:
                 f"{tuple(state.shape[1:])}; area / regional conditioning cannot be paired with the source branch")
         x_src = repeat_chunks(state.to(device=x.device, dtype=x.dtype), chunks)
         c_src = self._source_c(apply_model, c, cou, b, x)
-        branch = "cached" if c.get("control") is not None else self.branch  # ControlNet residuals are per batch
+        # ControlNet residuals are the edit's alone (_source_c), for a batch of the edit's rows
+        branch = "cached" if c.get("control") is not None else self.branch
         p2p = self.settings.swap or self.settings.reweight != 1.0
         tokens = self._prompt_lengths(c_src, c, cou) if p2p else (None, None)
         self.stats["source_calls"] += 1
@@ -410,6 +411,13 @@ class EditEngine:
                                   for j in range(chunks)])
 
         for name, val in c.items():
+            if name == "control":
+                # the edit's ControlNet residuals, computed by the host for the edit's latent and prompt: the source
+                # branch is the inversion's own evaluation (its conditioning carries no ControlNet: build_engine_patch).
+                # Passed on, they also moved the source's features (18 % of a layer's queries, tiny SD1) and the
+                # host's UNet pops them from their lists, so the edit's call after the source's had none: the edit
+                # lost its ControlNet inside the window (its effect fell from 0.78 to 0.04-0.06 RMS)
+                continue
             if name == "transformer_options" or name not in src:
                 out[name] = val
             elif isinstance(val, torch.Tensor):
@@ -610,6 +618,7 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
     if len(source_conditioning) != 1:
         raise ValueError("source_conditioning: expected one prompt (the one the image was inverted with), got "
                          f"{len(source_conditioning)} combined entries")
+    _check_source_extras(source_conditioning[0][1])
     if source_branch not in SOURCE_BRANCHES:
         raise ValueError(f"source_branch: one of {SOURCE_BRANCHES}, got {source_branch!r}")
     kind = model_kind(model.get_model_object("model_sampling"))
@@ -696,6 +705,28 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
     if settings.residual_block is not None:
         patched.set_model_output_block_patch(engine.output_block)
     return installed()
+
+
+# what a CONDITIONING entry may carry besides the model inputs built from its prompt (host: get_area_and_mult,
+# calc_cond_batch): the engine's source branch evaluates only the latter, so any of these would be dropped unsaid
+_SOURCE_EXTRAS = {"control": "a ControlNet / T2I adapter", "gligen": "GLIGEN boxes", "area": "an area",
+                  "mask": "a region mask", "hooks": "hooks (scheduled LoRA / patches)"}
+
+
+def _check_source_extras(extra: dict) -> None:
+    """An error when the source conditioning carries what the engine's source branch does not evaluate: it runs the
+    model on the stored trajectory with the prompt's own model inputs (text, pooled output, size values, an
+    inpainting model's concat), not through the host's conditioning machinery."""
+    found = [what for key, what in _SOURCE_EXTRAS.items() if extra.get(key) is not None]
+    start, end = extra.get("start_percent", 0.0), extra.get("end_percent", 1.0)
+    if (start is not None and float(start) > 0.0) or (end is not None and float(end) < 1.0):
+        found.append(f"a step range ({start}-{end})")
+    if found:
+        raise ValueError(
+            f"source_conditioning: it carries {', '.join(found)}, which the engine's source branch does not run: the "
+            "branch evaluates the source prompt alone at the stored trajectory, so it would silently differ from the "
+            "inversion it is pinned to. Connect the plain prompt (the edit's own conditioning may carry a ControlNet, "
+            "areas or step ranges); an image inverted with these cannot be edited by the engine (invert without them)")
 
 
 def _check_installed(patched, engine: EditEngine, layers: list, flux: bool, dit: bool, settings) -> None:

@@ -224,6 +224,15 @@ class EditEngine:
         self._bypass = False                         # offsets_pass(): the MODEL as it was before the engine
         self._reached: set = set()                   # what saw the engine's context in this model call (_check_reached)
 
+    def __deepcopy__(self, memo):
+        """The engine itself: a clone of its MODEL shares it. The PyPI fork's ModelPatcher.clone deep-copies
+        model_options, which held the engine's only copy of the trajectory in every clone (RescaleCFG, a LoRA loader
+        after the engine) and split it from the patches that are not in model_options: SD3's joint blocks (object
+        patches) kept reading the original engine, which the copied wrapper never told the step, and every SD3 replay
+        through a clone stopped with an error."""
+        memo[id(self)] = self
+        return self
+
     # ------------------------------------------------------------------------------------------ model wrapper
     @contextlib.contextmanager
     def offsets_pass(self):

@@ -221,6 +221,7 @@ class EditEngine:
         self.stats = {"calls": 0, "source_calls": 0, "seconds": 0.0}
         self._last_step: Optional[int] = None        # the step of the previous model call (a lower one: a new run)
         self._seen: set = set()                      # the cond/uncond chunk sets called at that step so far
+        self._first_step: Optional[int] = None       # the step the current run started at
         self._bypass = False                         # offsets_pass(): the MODEL as it was before the engine
         self._reached: set = set()                   # what saw the engine's context in this model call (_check_reached)
 
@@ -259,14 +260,17 @@ class EditEngine:
                 "Inverted Latent Sampler (or the Inverted Replay SAMPLER with the sigmas the inversion returned); "
                 "other samplers and schedules cannot be pinned to the stored trajectory")
         self.stats["calls"] += 1
-        # a new run starts below the last step (a BDIA replay starts at k = 1), or repeats the step's chunks: the host
-        # evaluates cond and uncond in separate calls of one step when they do not fit in memory together or cannot
-        # be batched (token counts), and that second call of the same step is not a new run (its latent is the
-        # edited one, which the start check would take for a foreign latent)
+        # a new run starts below the last step (a BDIA replay starts at k = 1), or repeats the chunks of the step a run
+        # started at (a one-step replay run again). The host evaluates cond and uncond in separate calls of one step
+        # when they do not fit in memory together or cannot be batched (token counts), and the entries of a combined
+        # prompt too (ConditioningCombine of prompts whose token counts do not batch: two calls of chunks [0] at
+        # cfg 1): those calls of one step are not a new run (their latent is the edited one, which the start check
+        # would take for a foreign latent). At the start step the latent is the inverted one, so the check passes
         chunks_seen = tuple(cou)
-        if self._last_step is None or k < self._last_step or (k == self._last_step and chunks_seen in self._seen):
+        repeat = k == self._last_step and chunks_seen in self._seen
+        if self._last_step is None or k < self._last_step or (repeat and k == self._first_step):
             self._check_start(x, len(cou), k)
-            self._seen = set()
+            self._seen, self._first_step = set(), k
         elif k > self._last_step:
             self._seen = set()
         self._seen.add(chunks_seen)

@@ -355,10 +355,22 @@ class EditEngine:
                 f"silently lose its injection. {unsupported_host('the edit engine')}")
 
     def _attend(self, which: str, layer, q, k, v, extra_options: dict):
-        """The attention of a replaced layer: the MODEL's earlier replace patch for it, else the host's kernel."""
+        """The attention of a replaced layer: the MODEL's earlier replace patch for it, else the host's kernel.
+        In a batched call the earlier patch gets the source's rows and the edit's rows in two calls, each with its
+        own cond_or_uncond, as without the engine: a patch that reads the chunks (Self-Attention Guidance keeps the
+        uncond's attention map) took the source's uncond for the edit's, and batched differed from cached."""
         inner = self.inner_attention.get((which, layer))
         if inner is not None:
-            return inner(q, k, v, extra_options)
+            ctx: Optional[_Context] = extra_options.get(KEY)
+            n = ctx.n if ctx is not None else 0
+            if ctx is None or ctx.phase != "batched" or not q.shape[0] == k.shape[0] == v.shape[0] == 2 * n:
+                return inner(q, k, v, extra_options)
+            opts = dict(extra_options, cond_or_uncond=list(ctx.cond_or_uncond))
+            for name in ("original_shape", "activations_shape"):   # [batch, ...] of the block's input
+                shape = opts.get(name)
+                if isinstance(shape, (list, tuple)) and shape and shape[0] == 2 * n:
+                    opts[name] = [n] + list(shape[1:])
+            return torch.cat([inner(q[:n], k[:n], v[:n], opts), inner(q[n:], k[n:], v[n:], opts)])
         attention, heads, precision, _ = _call_site(extra_options)
         return attention.optimized_attention(q, k, v, heads, attn_precision=precision,
                                              **_options_kwargs(attention.optimized_attention, extra_options))
@@ -455,6 +467,25 @@ class EditEngine:
             raise RuntimeError(f"Inversion Edit Engine: no source features captured for {what} {layer}")
         return list(src), list(tensors)
 
+    @staticmethod
+    def _check_rows(ctx: _Context, layer: tuple, which: str, q, k, v) -> None:
+        """An error unless q, k and v hold the call's rows (source then edit when batched), and self-attention's one
+        token count: another node's attn1 patch may regroup them (HyperTile tiles the queries into more rows, ToMe
+        merges query tokens, reference-only appends keys), and the source's features would be paired with the wrong
+        rows or tokens of the edit (HyperTile: a source tile's queries for the whole edit batch, without a word)."""
+        rows = 2 * ctx.n if ctx.phase == "batched" else ctx.n
+        same_tokens = which != "attn1" or q.shape[1] == k.shape[1] == v.shape[1]
+        if q.shape[0] == k.shape[0] == v.shape[0] == rows and same_tokens:
+            return
+        shapes = ", ".join(f"{name} {tuple(t.shape[:2])}" for name, t in (("q", q), ("k", k), ("v", v)))
+        kind = "self" if which == "attn1" else "cross"
+        raise RuntimeError(
+            f"Inversion Edit Engine: {kind}-attention of layer {layer_name(layer)} came with {shapes} as [rows, "
+            f"tokens] where the engine pairs {rows} rows{' of one token count' if which == 'attn1' else ''}: another "
+            f"node's {which}_patch on this MODEL (HyperTile, ToMe, reference-only ...) regroups the rows or tokens, so "
+            "the source's features cannot be matched to the edit's. Remove that patch from the MODEL for the edit "
+            "(or keep the engine's window and layers away from the layers it changes)")
+
     def attn1(self, q, k, v, extra_options, layer: tuple):
         _, _, _, ctx = _call_site(extra_options)
         s = self.settings
@@ -465,6 +496,7 @@ class EditEngine:
         masked = self.mask is not None and s.mask_steps[ctx.step] and layer in s.mask_layers
         if not (inject or masked):
             return self._attend("attn1", layer, q, k, v, extra_options)
+        self._check_rows(ctx, layer, "attn1", q, k, v)
         src, edit = self._split(ctx, layer, "attn1", q, k, v)
         if src is None:   # capture phase: the source runs unchanged
             return self._attend("attn1", layer, q, k, v, extra_options)
@@ -481,6 +513,7 @@ class EditEngine:
         if ctx is None or not self.settings.cross_steps or not self.settings.cross_steps[ctx.step]:
             return out
         self._reached.add("cross-attention")
+        self._check_rows(ctx, layer, "attn2", q, k, v)
         src, edit = self._split(ctx, layer, "attn2", q, k)
         if src is None:
             return out

@@ -708,7 +708,8 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
                                 window_end=window_end, layers=layers, strength=strength, residual=residual_features,
                                 reweight=reweight, tokens=tokens, masked=m is not None, dit=dit)
     start, end = settings.window
-    if settings.active_steps == 0 and start < end:
+    _warn_ignored_settings(settings, mode, strength, reweight, tokens, m is not None)
+    if settings.active_steps == 0 and start < end and not any(settings.mask_steps):   # mask_steps: the window's
         warn(f"Inversion Edit Engine: the window {start:g}-{end:g} holds no whole step of the inverted latent's "
              f"{total} (step k counts when k/{total} is inside it), so the engine changes nothing: the replay is the "
              "plain one. Widen the window or invert with more steps")
@@ -773,6 +774,33 @@ def _check_source_extras(extra: dict) -> None:
             "branch evaluates the source prompt alone at the stored trajectory, so it would silently differ from the "
             "inversion it is pinned to. Connect the plain prompt (the edit's own conditioning may carry a ControlNet, "
             "areas or step ranges); an image inverted with these cannot be edited by the engine (invert without them)")
+
+
+def _warn_ignored_settings(s: EditSettings, mode: str, strength: float, reweight: float, tokens: str,
+                           masked: bool) -> None:
+    """Warnings for inputs that change nothing in this configuration (the run succeeds and looks like an edit)."""
+    if mode != "p2p" and (float(reweight) != 1.0 or tokens.strip()):
+        warn(f"Inversion Edit Engine: reweight / tokens are Prompt-to-Prompt inputs; mode {mode} does not use them "
+             "(nothing is re-weighted). Use mode p2p to re-weight tokens")
+    elif mode == "p2p" and tokens.strip() and float(reweight) == 1.0:
+        warn(f"Inversion Edit Engine: tokens {tokens.strip()!r} are re-weighted by reweight, which is 1: nothing is "
+             "re-weighted. Set reweight above 1 to strengthen them, below 1 to weaken them")
+    if s.active_steps == 0 and any(s.mask_steps):     # steps in the window, and still nothing to do
+        if float(strength) == 0.0:
+            warn("Inversion Edit Engine: strength 0 moves nothing towards the source, so the engine changes nothing: "
+                 "the replay is the plain one. Raise strength to keep the source's structure")
+        elif not s.self_layers:
+            warn("Inversion Edit Engine: layers selects no layer, so the engine changes nothing: the replay is the "
+                 "plain one. Choose layers (auto = the mode's preset), or give a mask (the source's keys / values "
+                 "outside it)")
+    # a mask keeps the source's keys / values outside it; where the mode already gives every masked layer the source's
+    # keys and values at full strength (dit_kv, masactrl on every layer), the inside gets them too and the mask is moot
+    if masked and s.use_k and s.use_v and s.strength >= 1.0 and s.mask_layers <= s.self_layers and all(
+            inject or not held for inject, held in zip(s.self_steps, s.mask_steps)):
+        warn(f"Inversion Edit Engine: the mask changes nothing here: mode {mode} at strength 1 already gives every "
+             "self-attention layer it covers the source's keys and values, inside the mask too. For a KV-Edit-style "
+             "edit (the edit's own keys / values inside the mask, the source's outside) set layers to none, or to "
+             "fewer layers; to keep the outside of the image, give the mask to the Inverted Latent Sampler as well")
 
 
 def _check_installed(patched, engine: EditEngine, layers: list, flux: bool, dit: bool, settings) -> None:

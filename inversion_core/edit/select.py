@@ -179,6 +179,14 @@ def resolve_settings(mode: str, family: str, total: int, available: Sequence[Lay
     self_kinds = [a for a in available if a[0] != "joint"] if not dit else list(available)
     kw = dict(mode=mode, total=total, strength=float(strength), window=(start, end),
               mask_layers=frozenset(self_kinds) if masked else frozenset(), mask_steps=tuple(steps))
+    if strength == 0.0:
+        # nothing moves towards the source: no injection at all, so the steps take the host's own path and the replay
+        # is the plain one bit for bit (through the source branch it differed by float rounding, 1e-5). A mask's
+        # keys / values outside it and P2P re-weighting do not scale with strength and stay
+        cross = tuple(steps) if mode == "p2p" and float(reweight) != 1.0 else ()
+        return EditSettings(self_layers=frozenset(), self_steps=tuple(empty), use_q=False, use_k=False, use_v=False,
+                            cross_steps=cross, swap=False, reweight=float(reweight),
+                            tokens=_parse_tokens(tokens) if mode == "p2p" else (), **kw)
     if mode == "pnp":
         res_steps = window_steps(total, start, min(1.0, start + (end - start) * PNP_FEATURE_WINDOW_RATIO)) \
             if residual else list(empty)

@@ -58,8 +58,8 @@ def setup():
     return dict(bridge=bridge, edit=edit, model=model, src=src, tgt=tgt, neg=neg, inv=inv, latent=latent)
 
 
-def replay(s, prompt, cfg=2.0, engine=None, correction=0.0, mask=None, pin=None):
-    model = s["model"]
+def replay(s, prompt, cfg=2.0, engine=None, correction=0.0, mask=None, pin=None, model=None):
+    model = model or s["model"]
     if engine is not None:
         model, _ = s["edit"].build_engine_patch(s["model"], s["inv"], s["src"], "dit_kv", mask=mask, **engine)
     with torch.inference_mode():
@@ -112,3 +112,35 @@ def test_dit_masked_edit_keeps_the_outside(setup):
 def test_dit_mode_errors_name_the_input(setup):
     with pytest.raises(ValueError, match="mode"):
         setup["edit"].build_engine_patch(setup["model"], setup["inv"], setup["src"], "pnp")
+
+
+def test_dit_engine_model_cloned_by_a_later_node_still_edits(setup):
+    """A node after the engine clones its MODEL (RescaleCFG, a LoRA loader); the PyPI fork's clone deep-copies
+    model_options, so the clone's wrapper was a copy of the engine while the joint blocks (object patches) kept the
+    original: every SD3 replay through the clone stopped with "the host ran the model without calling the engine's
+    attention patches". The clone shares the engine now, and edits as the engine's MODEL does."""
+    model, _ = setup["edit"].build_engine_patch(setup["model"], setup["inv"], setup["src"], "dit_kv",
+                                                window_start=0.0, window_end=0.6)
+    own = replay(setup, setup["tgt"], model=model)
+    assert torch.equal(replay(setup, setup["tgt"], model=model.clone()), own)
+    rescaled = host.node_class("RescaleCFG")().patch(model, 0.7)[0]
+    assert (replay(setup, setup["tgt"], model=rescaled) - own).abs().max().item() > 1e-4   # RescaleCFG acts
+
+
+def test_dit_mask_that_changes_nothing_is_warned(setup, caplog):
+    """dit_kv gives every joint block the source's keys and values over its window: with a mask, the inside got
+    them too and the masked edit equalled the unmasked one bit for bit, unsaid. The warning names the KV-Edit
+    setting (layers none: the edit's own keys / values inside the mask), which does hold the outside."""
+    from test_editing_host import warnings_of
+
+    mask = torch.zeros(16, 16)
+    mask[4:12, 4:12] = 1.0
+    caplog.clear()
+    unmasked = replay(setup, setup["tgt"], engine=dict(window_start=0.0, window_end=1.0))
+    masked = replay(setup, setup["tgt"], engine=dict(window_start=0.0, window_end=1.0), mask=mask)
+    assert torch.equal(masked, unmasked)
+    assert len(warnings_of(caplog, "the mask changes nothing here")) == 1, warnings_of(caplog)
+    caplog.clear()
+    kv_edit = replay(setup, setup["tgt"], engine=dict(window_start=0.0, window_end=1.0, layers="none"), mask=mask)
+    assert (kv_edit - unmasked).abs().max().item() > 1e-4
+    assert warnings_of(caplog, "changes nothing") == [], warnings_of(caplog)

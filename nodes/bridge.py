@@ -1473,6 +1473,13 @@ def _mask_for(mask: Optional[torch.Tensor], samples: torch.Tensor, name: str,
         raise ValueError(f"{name}: expected a MASK [height, width] or [batch, height, width], got {tuple(mask.shape)}")
     if not torch.isfinite(m).all():
         raise ValueError(f"{name}: contains NaN or inf")
+    (mh, mw), (lh, lw) = m.shape[-2:], samples.shape[-2:]
+    # a latent's size is the image's over the VAE's factor, rounded: mask_h * lw - mask_w * lh stays within
+    # mask_h + mask_w for a mask of the image (or of the latent) at any factor; beyond that it is another aspect ratio
+    if abs(mh * lw - mw * lh) > mh + mw:
+        warn(f"{name}: the mask is {mw}x{mh} (width x height) but the latent is {lw}x{lh}, another aspect ratio: it is "
+             "stretched onto the latent, so its regions land elsewhere than drawn (a mask of another image?). Resize "
+             "or crop the mask to the image the latent was encoded from")
     video = samples.ndim == 5 and samples.shape[2] > 1
     if video:
         m = m.reshape(1, 1, -1, *m.shape[-2:])

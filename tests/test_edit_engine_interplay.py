@@ -232,3 +232,26 @@ def test_inputs_that_change_nothing_are_warned(sd1, caplog):
         held = replay(sd1, engine(sd1, mask=mask, layers=layers))
         assert rms(held, unmasked) > 1e-3, layers
     assert said("the mask changes nothing") == [] and said("changes nothing") == [], warnings_of(caplog)
+
+
+def test_a_mask_of_another_aspect_ratio_is_warned(sd1, caplog):
+    """A MASK is resized onto the latent; one of another aspect ratio (a mask drawn on another image) was stretched
+    without a word, its regions landing elsewhere than drawn. A mask of the image itself is not warned, whatever the
+    VAE's factor and its rounding of the latent's size."""
+    bridge = _pack("bridge")
+    said = lambda: warnings_of(caplog, "another aspect ratio")  # noqa: E731
+    caplog.clear()
+    for mask_hw, latent_hw in (((16, 16), (16, 16)), ((128, 128), (16, 16)), ((750, 1000), (93, 125)),
+                               ((768, 1360), (48, 85)), ((7, 9), (7, 9))):
+        bridge._mask_for(torch.ones(1, *mask_hw), torch.zeros(1, 4, *latent_hw), "mask")
+    assert said() == [], said()
+    for mask_hw in ((16, 32), (512, 768)):
+        caplog.clear()
+        bridge._mask_for(torch.ones(1, *mask_hw), torch.zeros(1, 4, 64, 64), "mask")
+        assert len(said()) == 1, (mask_hw, said())
+    caplog.clear()
+    wide = torch.zeros(1, 16, 32)
+    wide[:, :, 8:24] = 1.0
+    engine(sd1, mask=wide, layers="decoder")                           # the engine's mask
+    replay(sd1, sd1["model"], mask=wide)                                # the sampler's
+    assert len(said()) == 2 and all(w.startswith("[comfyui-inversion] mask: the mask is 32x16") for w in said()), said()

@@ -283,10 +283,49 @@ def _differing_patch_kinds(old: dict, now: dict) -> list:
     return out
 
 
+def _engines_in_patches(model) -> list:
+    """The Inversion Edit Engines whose patches ``model`` carries: attention / Flux block replace patches (an
+    ``engine`` attribute), its output block patch (a bound method of the engine), SD3 joint blocks (object patches
+    with an ``_engine``)."""
+    opts = getattr(model, "model_options", None) or {}
+    to = opts.get("transformer_options") or {}
+    found = []
+    for patches in (to.get("patches_replace") or {}).values():
+        found += [getattr(p, "engine", None) for p in (patches.values() if isinstance(patches, dict) else ())]
+    for patches in (to.get("patches") or {}).values():
+        found += [getattr(p, "__self__", None) for p in (patches if isinstance(patches, (list, tuple)) else ())]
+    found += [getattr(p, "_engine", None) for p in (getattr(model, "object_patches", None) or {}).values()]
+    out = []
+    for engine in found:
+        if getattr(engine, "is_inversion_edit_engine", False) and all(engine is not e for e in out):
+            out.append(engine)
+    return out
+
+
+def check_engine_wrapper(model, name: str = "model") -> None:
+    """An error when ``model`` carries an Inversion Edit Engine's patches but its model function wrapper is not
+    that engine: a node after the engine set its own wrapper in the engine's place (the host keeps one), the
+    engine's patches never get its context and the edit is the plain replay bit for bit, which only a generic
+    'patches differ' warning said (and told an edit to ignore)."""
+    wrapper = edit_engine_of(model)
+    stale = [e for e in _engines_in_patches(model) if e is not wrapper]
+    if not stale:
+        return
+    now = (getattr(model, "model_options", None) or {}).get("model_function_wrapper")
+    raise ValueError(
+        f"{name}: it carries the Inversion Edit Engine's attention patches, but its model function wrapper is "
+        f"{'another engine' if wrapper is not None else type(now).__name__ if now is not None else 'gone'}: a node "
+        "after the engine replaced the engine's wrapper (ComfyUI keeps one per MODEL), so the engine would not run "
+        "and the edit would come out as the plain replay. Put that node before the Inversion Edit Engine")
+
+
 def check_patches(model, signature: Optional[dict], name: str, action: str) -> None:
     """A warning (a LoRA or FreeU on the edit branch may be meant) when ``model`` carries other patches than the
     model the latent was inverted with: the replay then solves another model's steps and does not reconstruct.
-    Another checkpoint underneath is warned too (check_base_weights)."""
+    Another checkpoint underneath is warned too (check_base_weights). An engine's patches without the engine are an
+    error (check_engine_wrapper)."""
+    if model is not None:
+        check_engine_wrapper(model, name)
     built = getattr(edit_engine_of(model) if model is not None else None, "built_signature", None)
     if built:   # the engine compared the model it patched; what differs from the engine's MODEL came after it
         # (its base weights are those of the MODEL the engine compared when it was built: not warned twice)
@@ -1221,6 +1260,8 @@ def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None, pat
     copy of, or a run of its batch items), or None when it is none of the remembered ones. With the model's
     ``ms`` (model_sampling), a different model sampling than the inversion's is an error (check_sampling); with the
     replay's ``guider``, the inversion's prompt at another cfg is warned (check_replay_cfg)."""
+    if patcher is not None:
+        check_engine_wrapper(patcher)        # whether or not the latent is a remembered one
     found = INVERTED.find(x_top)
     if found.schedule is not None:
         stored = found.schedule

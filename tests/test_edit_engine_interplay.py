@@ -255,3 +255,25 @@ def test_a_mask_of_another_aspect_ratio_is_warned(sd1, caplog):
     engine(sd1, mask=wide, layers="decoder")                           # the engine's mask
     replay(sd1, sd1["model"], mask=wide)                                # the sampler's
     assert len(said()) == 2 and all(w.startswith("[comfyui-inversion] mask: the mask is 32x16") for w in said()), said()
+
+
+def test_a_model_function_wrapper_set_after_the_engine_is_an_error(sd1):
+    """ComfyUI keeps one model function wrapper per MODEL: a node after the engine that sets its own replaced the
+    engine's, whose attention patches then ran without its context, and the "edit" was the plain replay bit for bit,
+    with only the generic "its patches differ ... Intended for an edit? Then ignore this" warning."""
+    edit = engine(sd1)
+    later = edit.clone()
+    later.set_model_unet_function_wrapper(lambda apply, args: apply(args["input"], args["timestep"], **args["c"]))
+    with pytest.raises(ValueError, match="replaced the engine's wrapper"):
+        replay(sd1, later)
+    with pytest.raises(ValueError, match="replaced the engine's wrapper"):     # and a new engine on top of it
+        engine(sd1, model=later)
+    node = host.node_class
+    sigmas = _pack("bridge").read_inverted(sd1["inv"])[1]["sigmas"]
+    with torch.inference_mode(), pytest.raises(ValueError, match="replaced the engine's wrapper"):   # SAMPLER path
+        node("SamplerCustomAdvanced")().sample(
+            node("DisableNoise")().get_noise()[0], node("CFGGuider")().get_guider(later, sd1["tgt"], sd1["neg"], 2.0)[0],
+            node("InvertedReplaySampler")().get_sampler()[0], sigmas, sd1["inv"])
+    before = sd1["model"].clone()                        # the same wrapper before the engine: kept, under the engine
+    before.set_model_unet_function_wrapper(lambda apply, args: apply(args["input"], args["timestep"], **args["c"]))
+    assert torch.equal(replay(sd1, engine(sd1, model=before)), replay(sd1, edit))

@@ -271,9 +271,9 @@ def test_a_model_function_wrapper_set_after_the_engine_is_an_error(sd1):
     node = host.node_class
     sigmas = _pack("bridge").read_inverted(sd1["inv"])[1]["sigmas"]
     with torch.inference_mode(), pytest.raises(ValueError, match="replaced the engine's wrapper"):   # SAMPLER path
-        node("SamplerCustomAdvanced")().sample(
-            node("DisableNoise")().get_noise()[0], node("CFGGuider")().get_guider(later, sd1["tgt"], sd1["neg"], 2.0)[0],
-            node("InvertedReplaySampler")().get_sampler()[0], sigmas, sd1["inv"])
+        guider = node("CFGGuider")().get_guider(later, sd1["tgt"], sd1["neg"], 2.0)[0]
+        node("SamplerCustomAdvanced")().sample(node("DisableNoise")().get_noise()[0], guider,
+                                               node("InvertedReplaySampler")().get_sampler()[0], sigmas, sd1["inv"])
     before = sd1["model"].clone()                        # the same wrapper before the engine: kept, under the engine
     before.set_model_unet_function_wrapper(lambda apply, args: apply(args["input"], args["timestep"], **args["c"]))
     assert torch.equal(replay(sd1, engine(sd1, model=before)), replay(sd1, edit))

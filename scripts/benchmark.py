@@ -3,7 +3,7 @@
 
     bash scripts/benchmark.sh                 # full table: every reference model x methods x T in {10, 4, 2}, fp32
     bash scripts/benchmark.sh --quick         # a few-minute subset (used by the tests)
-    bash scripts/benchmark.sh --precision both --device cuda   # fp32 and fp16 on a GPU
+    bash scripts/benchmark.sh --precision fp32,fp16,bf16 --device cuda   # a GPU: fp32, fp16 and bf16 arithmetic
     bash scripts/benchmark.sh --edits         # the edit engine's benchmark (scripts/benchmark_edits.py)
     bash scripts/benchmark.sh --exact-curve   # Exact Invert: PSNR (mean, worst image) against tolerance and cost
 
@@ -128,6 +128,13 @@ def reference(dtype: torch.dtype, half_compute: bool = False, name: str = "sd-un
         if half_compute:   # override the host's CPU manual cast: half-precision arithmetic, as on a GPU
             model.model.manual_cast_dtype = None
     return model, clip, vae, rm
+
+
+def device_name(device: str) -> str:
+    """The device in words for the table's note (the GPU's name on CUDA)."""
+    if device == "cuda" and torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name()}, CUDA {torch.version.cuda})"
+    return device
 
 
 def model_names(pack, wanted: str | None) -> list:
@@ -401,8 +408,9 @@ def main(argv=None):
     ap.add_argument("--steps", default=None, help="comma-separated T values (default 10,4,2)")
     ap.add_argument("--methods", default=None,
                     help="semicolon-separated method labels to run (labels hold commas), e.g. 'DDIM;Exact balanced'")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "half", "both"],
-                    help="fp32 (default), half (bf16 weights on CPU, fp16 on CUDA) or both")
+    ap.add_argument("--precision", default="fp32",
+                    help="comma-separated, from fp32 (default), fp16, bf16, half (bf16 weights on CPU, fp16 on "
+                         "CUDA) and both (fp32,half); fp16 / bf16 compute in that type (on CPU: --half-compute)")
     ap.add_argument("--half-compute", action="store_true",
                     help="on CPU, compute in bf16 too (the host computes in fp32 there; ~36x slower)")
     ap.add_argument("--all-half", action="store_true",
@@ -416,10 +424,9 @@ def main(argv=None):
                     help="replace README.md's results section with this run's table (full runs only)")
     args = ap.parse_args(argv)
 
-    import host
     if args.device != "cpu":
-        import comfy.cli_args
-        comfy.cli_args.args.cpu = False
+        os.environ["INVERSION_TEST_GPU"] = "1"   # tests/host.py otherwise pins the engine to the CPU
+    import host
     host.engine()
     pack = host.pack_module()
     out_dir = Path(args.out)
@@ -427,10 +434,16 @@ def main(argv=None):
 
     steps = [int(s) for s in args.steps.split(",")] if args.steps else ([10, 4] if args.quick else [10, 4, 2])
     half = torch.float16 if args.device == "cuda" else torch.bfloat16
-    half_compute = args.half_compute or args.device == "cuda"
+    wanted_precisions = [w.strip() for w in args.precision.replace("both", "fp32,half").split(",") if w.strip()]
+    unknown = set(wanted_precisions) - {"fp32", "fp16", "bf16", "half"}
+    if unknown or not wanted_precisions:
+        raise SystemExit(f"--precision: unknown {sorted(unknown)}; choose from fp32, fp16, bf16, half, both")
+    explicit = {"fp16", "bf16"} & set(wanted_precisions)
+    half_compute = args.half_compute or args.device == "cuda" or bool(explicit)
     half_name = str(half)[6:] if half_compute else "bf16 weights"
-    precisions = {"fp32": [("fp32", torch.float32)], "half": [(half_name, half)],
-                  "both": [("fp32", torch.float32), (half_name, half)]}[args.precision]
+    dtypes = {"fp32": ("fp32", torch.float32), "half": (half_name, half),
+              "fp16": ("fp16", torch.float16), "bf16": ("bf16", torch.bfloat16)}
+    precisions = list(dict.fromkeys(dtypes[w] for w in wanted_precisions))
     wanted = {w.strip() for w in args.methods.split(";")} if args.methods else \
         (set(QUICK_METHODS) if args.quick else None)
     if wanted and wanted - {m[0] for m in METHODS}:
@@ -492,9 +505,9 @@ def main(argv=None):
     note = (f"\n\nReference models {', '.join(names)}; {len(images)} held-out 32x32 images each, one batch, the "
             f"nodes' default inputs (scheduler {scheduler}, empty prompt, cfg 1) unless the label says otherwise; "
             f"'dB vs stock' = PSNR minus ComfyUI's own FlipSigmas + euler round trip in the same run; device "
-            f"{args.device}, "
+            f"{device_name(args.device)}, "
             + ("'bf16 weights' = half-precision weights with fp32 arithmetic, what ComfyUI does on a CPU; "
-               "--half-compute measures bf16 arithmetic. " if not half_compute and args.precision != "fp32" else "")
+               "--half-compute measures bf16 arithmetic. " if not half_compute and any(d != torch.float32 for _, d in precisions) else "")
             + f"PSNR = mean over the images of each image's dB (an identical image counts as {PSNR_CAP:.0f}); "
             f"cells over {RETIME_BELOW_S:g} s are timed once, the others (DDIM among them) best of {TIMING_ROUNDS}, "
             "so the largest 'x DDIM' ratios lean high; 'overhead' = time outside the model's forward and backward "

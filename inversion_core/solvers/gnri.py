@@ -133,11 +133,13 @@ def gmres(op: Callable[[Tensor, Tensor], Tensor], rhs: Tensor, active: Tensor, r
     B = rhs.shape[0]
     beta = _batched_norm(rhs)
     live = active & (beta > 0)
-    used = torch.zeros(B, dtype=torch.long)
+    used = torch.zeros(B, dtype=torch.long, device=rhs.device)
     delta = torch.zeros_like(rhs)
     if not bool(live.any()):
         return delta, used
     V = [rhs / _rows(torch.where(beta > 0, beta, torch.ones_like(beta)), rhs)]
+    # the small Hessenberg least-squares problems stay on the CPU (CUDA's lstsq needs full rank; H loses it on
+    # breakdown), the Krylov vectors beside the latent
     H = torch.zeros(B, max_dim + 1, max_dim, dtype=torch.float64)
     done_y: dict[int, Tensor] = {}
     for j in range(max_dim):
@@ -155,7 +157,7 @@ def gmres(op: Callable[[Tensor, Tensor], Tensor], rhs: Tensor, active: Tensor, r
         e1 = torch.zeros(B, j + 2, 1, dtype=torch.float64)
         e1[:, 0, 0] = beta
         y = torch.linalg.lstsq(Hj, e1).solution               # [B, j+1, 1]
-        res = (e1 - Hj @ y).flatten(1).norm(dim=1)
+        res = (e1 - Hj @ y).flatten(1).norm(dim=1).to(beta.device)
         finished = live & ((res <= rtol.double() * beta) | tiny | torch.tensor(j == max_dim - 1))
         for b in finished.nonzero().flatten().tolist():
             done_y[b] = y[b, :, 0]
@@ -320,11 +322,11 @@ class GNRISolver:
         best_z, best_rms = z.clone(), rms.clone()
         history = [[float(v)] for v in rms]
         krylov: list[list[int]] = [[] for _ in range(B)]
-        iters = torch.zeros(B, dtype=torch.long)
-        step_scale = torch.ones(B)
+        iters = torch.zeros(B, dtype=torch.long, device=z.device)
+        step_scale = torch.ones(B, device=z.device)
         direction = torch.zeros_like(z)
-        need_dir = torch.ones(B, dtype=torch.bool)
-        diverged = torch.zeros(B, dtype=torch.bool)
+        need_dir = torch.ones(B, dtype=torch.bool, device=z.device)
+        diverged = torch.zeros(B, dtype=torch.bool, device=z.device)
         self._jvp.reset()
         while True:
             active = (rms > self.tol) & (iters < self.max_iter) & ~diverged
@@ -393,9 +395,9 @@ class GNRISolver:
 
     def _reference(self, den, target, z, mu, sigma_lo, sigma_hi, ctx):
         B = z.shape[0]
-        best_score = torch.full((B,), float("inf"), dtype=torch.float64)
+        best_score = torch.full((B,), float("inf"), dtype=torch.float64, device=z.device)
         best_x = z.clone()
-        best_rms = torch.full((B,), float("inf"))
+        best_rms = torch.full((B,), float("inf"), device=z.device)
         history: list[list[float]] = [[] for _ in range(B)]
         with torch.no_grad():
             for _ in range(self.max_iter):

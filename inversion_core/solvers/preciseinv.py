@@ -75,17 +75,17 @@ class _LBFGSMemory:
     recorded only when it accepted a step and the pair satisfies the curvature condition sᵀy > 0, so a rejected or
     non-convex trial never enters H (nor pushes an item's older pairs out)."""
 
-    def __init__(self, batch: int, memory: int = LBFGS_MEMORY):
+    def __init__(self, batch: int, memory: int = LBFGS_MEMORY, device: Optional[torch.device] = None):
         self.memory = memory
         self.s: Optional[Tensor] = None                           # [B, m, N] float64
         self.y: Optional[Tensor] = None
-        self.valid = torch.zeros(batch, memory, dtype=torch.bool)
+        self.valid = torch.zeros(batch, memory, dtype=torch.bool, device=device)
         self.last: Optional[tuple[Tensor, Tensor]] = None         # (ε, ∇L) at each item's last accepted point
-        self.seen = torch.zeros(batch, dtype=torch.bool)
+        self.seen = torch.zeros(batch, dtype=torch.bool, device=device)
 
     def _push(self, ok: Tensor, s: Tensor, y: Tensor) -> None:
         if self.s is None:
-            self.s = torch.zeros(s.shape[0], self.memory, s.shape[1], dtype=s.dtype)
+            self.s = torch.zeros(s.shape[0], self.memory, s.shape[1], dtype=s.dtype, device=s.device)
             self.y = torch.zeros_like(self.s)
         sel = ok[:, None, None]
         self.s = torch.where(sel, torch.cat([self.s[:, 1:], s[:, None]], 1), self.s)
@@ -104,7 +104,7 @@ class _LBFGSMemory:
         self.last = (e, g)
         self.seen = self.seen | moved
         q = g.clone()
-        gamma = torch.full((q.shape[0],), float(default_scale), dtype=q.dtype)
+        gamma = torch.full((q.shape[0],), float(default_scale), dtype=q.dtype, device=q.device)
         if self.s is not None:
             sy = (self.s * self.y).sum(2)                                           # [B, m]
             rho = torch.where(self.valid, 1.0 / sy.clamp_min(1e-300), torch.zeros_like(sy))
@@ -169,19 +169,20 @@ class PreciseInvSolver:
             eps = (x_init - mu) / sigma_hi
         B = eps.shape[0]
         n = eps[0].numel()
-        active = torch.ones(B, dtype=torch.bool)
-        lr = torch.full((B,), self.step_size)
+        dev = eps.device                          # the per-item bookkeeping lives beside the latent (a GPU's)
+        active = torch.ones(B, dtype=torch.bool, device=dev)
+        lr = torch.full((B,), self.step_size, device=dev)
         direction = torch.zeros_like(eps)        # the step direction taken from each item's best iterate
         m, v = torch.zeros_like(eps), torch.zeros_like(eps)
-        t_adam = torch.zeros(B)
-        best_eps, best_loss = eps.clone(), torch.full((B,), float("inf"))
-        diverged = torch.zeros(B, dtype=torch.bool)
-        updates = torch.zeros(B, dtype=torch.long)
-        rejected = torch.zeros(B, dtype=torch.long)
-        last_ok = torch.ones(B, dtype=torch.bool)
+        t_adam = torch.zeros(B, device=dev)
+        best_eps, best_loss = eps.clone(), torch.full((B,), float("inf"), device=dev)
+        diverged = torch.zeros(B, dtype=torch.bool, device=dev)
+        updates = torch.zeros(B, dtype=torch.long, device=dev)
+        rejected = torch.zeros(B, dtype=torch.long, device=dev)
+        last_ok = torch.ones(B, dtype=torch.bool, device=dev)
         history: list[list[float]] = [[] for _ in range(B)]
         reasons: dict[int, str] = {}
-        lbfgs = _LBFGSMemory(B) if self.optimizer == "lbfgs" else None
+        lbfgs = _LBFGSMemory(B, device=dev) if self.optimizer == "lbfgs" else None
         for k in range(self.max_iter + 1):
             last = k == self.max_iter
             with torch.enable_grad():

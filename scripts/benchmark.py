@@ -420,6 +420,8 @@ def main(argv=None):
     ap.add_argument("--exact-curve", action="store_true",
                     help="only Exact Invert's PSNR-vs-tolerance curve (T 10 and 4 unless --steps; --quick: 2 images, "
                          "one tolerance)")
+    ap.add_argument("--keep-going", action="store_true",
+                    help="a cell that raises is reported (listed under the table) and the run goes on")
     ap.add_argument("--update-readme", action="store_true",
                     help="replace README.md's results section with this run's table (full runs only)")
     args = ap.parse_args(argv)
@@ -463,6 +465,7 @@ def main(argv=None):
 
     rows = []
     half_skipped: set = set()
+    failed: list = []
     start_all = time.perf_counter()
     for name in names:
         for prec_name, dtype in precisions:
@@ -471,7 +474,12 @@ def main(argv=None):
             if args.quick:
                 images = images[:2]
             if any(m[1] == "PreciseInvInvert" for m in methods):
-                warm_up_gradients(pack, model, clip, vae, images, args.device)
+                try:
+                    warm_up_gradients(pack, model, clip, vae, images, args.device)
+                except Exception as e:      # noqa: BLE001 -- the PreciseInv cells report it
+                    if not args.keep_going:
+                        raise
+                    print(f"[{name}] warm-up failed: {type(e).__name__}: {e}", flush=True)
             for t in steps:
                 block = []
                 for label, node_name, params in methods:
@@ -479,7 +487,14 @@ def main(argv=None):
                             and label in GRADIENT_METHODS):
                         half_skipped.add(label)
                         continue
-                    r = run_cell(pack, label, node_name, params, model, clip, vae, images, t, args.device)
+                    try:
+                        r = run_cell(pack, label, node_name, params, model, clip, vae, images, t, args.device)
+                    except Exception as e:  # noqa: BLE001 -- --keep-going: report the cell and go on
+                        if not args.keep_going:
+                            raise
+                        failed.append(f"{name} {prec_name} T={t} {label}: {type(e).__name__}: {e}")
+                        print(f"[{name}] {label} {prec_name} T={t} FAILED: {failed[-1]}", flush=True)
+                        continue
                     r.update(model=name, precision=prec_name)
                     block.append((r, node_name, params))
                 for _ in range(TIMING_ROUNDS - 1):
@@ -496,6 +511,7 @@ def main(argv=None):
                     print(f"[{name}] {r['method']:30s} {prec_name} T={r['T']:3d}  PSNR {r['psnr']:6.2f} dB "
                           f"({r['vs_stock']:+6.2f} vs stock)  {r['seconds']:7.2f} s  x{r['x_ddim']:.2f} DDIM",
                           flush=True)
+                (out_dir / "partial.md").write_text(table(rows) + "\n")   # what a stopped run still leaves
     md = table(rows)
     if args.extras:
         model, clip, vae, rm = reference(torch.float32)
@@ -519,6 +535,7 @@ def main(argv=None):
             + f"torch {torch.__version__}, {os.environ.get('OMP_NUM_THREADS')} thread(s); total "
             f"{time.perf_counter() - start_all:.0f} s." + (f" Not registered (skipped): {', '.join(skipped)}."
                                                              if skipped else "")
+            + (f" FAILED cells: {'; '.join(failed)}." if failed else "")
             + (f" Measured in fp32 only on this CPU run (bf16 autograd on CPU is too slow; --all-half or a GPU "
                f"measures them): {', '.join(sorted(half_skipped))}." if half_skipped else ""))
     (out_dir / "results.md").write_text(md + note + "\n")

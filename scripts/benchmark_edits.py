@@ -131,11 +131,14 @@ class Judge:
         self.dit = hasattr(self.base.diffusion_model, "joint_blocks")
 
     def _apply(self, x, sigma: float, p: int, patches=None):
-        s = torch.full((x.shape[0],), float(sigma))
+        """The network on the device its weights are on (a GPU's after a sampling run); the result on x's."""
+        dev = next(self.base.diffusion_model.parameters()).device
+        s = torch.full((x.shape[0],), float(sigma), device=dev)
         opts = {"patches": patches} if patches else {}
-        context = self.table[p:p + 1].expand(x.shape[0], -1, -1)
-        extra = {"y": self.pooled[p:p + 1].expand(x.shape[0], -1)} if self.dit else {}
-        return self.base.apply_model(x, s, c_crossattn=context, transformer_options=opts, **extra)
+        context = self.table[p:p + 1].expand(x.shape[0], -1, -1).to(dev)
+        extra = {"y": self.pooled[p:p + 1].expand(x.shape[0], -1).to(dev)} if self.dit else {}
+        out = self.base.apply_model(x.to(dev), s, c_crossattn=context, transformer_options=opts, **extra)
+        return out.to(x.device)
 
     def _noised(self, x0, sigma: float, seed: int):
         gen = torch.Generator().manual_seed(seed)
@@ -151,7 +154,7 @@ class Judge:
         if self.dit:
             blocks = self.base.diffusion_model.joint_blocks
             handle = blocks[len(blocks) // 2].register_forward_hook(
-                lambda mod, args, out: got.__setitem__("h", out[1].detach().float().clone()))
+                lambda mod, args, out: got.__setitem__("h", out[1].detach().float().cpu().clone()))
             try:
                 self._apply(x, FEATURE_SIGMA, 0)
             finally:
@@ -164,7 +167,7 @@ class Judge:
 
         def capture(h, hsp, opts):
             if opts.get("block") == ("output", want):
-                got["h"] = h.detach().float().clone()
+                got["h"] = h.detach().float().cpu().clone()
             return h, hsp
 
         self._apply(x, FEATURE_SIGMA, 0, {"output_block_patch": [capture]})

@@ -505,3 +505,34 @@ def test_warnings_on_the_page_come_once_per_node_and_at_most_a_few_per_prompt():
     assert len(first) == page.MAX_TOASTS + 1 and "see the ComfyUI console" in first[-1]
     assert [m for p, m in messages if p == "prompt-2"] == ["warning 0"]
     assert {d["node"] for e, d in server.events if e == page.EVENT} == {"7"}
+
+
+def test_model_evaluations_of_inversion_and_replay_run_without_tf32_and_restore_the_flags():
+    """On a GPU cuDNN runs float32 convolutions in TF32 unless told otherwise, which cost an fp32 UNet ~1e-3 per
+    evaluation (H200: Exact 86 / 79 dB instead of 88 / 84, a BDIA batch replayed item by item 4e-3 off). Every model
+    evaluation of the pack's inversion and replay runs with both TF32 flags off; the caller's flags come back."""
+    pack = host.pack_module()
+    bridge = sys.modules[pack.__name__ + ".nodes.bridge"]
+    seen = []
+
+    def recording(apply_model, args):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    model = host.tiny_model("eps").clone()
+    model.set_model_unet_function_wrapper(recording)
+    cond, latent = host.tiny_conditioning(), host.tiny_latent()
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True    # what a GPU user may have
+    try:
+        sampler = host.node_class("ExactInvert")().sampler(model, "custom", 1e-4, 4, 3)
+        schedule = bridge.schedule_from_inputs(model, 3, "karras", None)
+        inv = bridge.run_inversion(model, cond, cond, 1.0, latent, schedule, sampler)
+        inverting = len(seen)
+        bridge.run_replay(model, cond, cond, 1.0, inv)
+        after = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+    assert inverting >= 3 and len(seen) >= inverting + 3, (inverting, len(seen))
+    assert set(seen) == {(False, False)}, seen
+    assert after == (True, True)

@@ -67,7 +67,9 @@ def test_a_batch_of_two_plain_inversions_on_the_same_sigmas_is_checked_and_repla
     caplog.clear()
     out = run_workflow(prompt, ["joined_replay", "custom_replay"])
     assert not warnings_of(caplog, "is not the noise"), warnings_of(caplog)
-    assert torch.allclose(out["joined_replay"][0]["samples"][:1], out["custom_replay"][0]["samples"], atol=1e-5)
+    # the same replay at batch 2 and 1: the network's kernels round differently per batch size (measured 1.9e-5 on a
+    # latent of std 1; a replay on the wrong path or sigmas is off by 0.1-1)
+    assert torch.allclose(out["joined_replay"][0]["samples"][:1], out["custom_replay"][0]["samples"], atol=1e-4)
 
 
 def test_a_batch_of_inversions_with_other_prompts_says_that_only_item_0_is_compared(caplog):

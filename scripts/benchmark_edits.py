@@ -58,9 +58,13 @@ def dit_settings(quick: bool) -> list[tuple[str, dict]]:
                                                                  strength=strength)))
         rows.append(("dit_kv 0.2-1", E(window_start=0.2, window_end=1.0)))
         rows.append(("dit_kv 0.5-1", E(window_start=0.5, window_end=1.0)))
+    # layers none: KV-Edit proper, the edit's own keys / values inside the mask (at dit_kv's default layers every
+    # masked block takes the source's at strength 1 anyway, so a mask there changes nothing: warned by the engine)
     rows += [("masked: plain replay, latent pin", {"mask": "pin"}),
-             ("masked: dit_kv 0-1, KV mask only", {"mask": "kv", **E(window_start=0.0, window_end=1.0)}),
-             ("masked: dit_kv 0-1, KV mask + latent pin", {"mask": "both", **E(window_start=0.0, window_end=1.0)})]
+             ("masked: dit_kv 0-1 layers none, KV mask only", {"mask": "kv", **E(window_start=0.0, window_end=1.0,
+                                                                                 layers="none")}),
+             ("masked: dit_kv 0-1 layers none, KV mask + latent pin", {"mask": "both", **E(
+                 window_start=0.0, window_end=1.0, layers="none")})]
     if not quick:
         rows.insert(-3, ("masked: plain replay, no mask", {"mask": "none"}))
     return rows

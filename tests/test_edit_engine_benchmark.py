@@ -66,7 +66,7 @@ def test_quick_edit_benchmark_on_the_flow_reference_model(tmp_path, capsys):
     kept = [k for k, r in res.items() if k.startswith("dit_kv") and r["structure"] <= 0.5 * plain["structure"]
             and r["edit score"] >= 0.8 * plain["edit score"]]
     assert kept, {k: (r["structure"], r["edit score"]) for k, r in res.items()}
-    assert res["masked: dit_kv 0-1, KV mask + latent pin"]["background PSNR"] >= 35.0
+    assert res["masked: dit_kv 0-1 layers none, KV mask + latent pin"]["background PSNR"] >= 35.0
 
 
 def test_benchmark_sh_dispatches_edits():

@@ -57,10 +57,13 @@ def tensor_prints(tensors: list) -> Optional[list]:
                 order += idx
                 parts.append(torch.cat([picks[i] for i in idx]).to(torch.float32).cpu())
             values = torch.cat(parts).double()
+            # on the CPU: the sampled values were brought here, one transfer per device
             lengths = torch.tensor([picks[i].numel() for i in order])
-            segment = torch.repeat_interleave(torch.arange(len(order)), lengths)
-            totals = torch.zeros(len(order), dtype=torch.float64).index_add_(0, segment, values).tolist()
-            magnitudes = torch.zeros(len(order), dtype=torch.float64).index_add_(0, segment, values.abs()).tolist()
+            segment = torch.repeat_interleave(torch.arange(len(order)), lengths)  # on the CPU, like values
+            totals = torch.zeros(len(order), dtype=torch.float64).index_add_(  # on the CPU, like values
+                0, segment, values).tolist()
+            magnitudes = torch.zeros(len(order), dtype=torch.float64).index_add_(  # on the CPU, like values
+                0, segment, values.abs()).tolist()
     except (RuntimeError, TypeError, NotImplementedError, ValueError):
         return None
     out: list = [None] * len(tensors)

@@ -89,7 +89,7 @@ def reweight_columns(tokens: int, indices: Sequence[int], period: Optional[int] 
     """Boolean [tokens]: the key columns of the prompt tokens ``indices`` (repeated every ``period`` columns when the
     host repeated the prompt to match a longer one)."""
     period = period or tokens
-    cols = torch.zeros(tokens, dtype=torch.bool)
+    cols = torch.zeros(tokens, dtype=torch.bool)   # on the CPU: p2p_cross_attention moves it to the map's device
     for i in indices:
         if not 0 <= i < period:
             raise ValueError(f"token index {i} is outside the prompt's {period} tokens")

@@ -63,7 +63,7 @@ def classifier_errors(eps_fn: Callable[[Tensor, float, int], Tensor], x0: Tensor
                       sigmas: Sequence[float], noises: Sequence[Tensor]) -> Tensor:
     """[B, n_prompts]: mean over ``sigmas`` × ``noises`` of the per-item ‖ε − ε̂(x0 + σε, σ, prompt)‖² (mean over
     elements). ``eps_fn(x_sigma, sigma, prompt_index)`` returns the model's noise prediction."""
-    total = torch.zeros(x0.shape[0], n_prompts)
+    total = torch.zeros(x0.shape[0], n_prompts)   # on the CPU: each term is brought here
     count = 0
     for sigma in sigmas:
         for eps in noises:

@@ -138,9 +138,8 @@ def gmres(op: Callable[[Tensor, Tensor], Tensor], rhs: Tensor, active: Tensor, r
     if not bool(live.any()):
         return delta, used
     V = [rhs / _rows(torch.where(beta > 0, beta, torch.ones_like(beta)), rhs)]
-    # the small Hessenberg least-squares problems stay on the CPU (CUDA's lstsq needs full rank; H loses it on
-    # breakdown), the Krylov vectors beside the latent
-    H = torch.zeros(B, max_dim + 1, max_dim, dtype=torch.float64)
+    # the Krylov vectors live beside the latent, the small Hessenberg least-squares problems
+    H = torch.zeros(B, max_dim + 1, max_dim, dtype=torch.float64)   # on the CPU: CUDA's lstsq needs full rank
     done_y: dict[int, Tensor] = {}
     for j in range(max_dim):
         w = op(V[j], live)
@@ -154,11 +153,11 @@ def gmres(op: Callable[[Tensor, Tensor], Tensor], rhs: Tensor, active: Tensor, r
         V.append(w / _rows(torch.where(tiny, torch.ones_like(hn), hn), w))
         # least squares  min ‖β e1 − H[:j+2, :j+1] y‖  per item
         Hj = H[:, : j + 2, : j + 1]
-        e1 = torch.zeros(B, j + 2, 1, dtype=torch.float64)
+        e1 = torch.zeros(B, j + 2, 1, dtype=torch.float64)   # on the CPU, like H
         e1[:, 0, 0] = beta
         y = torch.linalg.lstsq(Hj, e1).solution               # [B, j+1, 1]
         res = (e1 - Hj @ y).flatten(1).norm(dim=1).to(beta.device)
-        finished = live & ((res <= rtol.double() * beta) | tiny | torch.tensor(j == max_dim - 1))
+        finished = live & ((res <= rtol.double() * beta) | tiny | (j == max_dim - 1))
         for b in finished.nonzero().flatten().tolist():
             done_y[b] = y[b, :, 0]
             used[b] = j + 1

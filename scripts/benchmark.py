@@ -3,7 +3,7 @@
 
     bash scripts/benchmark.sh                 # full table: every reference model x methods x T in {10, 4, 2}, fp32
     bash scripts/benchmark.sh --quick         # a few-minute subset (used by the tests)
-    bash scripts/benchmark.sh --precision fp32,fp16,bf16 --device cuda   # a GPU: fp32, fp16 and bf16 arithmetic
+    python scripts/benchmark.py --device cuda --precision fp32,fp16,bf16   # a GPU (an env with CUDA torch)
     bash scripts/benchmark.sh --edits         # the edit engine's benchmark (scripts/benchmark_edits.py)
     bash scripts/benchmark.sh --exact-curve   # Exact Invert: PSNR (mean, worst image) against tolerance and cost
 

@@ -1066,8 +1066,8 @@ def hooks_graph(family="sd1"):
 
 @check("hooks (upstream comfy.hooks: a hook LoRA attached by Cond Set Props, cfg 2): a hooked inversion replays with "
        "the same hooks without a false 'another checkpoint' (Inverted Latent Sampler, Inverted Replay SAMPLER, the "
-       "same LoRA through another node, the edit engine's source); another LoRA, strength or none is warned; "
-       "keyframes that change the strength are warned at the inversion")
+       "same LoRA through another node); another LoRA, strength or none is warned; the edit engine refuses a hooked "
+       "source (its source branch runs no hooks); keyframes that change the strength are warned at the inversion")
 async def _():
     cfg, steps, family = 2.0, 5, "sd1"
     hooked = {"positive": ["pos_a", 0], "negative": ["neg_a", 0]}
@@ -1085,15 +1085,18 @@ async def _():
     p["twin"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
         "noise": ["nonoise", 0], "guider": ["guider", 0], "sampler": ["replay_sampler", 0],
         "sigmas": ["invert", 1], "latent_image": ["invert", 0]}}
-    p["engine"] = {"class_type": "InversionEditEngine", "inputs": widget_defaults(
+    quiet = ("same", "same_nodes", "plain", "twin")
+    got = []
+    lat, _p, _h = await run(p, save=("latent", "same", "same_nodes", "plain", "twin"), messages=got)
+    same = pack_warnings(got, *quiet)
+    db = {name: psnr(lat[name], lat["latent"]) for name in ("same", "same_nodes", "plain", "twin")}
+    # the edit engine's source branch evaluates the source prompt alone, without its hooks: refused, not diverged
+    e = {key: p[key] for key in ("model", "positive", "negative", "latent", "hooks_a", "pos_a", "neg_a", "invert")}
+    e["engine"] = {"class_type": "InversionEditEngine", "inputs": widget_defaults(
         "InversionEditEngine", model=["model", 0], inverted_latent=["invert", 0], source_conditioning=["pos_a", 0],
         layers="all", residual_features=False)}
-    p["engine_replay"] = replay_node("invert", cfg=cfg, model=["engine", 0], **hooked)
-    quiet = ("same", "same_nodes", "plain", "twin", "engine", "engine_replay")
-    got = []
-    lat, _p, _h = await run(p, save=("latent", "same", "same_nodes", "plain", "twin", "engine_replay"), messages=got)
-    same = pack_warnings(got, *quiet)
-    db = {name: psnr(lat[name], lat["latent"]) for name in ("same", "same_nodes", "plain", "twin", "engine_replay")}
+    e["engine_replay"] = replay_node("invert", cfg=cfg, model=["engine", 0], **hooked)
+    await expect_error(e, "source_conditioning", "hooks", save=("engine_replay",))
     # another LoRA file, another strength and no hooks, in a run of their own (the page gets at most 8 warnings a run)
     q = {k: v for k, v in p.items() if k not in quiet + ("guider", "nonoise", "replay_sampler")}
     wrong = {"other": "b", "weaker": "half", "none": None}

@@ -454,6 +454,25 @@ def hook_lora(family: str, seed: int = 0, lora_seed: int = 10, strength: float =
     return comfy.hooks.create_hook_lora(lora=lora, strength_model=float(strength), strength_clip=float(strength))
 
 
+def tiny_controlnet(patcher, seed: int = 0):
+    """A ControlNet of a tiny UNet's layout (``patcher``'s) with seeded random weights (the host's cldm.ControlNet),
+    and the generator that drew them, for the caller's hint images."""
+    import comfy.controlnet
+    import comfy.model_management
+    from comfy.cldm import cldm
+
+    config = dict(patcher.model.model_config.unet_config)
+    config.pop("out_channels", None)
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.inference_mode(False), torch.no_grad():
+        net = cldm.ControlNet(hint_channels=3, **config)
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    control = comfy.controlnet.ControlNet(net, load_device=comfy.model_management.get_torch_device(),
+                                          manual_cast_dtype=None)
+    return control, gen
+
+
 def make_latent(family: str, seeds="3", size: int = 16, frames: int = -1) -> dict:
     """A LATENT of smooth unit-variance random "images" in the model's space, stored as a VAE encode stores it.
     Video families (FAMILY_SPECS) get [B, C, frames, size, size], each frame drawn like an image; ``frames``: -1 =

@@ -50,20 +50,10 @@ def rms(a, b):
 
 
 def tiny_controlnet(model):
-    """A ControlNet of the tiny SD1 UNet's layout with seeded random weights (the host's cldm.ControlNet)."""
-    import comfy.controlnet
-    import comfy.model_management
-    from comfy.cldm import cldm
+    """A seeded random ControlNet of the tiny SD1 UNet's layout and a hint image."""
+    import architectures
 
-    config = dict(model.model.model_config.unet_config)
-    config.pop("out_channels", None)
-    gen = torch.Generator().manual_seed(0)
-    with torch.inference_mode(False), torch.no_grad():
-        net = cldm.ControlNet(hint_channels=3, **config)
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    control = comfy.controlnet.ControlNet(net, load_device=comfy.model_management.get_torch_device(),
-                                          manual_cast_dtype=None)
+    control, gen = architectures.tiny_controlnet(model)
     return control, torch.rand((1, 128, 128, 3), generator=gen)
 
 

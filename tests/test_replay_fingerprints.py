@@ -337,19 +337,9 @@ def test_a_source_prompt_that_is_not_the_inversions_is_warned(caplog):
 def test_a_controlnet_in_the_conditioning_is_compared_by_what_it_contributes():
     """A ControlNet in the conditioning used to be compared by its type only: the same prompt with another hint image
     read as the inversion's prompt (and an edit through the hint was warned as 'another cfg')."""
-    import comfy.controlnet
-    import comfy.model_management
-    from comfy.cldm import cldm
+    import architectures
 
-    config = dict(build("sd1").model.model_config.unet_config)
-    config.pop("out_channels", None)
-    gen = torch.Generator().manual_seed(0)
-    with torch.inference_mode(False), torch.no_grad():
-        net = cldm.ControlNet(hint_channels=3, **config)
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    control = comfy.controlnet.ControlNet(net, load_device=comfy.model_management.get_torch_device(),
-                                          manual_cast_dtype=None)
+    control, gen = architectures.tiny_controlnet(build("sd1"))
     hint_a, hint_b = torch.rand((1, 64, 64, 3), generator=gen), torch.rand((1, 64, 64, 3), generator=gen)
     apply = host.node_class("ControlNetApplyAdvanced")()
     positive, negative = cond("sd1"), cond("sd1", NEGATIVE)

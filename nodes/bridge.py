@@ -586,19 +586,24 @@ def _control_state(control: Any, depth: int = 0) -> Any:
 
 def guidance_of(guider) -> dict:
     """What an inversion was guided with, for its replays to compare theirs with: the fingerprint of the guider's
-    positive conditioning, its cfg and the image inputs and hooks of the conditionings the model was evaluated with
-    (check_model_inputs). The cfg is None for a guider that overrides the host's CFG prediction (PerpNegGuider,
-    DualCFGGuider, BasicGuider ...): its ``cfg`` attribute need not be the scale it applies."""
+    positive conditioning, its cfg, the image inputs and hooks of the conditionings the model was evaluated with
+    (check_model_inputs) and whether the positive equals the negative. The cfg is None for a guider that overrides the
+    host's CFG prediction (PerpNegGuider, DualCFGGuider, BasicGuider ...): its ``cfg`` attribute need not be the scale
+    it applies."""
     conds = guider_conds(guider)
     cfg = guider_cfg(guider)
     # the negative's image inputs and hooks count only where the host evaluates it (it skips it at cfg 1)
     used = ("positive",) + (("negative",) if cfg is not None and cfg != 1.0 else ())
     inputs = {role: image_inputs(conds.get(role)) for role in used}
     hooks = {role: hooks_state(conds.get(role)) for role in used}
-    if cfg is not None and _same_conditioning(conds.get("positive"), conds.get("negative")):
+    same = _same_conditioning(conds.get("positive"), conds.get("negative"))
+    if cfg is not None and same:
         cfg = None        # positive = negative: every cfg gave the conditional prediction, none is "the" cfg
+    # positive_is_negative: an unconditional inversion (the empty prompt on both, as the shipped graphs' separate empty
+    # CLIPTextEncode gives it), whose trajectory no prompt describes: the edit engine's source branch then takes the
+    # image's description unwarned (edit.py _check_source_prompt)
     return {"positive": conditioning_fingerprint(conds.get("positive")), "cfg": cfg, "image_inputs": inputs,
-            "hooks": hooks}
+            "hooks": hooks, "positive_is_negative": same}
 
 
 def guider_conds(guider, who: Optional[str] = None) -> dict:

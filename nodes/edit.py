@@ -28,8 +28,8 @@ from ..inversion_core.edit.attention import reweight_columns
 from ..inversion_core.edit.select import MODE_HELP, EditSettings, layer_name
 from ..inversion_core.record import describe_change
 from .bridge import (_mask_for, check_conditioning, check_model_inputs, check_patches, check_sampling,
-                     edit_engine_of, model_family, model_kind, raw_patch_signature, read_inverted, unsupported_host,
-                     warn)
+                     edit_engine_of, is_inversion_prompt, model_family, model_kind, raw_patch_signature, read_inverted,
+                     unsupported_host, warn)
 from .common import CATEGORY
 
 KEY = "inversion_edit"          # our entry in transformer_options
@@ -709,6 +709,8 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
                                 reweight=reweight, tokens=tokens, masked=m is not None, dit=dit)
     start, end = settings.window
     _warn_ignored_settings(settings, mode, strength, reweight, tokens, m is not None)
+    if settings.active_steps:            # a source branch that never runs cannot pin the edit to the wrong prompt
+        _check_source_prompt(entry.get("guidance"), source_conditioning)
     if settings.active_steps == 0 and start < end and not any(settings.mask_steps):   # mask_steps: the window's
         warn(f"Inversion Edit Engine: the window {start:g}-{end:g} holds no whole step of the inverted latent's "
              f"{total} (step k counts when k/{total} is inside it), so the engine changes nothing: the replay is the "
@@ -774,6 +776,30 @@ def _check_source_extras(extra: dict) -> None:
             "branch evaluates the source prompt alone at the stored trajectory, so it would silently differ from the "
             "inversion it is pinned to. Connect the plain prompt (the edit's own conditioning may carry a ControlNet, "
             "areas or step ranges); an image inverted with these cannot be edited by the engine (invert without them)")
+
+
+def _check_source_prompt(guidance: Optional[dict], source_conditioning) -> None:
+    """A warning when source_conditioning is not the positive conditioning the latent was inverted with (compared by
+    value, as the replay's checks do: the same text encoded by another node is the same conditioning). The source
+    branch evaluates it at the stored trajectory, which that prompt produced; another prompt's attention and features
+    there are not the image's, and the edit is pinned to them (reference models, scripts/edit_source_prompt.py: PnP +
+    features 0-0.3 kept structure distance 17.9 with the inversion's prompt, 37-58 with another; dit_kv 0-0.85 carried
+    70-73 % of plain replay's edit instead of 101 %; the inversion's own prompt as the edit at cfg 1 came back at
+    27-43 dB instead of 46-50). A warning, not an error: another source can be meant. Not warned: an unconditional
+    inversion (positive = negative: the empty prompt on both), where the image's description served as well as the
+    empty prompt or better; a record that does not say (made before positive_is_negative was recorded, or by a guider
+    whose conditionings could not be read)."""
+    if (guidance or {}).get("positive_is_negative") is not False:
+        return
+    if is_inversion_prompt(guidance, source_conditioning) is False:
+        warn("Inversion Edit Engine: source_conditioning: it differs from the positive conditioning this latent was "
+             "inverted with (another prompt, or the same text with other values: SDXL's size / crop, the pooled "
+             "output ...). The engine's source branch evaluates it along the image's stored trajectory, which the "
+             "inversion's prompt produced, so the edit borrows another prompt's attention and features: it keeps "
+             "less of the image or carries less of the edit (reference models: pnp + features structure distance "
+             "37-58 instead of 18, plain replay 47; dit_kv 70-73 % of the edit instead of 101 %), and the "
+             "inversion's own prompt as the edit no longer gives the image back (27-43 dB instead of 46-50). Connect "
+             "the conditioning the inversion node got as positive to source_conditioning too")
 
 
 def _warn_ignored_settings(s: EditSettings, mode: str, strength: float, reweight: float, tokens: str,
@@ -887,7 +913,8 @@ class InversionEditEngine:
                     "The LATENT output of an inversion node (any method): its stored schedule and trajectory drive "
                     "the source branch. Give the sampler the same latent.")}),
                 "source_conditioning": ("CONDITIONING", {"tooltip": (
-                    "The prompt the image was inverted with (the source branch's prompt).")}),
+                    "The prompt the image was inverted with (the source branch's prompt): connect the conditioning "
+                    "the inversion node got as positive.")}),
                 "mode": (list(MODES), {"default": "pnp", "tooltip": " ".join(
                     f"{m}: {h}" for m, h in MODE_HELP.items()) + " UNet models take pnp / masactrl / p2p, SD3 "
                     "(MMDiT) and Flux (upstream ComfyUI) take dit_kv."}),

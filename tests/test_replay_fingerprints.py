@@ -306,8 +306,10 @@ def test_the_replay_sampler_warns_the_inversion_prompt_at_another_cfg(caplog):
 def test_a_source_prompt_that_is_not_the_inversions_is_warned(caplog):
     """SDXL: the same text with other size values (CLIPTextEncodeSDXL's 1024 defaults against the image's size) is
     another conditioning; source correction with the inversion's prompt as positive is told its source is not the
-    inversion's. Meant uses stay silent: the other conditioning as positive and source (exact at any prompt), and an
-    edit engine whose source branch runs another prompt (a description after an empty-prompt inversion)."""
+    inversion's, and so is the edit engine's source_conditioning (its source branch, pinned to the stored trajectory,
+    then runs another prompt: tests/test_edit_engine_source_prompt.py, where a description after an empty-prompt
+    inversion stays silent). The other conditioning as positive and source for correction is meant (exact at any
+    prompt) and stays silent."""
     family = "sdxl"
     model = build(family)
     positive, other_size = cond(family, width=1024, height=1024), cond(family, width=832, height=1216)
@@ -328,10 +330,12 @@ def test_a_source_prompt_that_is_not_the_inversions_is_warned(caplog):
     caplog.clear()
     both = replay(model, family, inverted, positive=other_size, cfg=5.0, correction_strength=1.0,
                   source_positive=other_size)
-    with torch.inference_mode():
-        host.node_class("InversionEditEngine")().patch(model, inverted, other_size, "pnp")
     assert warnings_of(caplog) == []
     assert error(both, family) < 2 * error(exact, family)          # the offsets reconstruct through any source
+    with torch.inference_mode():
+        host.node_class("InversionEditEngine")().patch(model, inverted, other_size, "pnp")
+    assert len(said("Inversion Edit Engine: source_conditioning")) == 1, warnings_of(caplog)
+    assert len(warnings_of(caplog)) == 1, warnings_of(caplog)
 
 
 def test_a_controlnet_in_the_conditioning_is_compared_by_what_it_contributes():

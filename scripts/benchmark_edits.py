@@ -426,6 +426,15 @@ def _examples(res: dict, path: Path) -> None:
     _grid(rows, short, path)
 
 
+def start_host():
+    """The engine with the pack loaded, as the scripts use it: (pack module, a log function to stderr)."""
+    import host
+
+    host.engine()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    return host.pack_module(), lambda s: print(s, file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="4 images, fewer settings (about a minute)")
@@ -435,13 +444,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--out", default=str(ROOT / "out" / "edits"))
     ap.add_argument("--docs", action="store_true", help="also write docs/edit_tradeoff.png and docs/edit_examples.png")
     args = ap.parse_args(argv)
-
-    import host
-
-    host.engine()
-    pack = host.pack_module()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    pack, log = start_host()
     results = []
     for name in (MODELS if args.model == "all" else (args.model,)):
         try:

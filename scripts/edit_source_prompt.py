@@ -134,12 +134,9 @@ def main(argv=None) -> list[str]:
     ap.add_argument("--quick", action="store_true", help="4 images")
     ap.add_argument("--model", default="all", choices=tuple(SETTINGS) + ("all",))
     args = ap.parse_args(argv)
-    import host
+    import benchmark_edits
 
-    host.engine()
-    pack = host.pack_module()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    pack, log = benchmark_edits.start_host()
     lines = []
     for name in (SETTINGS if args.model == "all" else (args.model,)):
         lines += run_model(name, args.quick, pack, log)

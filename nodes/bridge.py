@@ -825,20 +825,38 @@ def _host_progress(callback) -> Optional[Callable]:
 
 @contextlib.contextmanager
 def full_float32():
-    """float32 convolutions and matmuls really in float32 while the pack evaluates the model, the flags restored.
+    """float32 convolutions and matmuls really in float32 while the pack evaluates the model, the settings restored.
 
     PyTorch lets cuDNN run float32 convolutions in TF32 (10-bit mantissa) by default, and the host keeps that. On a
     GPU that cost an fp32 UNet's inversions what they are for: a batch of two differed from its single runs by ~1e-3
     (1e-5 on a CPU), Exact Invert reached 86 / 79 dB at T=10 / 4 instead of the CPU's 88 / 84, a BDIA batch replayed
     item by item missed by 4e-3, and source correction at cfg > 1 came back 30x worse (tiny SD1.x models, an H200;
     with TF32 off 35 of the suite's 41 such failures passed). Half-precision networks are not affected; only CUDA
-    reads the flags, so on a CPU this changes nothing."""
-    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    reads the settings, so on a CPU this changes nothing. Only a switch that is on is turned off and back on."""
+    undo = [_tf32_off(torch.backends.cudnn, getattr(torch.backends.cudnn, "conv", None)),      # convolutions
+            _tf32_off(torch.backends.cuda.matmul, torch.backends.cuda.matmul)]                 # matmuls
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+        for restore in reversed(undo):
+            if restore is not None:
+                restore()
+
+
+def _tf32_off(legacy, new) -> Optional[Callable[[], None]]:
+    """Turn one TF32 switch off; returns what turns it back on (None: it was off). ``legacy`` carries the old
+    ``allow_tf32`` flag, ``new`` PyTorch's ``fp32_precision`` (2.9+): once a program set the latter for cuBLAS, reading
+    the former raises, so the setting is read and restored through the API that set it."""
+    try:
+        if not legacy.allow_tf32:
+            return None
+        legacy.allow_tf32 = False
+        return lambda: setattr(legacy, "allow_tf32", True)
+    except RuntimeError:
+        if new is None or getattr(new, "fp32_precision", None) != "tf32":
+            return None
+        new.fp32_precision = "ieee"
+        return lambda: setattr(new, "fp32_precision", "tf32")
 
 
 def _denoiser(model_wrap, extra_args: dict, on_eval: Optional[Callable[[], None]] = None) -> Denoiser:

@@ -536,3 +536,23 @@ def test_model_evaluations_of_inversion_and_replay_run_without_tf32_and_restore_
     assert inverting >= 3 and len(seen) >= inverting + 3, (inverting, len(seen))
     assert set(seen) == {(False, False)}, seen
     assert after == (True, True)
+
+
+def test_tf32_set_through_pytorchs_newer_api_is_turned_off_and_back_on_through_it():
+    """Once a program sets cuBLAS's TF32 through torch.backends.cuda.matmul.fp32_precision (PyTorch 2.9+), reading the
+    legacy allow_tf32 raises ("mix of the legacy and new APIs"): the pack's switch must not make every model
+    evaluation fail then, and gives the setting back through the API that set it."""
+    bridge = sys.modules[host.pack_module().__name__ + ".nodes.bridge"]
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    matmul.fp32_precision = "tf32"
+    try:
+        with pytest.raises(RuntimeError):
+            matmul.allow_tf32                                          # noqa: B018 -- what the host would meet
+        with bridge.full_float32():
+            inside = matmul.fp32_precision
+        after = matmul.fp32_precision
+    finally:
+        matmul.fp32_precision = before                                # 'none' again: legacy reads work
+    assert (inside, after) == ("ieee", "tf32")
+    assert matmul.allow_tf32 is False

@@ -12,12 +12,11 @@ drops the outputs whose inputs do not validate and runs the rest with status suc
 """
 import asyncio
 import copy
+import http.client
 import json
 import math
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -26,7 +25,9 @@ import torch
 from safetensors.torch import load_file
 
 PACK, BASE, PORT = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-URL = f"http://127.0.0.1:{PORT}"
+# the server check_upstream.sh started on this machine: every request goes to the loopback interface, nowhere else
+HOST = "127.0.0.1"
+URL = f"http://{HOST}:{PORT}"
 PACK_MODULE = "custom_nodes.comfyui-inversion"
 # what the inversion nodes' default scheduler "auto" means per tiny-model kind (the scheduler tooltip: karras for
 # EPS / v-prediction, simple for flow models); checked below against the explicit name
@@ -41,18 +42,32 @@ class Failed(Exception):
     pass
 
 
+def request(method, path, body=None):
+    """(status, body bytes) of one request to the local server (a connection to HOST only)."""
+    conn = http.client.HTTPConnection(HOST, PORT, timeout=60)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def get_text(path):
+    status, data = request("GET", path)
+    if status != 200:
+        raise Failed(f"GET {path}: HTTP {status}")
+    return data.decode()
+
+
 def get(path):
-    with urllib.request.urlopen(URL + path, timeout=60) as r:
-        return json.loads(r.read())
+    return json.loads(get_text(path))
 
 
 def post(path, body):
-    req = urllib.request.Request(URL + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+    status, data = request("POST", path, body)
+    return status, json.loads(data or b"{}")
 
 
 def oi():
@@ -259,8 +274,7 @@ async def _():
     ours = [f for f in get("/extensions") if f.startswith("/extensions/comfyui-inversion/")]
     if ours != ["/extensions/comfyui-inversion/inversion_page.js"]:
         raise Failed(f"the pack's scripts in /extensions: {ours}")
-    with urllib.request.urlopen(URL + ours[0], timeout=60) as r:
-        script = r.read().decode()
+    script = get_text(ours[0])
     event = "comfyui-inversion.warning"
     if event not in script or "registerExtension" not in script:
         raise Failed(f"{ours[0]} does not listen for {event}")
@@ -518,9 +532,9 @@ async def _():
     if "PSNR" not in "".join(own.get("text") or []) or len(shown) != 1 or shown[0].get("type") != "temp":
         raise Failed(f"the report's own ui: {json.dumps(own)[:400]}")
     query = f"/view?filename={shown[0]['filename']}&subfolder={shown[0]['subfolder']}&type=temp"
-    with urllib.request.urlopen(URL + query, timeout=60) as r:
-        if r.status != 200 or not r.read(8).startswith(b"\x89PNG"):
-            raise Failed(f"{query}: not a PNG")
+    status, data = request("GET", query)
+    if status != 200 or not data.startswith(b"\x89PNG"):
+        raise Failed(f"{query}: not a PNG")
     return text[:160]
 
 

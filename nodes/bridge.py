@@ -832,7 +832,8 @@ def full_float32():
     (1e-5 on a CPU), Exact Invert reached 86 / 79 dB at T=10 / 4 instead of the CPU's 88 / 84, a BDIA batch replayed
     item by item missed by 4e-3, and source correction at cfg > 1 came back 30x worse (tiny SD1.x models, an H200;
     with TF32 off 35 of the suite's 41 such failures passed). Half-precision networks are not affected; only CUDA
-    reads the settings, so on a CPU this changes nothing. Only a switch that is on is turned off and back on."""
+    reads the settings, so on a CPU this changes nothing. Only a switch that is on is turned off and back on. (The
+    host's k_diffusion tf32_mode reads and writes the legacy flags only, which raises once the newer API was used.)"""
     undo = [_tf32_off(torch.backends.cudnn, getattr(torch.backends.cudnn, "conv", None)),      # convolutions
             _tf32_off(torch.backends.cuda.matmul, torch.backends.cuda.matmul)]                 # matmuls
     try:

@@ -28,13 +28,17 @@ class TensorPrint(NamedTuple):
 
 
 def _strided_sample(t: torch.Tensor) -> torch.Tensor:
-    """At most SAMPLE values of ``t`` at a fixed stride over its flat index, without copying the whole tensor."""
+    """At most SAMPLE values of ``t`` at a fixed stride over its flat index, without copying the whole tensor.
+
+    Gathered, not viewed: a view of a weight the host made under inference mode and then moved (a compiled network
+    loaded on a GPU, PyTorch 2.11) raised "Inference tensors do not track version counter", which read as unreadable
+    weights and skipped the replay's checkpoint check."""
     n = t.numel()
     step = max(1, -(-n // SAMPLE))
-    if t.is_contiguous() or n == 0:
-        return t.reshape(-1)[::step]     # a view
     idx = torch.arange(0, n, step, device=t.device)
-    return t[torch.unravel_index(idx, t.shape)]   # gathers only the sampled values
+    if t.is_contiguous():
+        return torch.take(t, idx)
+    return t[torch.unravel_index(idx, t.shape)]
 
 
 def tensor_prints(tensors: list) -> Optional[list]:

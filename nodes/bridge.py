@@ -216,8 +216,8 @@ def base_weights(model) -> Any:
     LoRA merged into the weights, or loaded in lowvram mode (patches applied on the fly); and so is one an upstream
     hook patched while a hooked conditioning is evaluated (``ModelPatcher.hook_backup``, below). They are picked by
     their position among the named parameters: the names, and so the picks, are the same under object patches that
-    keep the module names (the edit engine's MMDiT blocks). None when the model has no diffusion model or a weight
-    cannot be read."""
+    keep the module names (the edit engine's MMDiT blocks). None, with a warning, when the model has no diffusion
+    model or a weight cannot be read."""
     net = getattr(getattr(model, "model", None), "diffusion_model", None)
     # a torch.compile object patch (TorchCompileModel, ModelCompile) wraps the network while it is loaded: its
     # parameter names gain "_orig_mod.", which would read as another checkpoint after the model was unloaded
@@ -250,7 +250,11 @@ def base_weights(model) -> Any:
             saved = hook_backup[key]
             param = saved[0] if isinstance(saved, (tuple, list)) else saved
         chosen.append((name, param))
-    return fingerprint(chosen)
+    out = fingerprint(chosen)
+    if out is None:
+        warn("model: its weights could not be read (a meta or quantised tensor type?), so another checkpoint between "
+             "the inversion and the replay is not detected; the other replay checks still run")
+    return out
 
 
 def check_base_weights(model, signature: Optional[dict], name: str, action: str) -> None:

@@ -375,3 +375,19 @@ def test_a_compiled_network_is_the_same_checkpoint():
         assert matches(bridge().base_weights(compiled), unloaded)
     finally:
         comfy.model_management.unload_all_models()
+
+
+def test_weights_that_cannot_be_read_are_said_not_skipped(caplog):
+    """When the network's weights cannot be read (here: on the meta device; a quantised tensor type may do the same),
+    the checkpoint check cannot be made: the user is told so, and the fingerprint is None rather than a wrong one."""
+    import copy
+
+    from comfy.model_patcher import ModelPatcher
+
+    base = build("sd1")
+    unreadable = ModelPatcher(copy.deepcopy(base.model).to("meta"), base.load_device, base.offload_device)
+    caplog.clear()
+    assert bridge().base_weights(base) is not None and warnings_of(caplog) == []
+    assert bridge().base_weights(unreadable) is None
+    said = warnings_of(caplog)
+    assert len(said) == 1 and "its weights could not be read" in said[0], said

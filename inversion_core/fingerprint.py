@@ -36,9 +36,10 @@ def _strided_sample(t: torch.Tensor) -> torch.Tensor:
     n = t.numel()
     step = max(1, -(-n // SAMPLE))
     idx = torch.arange(0, n, step, device=t.device)
-    if t.is_contiguous():
-        return torch.take(t, idx)
-    return t[torch.unravel_index(idx, t.shape)]
+    try:
+        return torch.take(t, idx)             # row-major flat indices, contiguous or not
+    except (RuntimeError, NotImplementedError):   # a dtype take lacks (float8 weights: "take_cpu" not implemented)
+        return t[torch.unravel_index(idx, t.shape)]
 
 
 def tensor_prints(tensors: list) -> Optional[list]:

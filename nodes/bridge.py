@@ -1149,9 +1149,12 @@ class InversionSampler(comfy.samplers.Sampler):
         ms = model_wrap.inner_model.model_sampling
         kind = model_kind(ms)
         above = top_above_model(schedule, ms, kind)
-        self.record = invert(den, x0, schedule, self.solver, method=self.method, params=self.params,
-                             hooks=self.hooks, callback=lambda step, total, x: progress.step(step, total, x, x),
-                             model_kind=kind)
+        # the whole solve, not only each forward call (_denoiser): PreciseInv's and GNRI newton's backward passes run
+        # after the forward returned, and ran in TF32 on a GPU
+        with full_float32():
+            self.record = invert(den, x0, schedule, self.solver, method=self.method, params=self.params,
+                                 hooks=self.hooks, callback=lambda step, total, x: progress.step(step, total, x, x),
+                                 model_kind=kind)
         self.record.model_sigma_max = float(ms.sigma_max)
         self.record.model_signature = dict(sampling_signature(ms, schedule), patches=patches,
                                            base=base_weights(patcher))

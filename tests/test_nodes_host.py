@@ -538,6 +538,39 @@ def test_model_evaluations_of_inversion_and_replay_run_without_tf32_and_restore_
     assert after == (True, True)
 
 
+def test_the_backward_passes_of_a_gradient_inversion_run_without_tf32_too():
+    """PreciseInv (and GNRI newton) differentiate through the model after its forward call returned: those backward
+    passes ran with the caller's TF32 on a GPU while the forward ran without. The whole solve runs without it."""
+    bridge = sys.modules[host.pack_module().__name__ + ".nodes.bridge"]
+    forward, backward = [], []
+
+    def flags():
+        return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+    def recording(apply_model, args):
+        out = apply_model(args["input"], args["timestep"], **args["c"])
+        forward.append(flags())
+        if out.requires_grad:
+            out.register_hook(lambda grad: backward.append(flags()))
+        return out
+
+    model = host.tiny_model("eps").clone()
+    model.set_model_unet_function_wrapper(recording)
+    cond, latent = host.tiny_conditioning(), host.tiny_latent()
+    before = flags()
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        sampler = host.node_class("PreciseInvInvert")().sampler(model, "custom", 1e-12, 3, 1.0, initialiser="ddim")
+        schedule = bridge.schedule_from_inputs(model, 3, "karras", None)
+        bridge.run_inversion(model, cond, cond, 1.0, latent, schedule, sampler)
+        after = flags()
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+    assert len(backward) >= 3, (len(forward), len(backward))
+    assert set(forward) == set(backward) == {(False, False)}, (set(forward), set(backward))
+    assert after == (True, True)
+
+
 def test_tf32_set_through_pytorchs_newer_api_is_turned_off_and_back_on_through_it():
     """Once a program sets cuBLAS's TF32 through torch.backends.cuda.matmul.fp32_precision (PyTorch 2.9+), reading the
     legacy allow_tf32 raises ("mix of the legacy and new APIs"): the pack's switch must not make every model

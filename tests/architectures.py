@@ -538,7 +538,10 @@ def input_jacobian_norm(patcher, family: str, sigma_fraction: float = 0.5, itera
     f, _sigma = _network(patcher, family, sigma_fraction)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     shape = (1, LATENT_CHANNELS[family], 16, 16)
-    with torch.inference_mode(False), torch.enable_grad():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    # the math kernel: some PyTorch builds (2.11) have no forward-mode derivative for the CPU's flash attention
+    with torch.inference_mode(False), torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
         params = {id(p): p.detach().clone() for p in patcher.model.parameters()}   # weights may be inference tensors
         originals = []
         for mod in patcher.model.modules():

@@ -230,6 +230,8 @@ def test_protected_backward_gives_the_true_gradient_through_the_host_unet():
     import torch.autograd.forward_ad as fwAD
     from types import SimpleNamespace
 
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     gm = __import__(host.PACK_DIR_NAME + ".nodes.grad_mode", fromlist=["grad_mode"])
     patcher = host.tiny_model("eps", inference_mode=True)
     model = patcher.model
@@ -242,7 +244,8 @@ def test_protected_backward_gives_the_true_gradient_through_the_host_unet():
             xx = x.clone().requires_grad_(True)
             (vjp,) = torch.autograd.grad(model.apply_model(xx, t, c_crossattn=cond), xx, v)
         assert report.saved_copies > 0
-        with gm.grad_mode(SimpleNamespace(inner_model=model)):
+        # the math kernel: some PyTorch builds (2.11) have no forward-mode derivative for the CPU's flash attention
+        with gm.grad_mode(SimpleNamespace(inner_model=model)), sdpa_kernel([SDPBackend.MATH]):
             with fwAD.dual_level():
                 jvp = fwAD.unpack_dual(model.apply_model(fwAD.make_dual(x.clone(), v), t, c_crossattn=cond)).tangent
                 # <v, J v> two ways: reverse mode (protected) and forward mode (needs no protection)

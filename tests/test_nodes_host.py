@@ -589,3 +589,44 @@ def test_tf32_set_through_pytorchs_newer_api_is_turned_off_and_back_on_through_i
         matmul.fp32_precision = before                                # 'none' again: legacy reads work
     assert (inside, after) == ("ieee", "tf32")
     assert matmul.allow_tf32 is False
+
+
+MISSED = "steps stopped above the"
+
+
+def _invert_with(node: str, *args, steps: int = 3, **kwargs):
+    bridge = sys.modules[host.pack_module().__name__ + ".nodes.bridge"]
+    model = host.tiny_model("eps")
+    cond, latent = host.tiny_conditioning(), host.tiny_latent()
+    sampler = host.node_class(node)().sampler(model, *args, **kwargs)
+    schedule = bridge.schedule_from_inputs(model, steps, "karras", None)
+    return bridge.run_inversion(model, cond, cond, 1.0, latent, schedule, sampler)["inversion"]
+
+
+def test_a_tolerance_the_solver_did_not_reach_is_said_and_named(caplog):
+    """Exact Invert's exact / custom presets promise a residual and PreciseInv a loss: a step left above it gives a
+    replay less exact than asked (the flow reference model's first step at T=10: 59 dB with the exact preset), which
+    was only visible in an Inversion Report. It is warned, naming the steps and what helps."""
+    from test_editing_host import warnings_of
+
+    entry = _invert_with("ExactInvert", "custom", 1e-12, 2, 3)     # a tolerance no float32 solve reaches
+    said = warnings_of(caplog, MISSED)
+    assert len(entry["stats"]["unconverged_steps"]) == 3
+    assert len(said) == 1 and "3 of 3 steps stopped above the RMS residual 1.0e-12 within 2 evaluations" in said[0]
+    assert "step 1 (sigma 0 -> " in said[0] and "exponential, karras" in said[0] and "BDIA" in said[0], said
+    assert entry["warnings"] and MISSED in entry["warnings"][-1]           # in the record, for the report
+    caplog.clear()
+    _invert_with("PreciseInvInvert", "custom", 1e-30, 1, 1.0, initialiser="ddim")
+    said = warnings_of(caplog, MISSED)
+    assert len(said) == 1 and "loss threshold 1e-30" in said[0] and "within 1 iterations" in said[0], said
+
+
+def test_budgeted_presets_and_reached_tolerances_say_nothing(caplog):
+    """The fast / balanced presets promise evaluations, not a residual; a reached tolerance is what was asked."""
+    from test_editing_host import warnings_of
+
+    entry = _invert_with("ExactInvert", "balanced", 1e-4, 3, 3)
+    assert entry["stats"]["unconverged_steps"]                          # the budget ran out: what balanced promises
+    entry = _invert_with("ExactInvert", "custom", 1e-3, 40, 3, steps=12)    # the tiny model's top steps need T=12
+    assert not entry["stats"]["unconverged_steps"]
+    assert warnings_of(caplog, MISSED) == []

@@ -1232,10 +1232,10 @@ def missed_tolerance(record: InversionRecord, method: str, params: dict) -> Opti
             f"{steps}. The replay reconstructs less exactly there (the result is returned).")
     if missed[0][0] == 0:
         said += (" The first step inverts the replay's last one, the denoiser itself from sigma "
-                 f"{record.steps[0].sigma_hi:.3g}: the larger that lowest level, the harder; a scheduler whose lowest "
-                 "level is smaller (exponential, karras) or more steps make it easier (flow reference model, T=10, "
-                 "exact preset: 90 / 88 dB on exponential / karras against 59 on simple), and BDIA Invert is exact "
-                 "on any schedule.")
+                 f"{record.steps[0].sigma_hi:.3g}, and the larger that lowest level is against the next, the "
+                 "harder; a scheduler whose low levels shrink geometrically (exponential, karras) or more steps make "
+                 "it easier (flow reference model, T=10, exact preset: 90 / 88 dB on exponential / karras against 59 "
+                 "on simple), and BDIA Invert is exact on any schedule.")
     if any(i > 0 for i, _ in missed):
         said += " On the later steps more steps (smaller ones) or a larger budget help."
     return said

@@ -120,9 +120,9 @@ class ExactInvert(_InvertNode):
             "fast: 2 model evaluations per step; balanced: 3; exact: iterate each step to an RMS residual of 1e-4 "
             "(up to 40; >= 80 dB on every reference image at T=10 on the EPS model, chosen from the measured "
             "PSNR-vs-tolerance curve in the README). How exact a step can be depends on the schedule: the first "
-            "step inverts the denoiser at the lowest level, so on a flow model pick a scheduler whose lowest level "
-            "is small (exponential: 90 dB at T=10 on the flow reference model, simple: 59). A step left above its "
-            "tolerance is warned. custom: use the inputs below.")}),
+            "steps invert the denoiser at the lowest levels, so on a flow model pick a scheduler whose low levels "
+            "shrink geometrically (exponential: 90 dB at T=10 on the flow reference model, simple: 59). A step left "
+            "above its tolerance is warned. custom: use the inputs below.")}),
         "tolerance": ("FLOAT", {"default": 1e-4, "min": 1e-9, "max": 1.0, "step": 1e-6, "round": False,
                                 "tooltip": "RMS residual (latent units) at which a step stops. Used with custom."}),
         "budget": ("INT", {"default": 3, "min": 1, "max": 200,

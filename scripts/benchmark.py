@@ -187,18 +187,19 @@ def timed_inversion(bridge, model, empty, latent, schedule, sampler, device):
     return inv, time.perf_counter() - start
 
 
-def cell_inputs(pack, model, clip, vae, images, steps):
-    """(bridge module, empty conditioning, latent dict, schedule) of a cell; call under inference mode."""
+def cell_inputs(pack, model, clip, vae, images, steps, scheduler=None):
+    """(bridge module, empty conditioning, latent dict, schedule) of a cell (the nodes' default scheduler unless
+    ``scheduler``); call under inference mode."""
     bridge = sys.modules[pack.__name__ + ".nodes.bridge"]
     common = sys.modules[pack.__name__ + ".nodes.common"]
-    schedule = bridge.schedule_from_inputs(model, steps, common.DEFAULT_SCHEDULER, None)
+    schedule = bridge.schedule_from_inputs(model, steps, scheduler or common.DEFAULT_SCHEDULER, None)
     return bridge, encode(clip, ""), {"samples": vae.encode(images)}, schedule
 
 
-def retime(pack, node_name, params, model, clip, vae, images, steps, device) -> float:
+def retime(pack, node_name, params, model, clip, vae, images, steps, device, scheduler=None) -> float:
     """One more timing of a cell's inversion (stock: its FlipSigmas + euler unsampling), same inputs as run_cell."""
     with torch.inference_mode():
-        bridge, empty, latent, schedule = cell_inputs(pack, model, clip, vae, images, steps)
+        bridge, empty, latent, schedule = cell_inputs(pack, model, clip, vae, images, steps, scheduler)
         if node_name is None:
             return stock_unsampling(model, empty, latent, schedule, device)[1]
         sampler = pack.NODE_CLASS_MAPPINGS[node_name]().sampler(model, **node_params(pack, node_name, params))
@@ -214,10 +215,10 @@ def warm_up_gradients(pack, model, clip, vae, images, device) -> None:
              images[:1], 2, device)
 
 
-def run_cell(pack, label, node_name, params, model, clip, vae, images, steps, device):
+def run_cell(pack, label, node_name, params, model, clip, vae, images, steps, device, scheduler=None):
     metrics = sys.modules[pack.__name__ + ".inversion_core.metrics"]
     with torch.inference_mode():
-        bridge, empty, latent, schedule = cell_inputs(pack, model, clip, vae, images, steps)
+        bridge, empty, latent, schedule = cell_inputs(pack, model, clip, vae, images, steps, scheduler)
         with PeakMemory(device) as mem:
             if node_name is None:
                 _, seconds, back = stock_unsampling(model, empty, latent, schedule, device)
@@ -327,6 +328,42 @@ def exact_curve(pack, names, steps, device, quick: bool) -> str:
     return "\n".join(lines)
 
 
+SCHEDULES = ("karras", "exponential", "normal", "simple")
+
+
+def exact_schedules(pack, names, steps, device, quick: bool) -> str:
+    """Exact Invert's exact preset on each scheduler, with DDIM and the balanced preset on the same schedule: how
+    exact an inversion can be depends on the schedule's lowest level σ_1 (the first step inverts the denoiser from
+    there). Times are against DDIM Invert on the nodes' default schedule."""
+    lines = ["", "### Exact Invert's exact preset per scheduler", "",
+             "| model | scheduler | T | sigma_1 | DDIM dB | balanced dB | exact dB | exact worst image dB | "
+             "exact fwd/step | exact x DDIM (default schedule) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        model, clip, vae, rm = reference(torch.float32, name=name)
+        images = torch.cat([img for _, _, img in rm.heldout_images()])[: 2 if quick else None]
+        for t in steps:
+            ddim = run_cell(pack, "DDIM", "DDIMInvert", {}, model, clip, vae, images, t, device)["seconds"]
+            for _ in range(TIMING_ROUNDS - 1):
+                ddim = min(ddim, retime(pack, "DDIMInvert", {}, model, clip, vae, images, t, device))
+            for scheduler in SCHEDULES[:1] + SCHEDULES[-1:] if quick else SCHEDULES:
+                cells = [run_cell(pack, label, node, params, model, clip, vae, images, t, device, scheduler)
+                         for label, node, params in (("DDIM", "DDIMInvert", {}), ("balanced", "ExactInvert", {}),
+                                                     ("exact", "ExactInvert", {"preset": "exact"}))]
+                exact = cells[2]
+                if exact["seconds"] < RETIME_BELOW_S:
+                    for _ in range(TIMING_ROUNDS - 1):
+                        exact["seconds"] = min(exact["seconds"], retime(pack, "ExactInvert", {"preset": "exact"},
+                                                                        model, clip, vae, images, t, device,
+                                                                        scheduler))
+                with torch.inference_mode():
+                    sigma_1 = float(cell_inputs(pack, model, clip, vae, images[:1], t, scheduler)[3][-2])
+                lines.append(f"| {name} | {scheduler} | {t} | {sigma_1:.3g} | {cells[0]['psnr']:.2f} | "
+                             f"{cells[1]['psnr']:.2f} | {exact['psnr']:.2f} | {exact['psnr_min']:.2f} | "
+                             f"{exact['fwd'] / t:.1f} | {exact['seconds'] / ddim:.2f} |")
+                print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def plot(rows, path: Path):
     """PSNR against seconds (log-x), one panel per reference model, one line per method joining its T values (drawn
     with PIL: no plotting library needed). Rows whose PSNR is not finite (stock unsampling at a flow model's σ = 1)
@@ -420,6 +457,9 @@ def main(argv=None):
     ap.add_argument("--exact-curve", action="store_true",
                     help="only Exact Invert's PSNR-vs-tolerance curve (T 10 and 4 unless --steps; --quick: 2 images, "
                          "one tolerance)")
+    ap.add_argument("--exact-schedules", action="store_true",
+                    help="only Exact Invert's exact preset (with DDIM and balanced) on each of "
+                         f"{', '.join(SCHEDULES)} (T 10 and 4 unless --steps; --quick: 2 images, 2 schedulers)")
     ap.add_argument("--keep-going", action="store_true",
                     help="a cell that raises is reported (listed under the table) and the run goes on")
     ap.add_argument("--update-readme", action="store_true",
@@ -456,12 +496,14 @@ def main(argv=None):
     skipped = [m[0] for m in METHODS if m[1] is not None and m[1] not in pack.NODE_CLASS_MAPPINGS]
     names = model_names(pack, args.model)
     print(f"reference models: {', '.join(names)}", flush=True)
-    if args.exact_curve:
-        curve_steps = [int(s) for s in args.steps.split(",")] if args.steps else [10, 4]
-        md = exact_curve(pack, names, curve_steps, args.device, args.quick)
-        (out_dir / "exact_curve.md").write_text(md + "\n")
-        print("\n" + md + f"\n\nwritten: {out_dir / 'exact_curve.md'}")
-        return md
+    for wanted_mode, mode in ((args.exact_schedules, exact_schedules), (args.exact_curve, exact_curve)):
+        if wanted_mode:     # an Exact Invert study alone: T 10 and 4 unless --steps
+            mode_steps = [int(s) for s in args.steps.split(",")] if args.steps else [10, 4]
+            md = mode(pack, names, mode_steps, args.device, args.quick)
+            path = out_dir / f"{mode.__name__}.md"
+            path.write_text(md + "\n")
+            print("\n" + md + f"\n\nwritten: {path}")
+            return md
 
     rows = []
     half_skipped: set = set()

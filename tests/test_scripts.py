@@ -12,10 +12,10 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
 
-def _needs_reference_model():
+def _needs_reference_model(name: str = "sd-unet-eps"):
     rm = sys.modules[host.PACK_DIR_NAME + ".nodes.reference_model"]
-    if not rm.reference_model_path().is_file():
-        pytest.fail(f"the bundled reference model is missing: {rm.reference_model_path()}")
+    if not rm.reference_model_path(name).is_file():
+        pytest.fail(f"the bundled reference model is missing: {rm.reference_model_path(name)}")
 
 
 def test_reduced_demo_writes_images_and_the_table(tmp_path):
@@ -50,6 +50,28 @@ def test_benchmark_exact_curve_quick(tmp_path):
     for r in rows:
         psnr, worst, fwd, x_ddim = (float(r[i]) for i in (4, 5, 6, 7))
         assert psnr >= worst > 40 and 1 < fwd <= 40 and x_ddim > 1, r
+
+
+def test_benchmark_exact_schedules_quick(tmp_path):
+    """--exact-schedules: DDIM, balanced and the exact preset on karras and simple (flow model, T=4, 2 images). What
+    the README's table says: simple's large lowest level limits the exact preset, karras's small one does not."""
+    _needs_reference_model("sd3-mmdit-flow")
+    import benchmark
+
+    md = benchmark.main(["--exact-schedules", "--quick", "--model", "sd3-mmdit-flow", "--steps", "4",
+                         "--out", str(tmp_path)])
+    rows = {r[1].strip(): r for r in (line.split("|")[1:-1] for line in md.splitlines()
+                                      if line.startswith("| sd3-mmdit-flow |"))}
+    assert set(rows) == {"karras", "simple"}
+    assert (tmp_path / "exact_schedules.md").read_text().strip() == md.strip()
+    sigma_1 = {k: float(r[3]) for k, r in rows.items()}
+    exact = {k: float(r[6]) for k, r in rows.items()}
+    assert sigma_1["karras"] < 0.01 < 0.3 < sigma_1["simple"], sigma_1
+    # measured on these 2 images: 85.5 / 49.2 dB (8 images: 82.6 / 52.6)
+    assert exact["karras"] > exact["simple"] + 15, exact
+    for r in rows.values():
+        ddim, balanced, worst = float(r[4]), float(r[5]), float(r[7])
+        assert float(r[6]) >= worst and balanced > ddim + 5, r
 
 
 def test_benchmark_quick_mode_prints_every_column(tmp_path, capsys):

@@ -161,8 +161,8 @@ def report_table(original: torch.Tensor, reconstructed: torch.Tensor, entry: Opt
     stalled = [(i, s["note"]) for i, s in enumerate(entry.get("step_stats") or [])
                if str(s.get("note", "")).startswith("stalled")]
     if stalled:
-        lines.append("STALLED steps (more evaluations would not help; on the first step more inversion steps, i.e. a "
-                     "smaller first sigma, or BDIA Invert do): "
+        lines.append("STALLED steps (more evaluations would not help; on the first steps more inversion steps, a "
+                     "scheduler whose low levels shrink geometrically (exponential, karras), or BDIA Invert do): "
                      + "; ".join(f"step {i + 1}: {note}" for i, note in stalled))
     if _not_judged(entry):
         lines.append(f"bad steps: not judged ({_not_judged(entry)})")

@@ -292,8 +292,11 @@ def inversion_methods(wf: Workflow, steps: int, scheduler: str = REFERENCE_SCHED
     return methods
 
 
-def reconstruct_all(wf: Workflow, model, vae, pos, neg, img, latent, steps: int, scheduler: str, prefix: str):
-    methods = inversion_methods(wf, steps, scheduler)
+def reconstruct_all(wf: Workflow, model, vae, pos, neg, img, latent, steps: int, scheduler: str, prefix: str,
+                    extra: tuple = ()):
+    """One invert -> replay -> decode (-> report) row per inversion method, plus the ``extra`` (tag, node, widgets)
+    rows."""
+    methods = inversion_methods(wf, steps, scheduler) + list(extra)
     report = wf.has("InversionReport")
     for tag, node_type, widgets in methods:
         wf.group(f"{tag}: invert -> replay -> decode" + (" -> report" if report else ""))
@@ -302,7 +305,7 @@ def reconstruct_all(wf: Workflow, model, vae, pos, neg, img, latent, steps: int,
         inv = wf.add(node_type, f"{tag} invert", model=model, positive=pos, negative=neg, latent=latent, **widgets)
         rec = wf.add("InvertedLatentSampler", f"Replay ({tag})", model=model, positive=pos, negative=neg, cfg=1.0,
                      inverted_latent=inv["inverted_latent"])
-        dec = decode_and_save(wf, rec[0], vae, tag, f"{prefix}_{tag.lower()}")
+        dec = decode_and_save(wf, rec[0], vae, tag, f"{prefix}_{tag.lower().replace(' ', '_')}")
         if report:
             wf.add("InversionReport", f"Report ({tag})", original=img, reconstructed=dec[0],
                    inverted_latent=inv["inverted_latent"])
@@ -417,6 +420,9 @@ def reference_sampler_custom_advanced(defs) -> dict:
 
 FLOW_MODEL = "sd3-mmdit-flow"
 FLOW_SCHEDULER = "simple"
+# the exact preset on a schedule whose low levels shrink geometrically: on simple its first step stalls at ~59 dB
+# (README, "Exact at the limit"), on exponential it reaches ~90 dB at the same T
+FLOW_EXACT_SCHEDULER = "exponential"
 
 
 def has_flow_reference(defs) -> bool:
@@ -431,15 +437,20 @@ def reference_flow_reconstruct(defs) -> dict:
     image = "00_cat.png"
     wf = Workflow(defs, "")
     model, vae, pos, neg, img, latent = reference_base(wf, image, "cat", model=FLOW_MODEL)
+    exact = ("Exact exponential", "ExactInvert", {"steps": REFERENCE_STEPS, "scheduler": FLOW_EXACT_SCHEDULER,
+                                                   "cfg": 1.0, "denoise": 1.0, "preset": "exact"})
     methods, report = reconstruct_all(wf, model, vae, pos, neg, img, latent, REFERENCE_STEPS, FLOW_SCHEDULER,
-                                      "inversion/reference_flow")
-    names = ", ".join(tag for tag, _n, _w in methods)
+                                      "inversion/reference_flow", extra=(exact,))
+    names = ", ".join(tag for tag, _n, _w in methods[:-1])
     wf.note = (
         f"WHAT TO LOOK AT: one row per inversion method ({names}) on a rectified-flow model (the bundled SD3 MMDiT "
         f"reference model, '{FLOW_MODEL}' in Load Inversion Reference Model). Each row inverts the image "
         f"({REFERENCE_STEPS} steps, scheduler {FLOW_SCHEDULER}, which starts at the flow model's sigma_max = 1, "
         "cfg 1, prompt 'cat') up to pure noise and replays it: compare each saved image with the input (top left)."
         + (" Each row's Inversion Report shows PSNR/SSIM and the cost." if report else "")
+        + f" The last row is Exact Invert's exact preset on the {FLOW_EXACT_SCHEDULER} scheduler: on {FLOW_SCHEDULER} "
+        "its first step cannot be solved to the tolerance (a warning says so), on a schedule whose low levels shrink "
+        "geometrically it can (about 90 dB instead of 59 on this model)."
         + "\n\n" + REFERENCE_SETUP.format(image=image))
     return wf.to_ui()
 

@@ -1217,8 +1217,8 @@ def missed_tolerance(record: InversionRecord, method: str, params: dict) -> Opti
         bound, what = float(params.get("tolerance") or 0.0), "RMS residual"
         cap = f"{params.get('budget')} evaluations"
     elif method == "preciseinv":
-        bound, what = float(params.get("threshold") or 0.0) ** 0.5, "RMS mismatch (loss threshold "
-        what += f"{float(params.get('threshold') or 0.0):g})"
+        eta = float(params.get("threshold") or 0.0)      # a mean squared mismatch; the steps record its root
+        bound, what = eta ** 0.5, f"RMS mismatch (loss threshold {eta:g})"
         cap = f"{params.get('max_iterations')} iterations"
     else:
         return None

@@ -1227,6 +1227,7 @@ def missed_tolerance(record: InversionRecord, method: str, params: dict) -> Opti
     if not missed:
         return None
     steps = ", ".join(f"step {i + 1} (sigma {st.sigma_lo:.3g} -> {st.sigma_hi:.3g}): {max(st.residual):.1e}"
+                      + (" (stopped by the stall input)" if str(st.note).startswith("stalled") else "")
                       for i, st in missed)
     said = (f"{len(missed)} of {len(record.steps)} steps stopped above the {what} {bound:.1e} within {cap}: "
             f"{steps}. The replay reconstructs less exactly there (the result is returned).")

@@ -345,7 +345,7 @@ def exact_schedules(pack, names, steps, device, quick: bool) -> str:
             ddim = run_cell(pack, "DDIM", "DDIMInvert", {}, model, clip, vae, images, t, device)["seconds"]
             for _ in range(TIMING_ROUNDS - 1):
                 ddim = min(ddim, retime(pack, "DDIMInvert", {}, model, clip, vae, images, t, device))
-            for scheduler in SCHEDULES[:1] + SCHEDULES[-1:] if quick else SCHEDULES:
+            for scheduler in (SCHEDULES[:1] + SCHEDULES[-1:] if quick else SCHEDULES):
                 cells = [run_cell(pack, label, node, params, model, clip, vae, images, t, device, scheduler)
                          for label, node, params in (("DDIM", "DDIMInvert", {}), ("balanced", "ExactInvert", {}),
                                                      ("exact", "ExactInvert", {"preset": "exact"}))]

@@ -197,7 +197,8 @@ class Judge:
 
 
 # ---------------------------------------------------------------------------------------------------- running
-def run_model(name: str, quick: bool, steps: int, cfg: float, pack, out_dir: Path, log) -> dict:
+def run_model(name: str, quick: bool, steps: int, cfg: float, pack, out_dir: Path, log, scheduler: str = "",
+              preset: str = "balanced") -> dict:
     rm = sys.modules[pack.__name__ + ".nodes.reference_model"]
     bridge = sys.modules[pack.__name__ + ".nodes.bridge"]
     edit = sys.modules[pack.__name__ + ".nodes.edit"]
@@ -231,9 +232,10 @@ def run_model(name: str, quick: bool, steps: int, cfg: float, pack, out_dir: Pat
         for key, pix, sp, tp in (("plain", pixels, src_prompts, tgt_prompts),
                                  ("masked", composite, comp_src, comp_tgt)):
             latent = {"samples": vae.encode(pix)}
-            schedule = bridge.schedule_from_inputs(model, steps, "simple" if judge.dit else "ddim_uniform", None)
+            schedule = bridge.schedule_from_inputs(
+                model, steps, scheduler or ("simple" if judge.dit else "ddim_uniform"), None)
             sampler = pack.NODE_CLASS_MAPPINGS["ExactInvert"]().sampler(
-                model, preset="balanced", tolerance=1e-4, budget=3, memory=3)
+                model, preset=preset, tolerance=1e-4, budget=3, memory=3)
             src, tgt = conditioning(clip, sp), conditioning(clip, tp)
             inv = bridge.run_inversion(model, src, empty, 1.0, latent, schedule, sampler)
             jobs[key] = dict(pixels=pix, latent=latent["samples"], inv=inv, src=src, tgt=tgt,
@@ -441,6 +443,10 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--model", default="all", choices=MODELS + ("reference", "all"))
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--cfg", type=float, default=3.0)
+    ap.add_argument("--scheduler", default="", help="the inversion's and edits' scheduler (default: simple on the "
+                    "flow model, ddim_uniform on the EPS one)")
+    ap.add_argument("--preset", default="balanced", choices=("fast", "balanced", "exact"),
+                    help="Exact Invert's preset for the inversions")
     ap.add_argument("--out", default=str(ROOT / "out" / "edits"))
     ap.add_argument("--docs", action="store_true", help="also write docs/edit_tradeoff.png and docs/edit_examples.png")
     args = ap.parse_args(argv)
@@ -448,7 +454,8 @@ def main(argv=None) -> list[dict]:
     results = []
     for name in (MODELS if args.model == "all" else (args.model,)):
         try:
-            results.append(run_model(name, args.quick, args.steps, args.cfg, pack, Path(args.out), log))
+            results.append(run_model(name, args.quick, args.steps, args.cfg, pack, Path(args.out), log,
+                                     args.scheduler, args.preset))
         except RuntimeError as e:
             if args.model != "all" or name == MODELS[0]:
                 raise

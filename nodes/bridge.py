@@ -1209,19 +1209,26 @@ class InversionSampler(comfy.samplers.Sampler):
         return said
 
 
-def missed_tolerance(record: InversionRecord, method: str, params: dict) -> Optional[str]:
-    """A note when a method whose promise is a tolerance (Exact Invert's exact and custom presets, PreciseInv's loss
-    threshold) left steps above it: the replay reconstructs less exactly than asked, and the user should know where
-    and what helps. The budgeted presets (Exact fast / balanced, GNRI) promise evaluations, not a residual: not said."""
+def tolerance_promise(method: str, params: dict) -> Optional[tuple[float, str, str]]:
+    """(RMS bound per step, what it bounds, the cap on the effort) for a method whose promise is a tolerance (Exact
+    Invert's exact and custom presets, PreciseInv's loss threshold); None for those that promise an effort (Exact fast
+    / balanced, GNRI: evaluations) or nothing measurable. The Inversion Report reads its promise from here too."""
     if method == "exact" and params.get("preset") not in ("fast", "balanced"):
-        bound, what = float(params.get("tolerance") or 0.0), "RMS residual"
-        cap = f"{params.get('budget')} evaluations"
-    elif method == "preciseinv":
+        return float(params.get("tolerance") or 0.0), "RMS residual", f"{params.get('budget')} evaluations"
+    if method == "preciseinv":
         eta = float(params.get("threshold") or 0.0)      # a mean squared mismatch; the steps record its root
-        bound, what = eta ** 0.5, f"RMS mismatch (loss threshold {eta:g})"
-        cap = f"{params.get('max_iterations')} iterations"
-    else:
+        return eta ** 0.5, f"RMS mismatch (loss threshold {eta:g})", f"{params.get('max_iterations')} iterations"
+    return None
+
+
+def missed_tolerance(record: InversionRecord, method: str, params: dict) -> Optional[str]:
+    """A note when a method whose promise is a tolerance (tolerance_promise) left steps above it: the replay
+    reconstructs less exactly than asked, and the user should know where and what helps. The budgeted presets promise
+    evaluations, not a residual: not said."""
+    promise = tolerance_promise(method, params)
+    if promise is None:
         return None
+    bound, what, cap = promise
     missed = [(i, st) for i, st in enumerate(record.steps)
               if st.converged is False and st.residual and max(st.residual) > bound]
     if not missed:

@@ -29,7 +29,7 @@ import torch
 from ..inversion_core import LATENT_KEY
 from ..inversion_core.metrics import psnr, ssim
 from ..inversion_core.record import RESIDUAL_BEFORE_MAP, describe_change, image_share
-from .bridge import warn
+from .bridge import tolerance_promise, warn
 from .common import CATEGORY
 from .page import preview_image
 
@@ -46,7 +46,7 @@ def _promise(entry: dict) -> tuple[str, str]:
     """("budget" | "tolerance" | "none", words) for the method's promise, read from its recorded parameters."""
     method, p = entry.get("method", ""), entry.get("params") or {}
     if method == "exact":
-        if p.get("preset") in ("fast", "balanced"):
+        if tolerance_promise(method, p) is None:
             return "budget", f"at most {p.get('budget')} model evaluations per step (preset {p.get('preset')})"
         return "tolerance", f"RMS residual <= {p.get('tolerance'):g} per step (up to {p.get('budget')} evaluations)"
     if method == "gnri":

@@ -56,7 +56,7 @@ def input_matched_guess(x_lo: Tensor, sigma_lo: float, sigma_hi: float,
     DDIM scheduler and the EasyInv / PnP code (they keep the VP latent and relabel the timestep). For EPS / V models
     c_in(σ) = 1/√(σ² + 1), so z⁰ = x_lo·√(σ_hi² + 1)/√(σ_lo² + 1) (~1.4–1.6× at the top of a 10-step SD schedule);
     for flow (CONST) models c_in = 1 and z⁰ = x_lo. Evaluating D(x_lo, σ_hi) instead would feed EPS networks a
-    latent at the wrong magnitude (measured −8.8 dB at T=10 on a small EPS model, docs/methods.md).
+    latent at the wrong magnitude (measured −8.8 dB at T=10 on a small EPS model).
     ``input_scale`` None means c_in ≡ 1.
     """
     if input_scale is None:

@@ -1149,8 +1149,8 @@ class InversionSampler(comfy.samplers.Sampler):
         ms = model_wrap.inner_model.model_sampling
         kind = model_kind(ms)
         above = top_above_model(schedule, ms, kind)
-        # the whole solve, not only each forward call (_denoiser): PreciseInv's and GNRI newton's backward passes run
-        # after the forward returned, and ran in TF32 on a GPU
+        # the whole solve, not only each forward call (_denoiser): PreciseInv's backward passes run after the forward
+        # returned, and ran in TF32 on a GPU
         with full_float32():
             self.record = invert(den, x0, schedule, self.solver, method=self.method, params=self.params,
                                  hooks=self.hooks, callback=lambda step, total, x: progress.step(step, total, x, x),

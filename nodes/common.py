@@ -7,7 +7,7 @@ CATEGORY = "sampling/inversion"
 # karras starts at the model's sigma_max at every step count (ddim_uniform tops out at t = 1000 - 1000/T: sigma 0.041
 # at T=1, 4.1 at T=4 on SD1 models, i.e. not noise). Measured on the reference model (8 held-out images, cfg 1,
 # invert + replay PSNR, DDIM / Exact balanced): karras 27.7 / 59.0 dB at T=10, 20.5 / 36.3 at T=4; of the schedules
-# that reach sigma_max the best at T=10 (normal 25.1 / 47.0, simple 22.2 / 36.8, sgm_uniform 22.1 / 35.0) and
+# that reach sigma_max the best at T=10 (normal 25.2 / 47.0, simple 21.8 / 36.8, sgm_uniform 22.1 / 35.0) and
 # second at T=4 (a pack-made exponential-to-zero schedule: 21.1 / 38.9, but 52.8 at T=10).
 # Flow (CONST) models: karras is a poor grid (measured on the flow reference model, DDIM at T=10 / 4: karras 16.3 /
 # 15.3 dB, normal 23.2 / 17.2, simple 23.6 / 17.8), and simple is what SD3 / Flux workflows use.

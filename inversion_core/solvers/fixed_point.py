@@ -78,7 +78,7 @@ PRESETS = {
     "balanced": FixedPointOptions(tol=1e-4, max_evals=3, memory=3),
     # tolerance chosen from the measured PSNR-vs-tolerance curve (bash scripts/benchmark.sh --exact-curve, README):
     # 1e-4 is the loosest measured that keeps every held-out image >= 80 dB at T=10 on the EPS reference model (86.5 dB
-    # worst, 7.1x DDIM); 1e-6 bought +26 dB mean (worst image +4.8 dB) for 2.2x the time
+    # worst, 7.2x DDIM); 1e-6 bought +26 dB mean (worst image +4.6 dB) for 1.9x the time
     "exact": FixedPointOptions(tol=1e-4, max_evals=40, memory=5),
 }
 

@@ -20,13 +20,13 @@ Initialisation: one DDIM inversion step (the paper's line 11), x_t⁰ = f(x_{t�
 optimisation much closer to the threshold.
 
 Optimiser (the paper leaves it open; its Algorithm 1 writes plain gradient descent with a unit step, which in sigma
-space would scale with σ_t² and the latent size). ``optimizer="gd"`` (default): gradient descent on ε with the step
+space would scale with σ_t² and the latent size). ``optimizer="gd"`` (the core's default; the node's is lbfgs): gradient descent on ε with the step
 normalised so that ``step_size`` 1 moves x_t by −J_rᵀ·r (J_r = ∂r/∂x_t; a Gauss-Newton-sized step, independent of the
 latent size and of σ_t), i.e. ε ← ε − step·(N/(2σ_t²))·∇_ε L, with a per-item step-size rule ("bold driver"): after an
 update that lowered the item's loss (and a previous one that did) its step doubles, after one that raised it the step halves and is retried from
 the item's best iterate (the gradient of the rejected point is not used). It finds a step below the 2/L of the
 paper's Theorem 1 without knowing L, and on the analytic test denoisers reaches η = 1e-5 in 2–20 updates per step.
-``optimizer="adam"``: Adam on ε (β = 0.9, 0.999, 1e-8) with learning rate ``step_size`` (methods.md's 0.1), with the
+``optimizer="adam"``: Adam on ε (β = 0.9, 0.999, 1e-8) with learning rate ``step_size`` (0.1 in the measurements this pack started from), with the
 same halve-and-retry rule but no growth; measured 5–20× more evaluations than "gd" on the same denoisers.
 ``optimizer="lbfgs"`` (the pack's choice, not the paper's): the same loss, gradient, threshold and halve-and-retry
 rule, but the step is the limited-memory BFGS direction H_k·∇_ε L (two-loop recursion per item over its last

@@ -459,6 +459,39 @@ def image_inputs(cond: Any) -> Optional[dict]:
     return {"names": sorted({k for c in chosen for k in c}), "print": fingerprint(chosen)}
 
 
+def row_prints(cond: Any, batch: Optional[int] = None) -> Optional[list]:
+    """Per batch row of a conditioning (or a guider's converted copy): fingerprints of what that row gives the model,
+    {"prompt": its text tensor and pooled output, "images": its IMAGE_INPUTS}; a tensor of batch 1 serves every row.
+    ``batch``: the rows wanted (the latent's batch); None: the conditioning's own batch, and None when that is 1 (one
+    prompt and one set of image inputs for every item: any pairing of items is the inversion's). None when it cannot
+    be read or a tensor's batch is neither 1 nor ``batch``."""
+    items = _cond_items(cond)
+    if items is None:
+        return None
+
+    def per_row(extra: dict) -> list:
+        return [(k, extra.get(k)) for k in ("pooled_output",) + IMAGE_INPUTS if extra.get(k) is not None]
+
+    sizes = {t.shape[0] for tensor, extra in items
+             for t in [tensor] + [v for _, val in per_row(extra) for v in (val if isinstance(val, list) else [val])]
+             if isinstance(t, torch.Tensor) and t.ndim > 0}
+    rows = batch if batch is not None else max(sizes, default=1)
+    if (batch is None and rows == 1) or not sizes <= {1, rows}:
+        return None
+
+    def row(v: Any, r: int) -> Any:
+        if isinstance(v, list):
+            return [row(u, r) for u in v]
+        return v[r:r + 1] if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == rows else v
+
+    out = []
+    for r in range(rows):
+        prompt = [(row(tensor, r), row(extra.get("pooled_output"), r)) for tensor, extra in items]
+        images = [{k: row(v, r) for k, v in per_row(extra) if k != "pooled_output"} for _, extra in items]
+        out.append({"prompt": fingerprint(prompt), "images": fingerprint(images)})
+    return out
+
+
 def hooks_state(cond: Any) -> Optional[dict]:
     """The hooks a CONDITIONING (or a guider's converted copy) carries per item (upstream: Create Hook LoRA / Create
     Hook Model as LoRA attached by Cond Set Props, Set CLIP Hooks ...; the host writes their weights into the network
@@ -530,7 +563,8 @@ def _replay_conds(positive: Any, negative: Any, cfg: Optional[float], source_pos
     return conds
 
 
-def check_model_inputs(guidance: Optional[dict], conds: dict, action: str, who: str = "") -> None:
+def check_model_inputs(guidance: Optional[dict], conds: dict, action: str, who: str = "",
+                       positive_images: bool = True) -> None:
     """A warning for each replay conditioning (``conds``: input name -> (CONDITIONING, "positive" / "negative": the
     inversion's conditioning it is compared with)) that gives the model other inputs than the inversion's beside its
     prompt, which no prompt check says (another conditioning reads as an edit):
@@ -538,8 +572,12 @@ def check_model_inputs(guidance: Optional[dict], conds: dict, action: str, who: 
     * image inputs (IMAGE_INPUTS): the model sees another image beside the latent than it was inverted with (tiny
       SD1.5-inpainting, an InpaintModelConditioning inversion replayed with the plain prompt: 7.7 dB instead of 45);
     * hooks (hooks_state): the model runs with other weights while this conditioning is evaluated (another hook LoRA,
-      its strength or keyframes, or a hook on one branch only)."""
-    recorded = (guidance or {}).get("image_inputs") or {}
+      its strength or keyframes, or a hook on one branch only).
+
+    ``positive_images`` False: the positive's image inputs were compared row by row (check_item_pairing)."""
+    recorded = dict((guidance or {}).get("image_inputs") or {})
+    if not positive_images:
+        recorded.pop("positive", None)
     recorded_hooks = (guidance or {}).get("hooks") or {}
     for name, (cond, role) in conds.items():
         old = recorded.get(role)
@@ -566,6 +604,48 @@ def check_model_inputs(guidance: Optional[dict], conds: dict, action: str, who: 
              f"not reconstruct the image, and an edit changes more than its prompt (tiny SD1.5 on upstream ComfyUI, "
              "cfg 2: another hook LoRA, the same at half strength, none: 17.0 / 21.6 / 18.3 dB instead of 40.4). Give "
              "every conditioning of the replay, an edit prompt too, the inversion's hooks")
+
+
+def check_item_pairing(found: "_Found", positive: Any, who: str) -> bool:
+    """Warnings for batch items the guider pairs with another inverted item's prompt or image inputs. The host pairs
+    a latent's item i with row i of the conditioning; after LatentBatch / RepeatLatentBatch of picked items of an
+    inversion made with one prompt per item, item i may be row j ≠ i of its inversion, and was replayed with another
+    image's prompt without a word (tiny SD1, BDIA: 0.69 RMS off the image instead of 0). True when the positive's image
+    inputs were compared row by row here (so the whole-batch comparison of check_model_inputs, which would take the
+    picked item's own image inputs for other ones, is skipped); False when the items are their inversion's batch in
+    order, or rows cannot be told."""
+    pairs = found.items
+    n = len(pairs)
+    if not n or (found.batch == n and all(g is pairs[0][0] and j == i for i, (g, j) in enumerate(pairs))):
+        return False
+    if not all((g or {}).get("rows") for g, _ in pairs):
+        return False                 # an inversion with one prompt for all its items: compared as a whole
+    now = row_prints(positive, n)
+    if now is None:
+        return False
+    prompts, images = [], []
+    for i, (guidance, j) in enumerate(pairs):
+        rows = guidance["rows"]
+        if j >= len(rows):
+            return False
+        if not matches(now[i]["prompt"], rows[j]["prompt"], rtol=CONDITIONING_RTOL):
+            other = [r for r, row in enumerate(rows) if matches(now[i]["prompt"], row["prompt"], rtol=CONDITIONING_RTOL)]
+            if other:                # another inverted item's prompt; a prompt of none of them is an edit
+                prompts.append(f"item {i} (inverted as item {j}) gets the prompt of item {other[0]}")
+        if not matches(now[i]["images"], rows[j]["images"], rtol=CONDITIONING_RTOL):
+            images.append(f"item {i} (inverted as item {j})")
+    if prompts:
+        warn(f"{who}latent_image: {'; '.join(prompts)} of its inversion. The host pairs a latent's items with the "
+             "prompt's rows in order, and these items are not in their inversion's order (LatentBatch / "
+             "RepeatLatentBatch of picked items), so they are replayed with other images' prompts and do not come "
+             "back (tiny SD1, BDIA: 0.69 RMS off the image instead of 0). Give the guider the items' own prompts in "
+             "the latent's order, or replay the inversion's LATENT as it came")
+    if images:
+        warn(f"{who}positive: the images it gives the model beside the latent for {', '.join(images)} are not those "
+             "that item was inverted with (InpaintModelConditioning / ReferenceLatent of another image or mask, or "
+             "in another order), so the replay does not reconstruct it. Give each item the image inputs it was "
+             "inverted with, in the latent's order")
+    return True
 
 
 def _control_state(control: Any, depth: int = 0) -> Any:
@@ -607,7 +687,7 @@ def guidance_of(guider) -> dict:
     # CLIPTextEncode gives it), whose trajectory no prompt describes: the edit engine's source branch then takes the
     # image's description unwarned (edit.py _check_source_prompt)
     return {"positive": conditioning_fingerprint(conds.get("positive")), "cfg": cfg, "image_inputs": inputs,
-            "hooks": hooks, "positive_is_negative": same}
+            "hooks": hooks, "positive_is_negative": same, "rows": row_prints(conds.get("positive"))}
 
 
 def guider_conds(guider, who: Optional[str] = None) -> dict:
@@ -1010,7 +1090,7 @@ class _Inverted:
         if hit is not None:
             (top, schedule, signature, guidance, masked), start = items[hit[0]], hit[1]
             return _Found(schedule, top[start:start + x.shape[0]], signature, start, top.shape[0], None, guidance,
-                          masked)
+                          masked, tuple((guidance, start + i) for i in range(x.shape[0])))
         related = None
         for top, schedule, signature, guidance, masked in reversed(items):
             if related is None and top.shape == x.shape:
@@ -1033,6 +1113,7 @@ class _Found(NamedTuple):
     related: Optional[str]               # no match: how x relates to a stored top (flipped / scaled …), if it does
     guidance: Optional[dict]             # guidance_of the inversion's guider
     masked: bool = False                 # its LATENT's record carries a noise_mask (INVERTED.add)
+    items: tuple = ()                    # per batch item of x: (guidance of its inversion, its row there)
 
 
 def _join_items(x: torch.Tensor, items: list) -> Optional[_Found]:
@@ -1062,7 +1143,7 @@ def _join_items(x: torch.Tensor, items: list) -> Optional[_Found]:
              "if the guider gives each item its own prompt (a batch of prompts) on the same model. Otherwise replay "
              "each inversion's LATENT separately")
     return _Found(schedule, torch.cat([hit[0] for hit in hits]), hits[0][2], 0, x.shape[0], None, hits[0][3],
-                  any(hit[4] for hit in hits))
+                  any(hit[4] for hit in hits), tuple((items[k][3], start) for k, start in sources))
 
 
 def same_schedule(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -1386,8 +1467,9 @@ def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None, pat
         if cfg is not None:
             check_replay_cfg(found.guidance, conds.get("positive"), conds.get("negative"), cfg,
                              "Inverted Replay SAMPLER: cfg", patcher)
+        by_row = check_item_pairing(found, conds.get("positive"), "Inverted Replay SAMPLER: ")
         check_model_inputs(found.guidance, _replay_conds(conds.get("positive"), conds.get("negative"), cfg),
-                           "replay", "Inverted Replay SAMPLER: ")
+                           "replay", "Inverted Replay SAMPLER: ", positive_images=not by_row)
         return found.top
     if found.related is not None:
         warn(f"Inverted Replay SAMPLER: latent_image is a recent inversion's noise {found.related} after the "
@@ -1470,17 +1552,19 @@ def check_guider_conditioning(guider, batch: int, who: str) -> None:
     positive, negative, or whatever a custom guider names them) instead of CONDITIONING inputs. The host pairs a latent
     of ``batch`` items with the first ``batch`` rows of a larger prompt batch without a word: after LatentFromBatch
     picked item 1 of an inversion with one prompt per item, the item was replayed with item 0's prompt (tiny SD1,
-    BDIA: 0.11 relative error instead of 0)."""
+    BDIA: 0.11 relative error instead of 0). The same for the images beside the latent (InpaintModelConditioning of
+    a batch: a picked item got item 0's image, 2.2 RMS off instead of 0)."""
     for name, conds in guider_conds(guider, who[0].upper() + who[1:]).items():
         for c in conds if isinstance(conds, (list, tuple)) else ():
-            for key in ("cross_attn", "pooled_output"):
+            for key in ("cross_attn", "pooled_output") + IMAGE_INPUTS[:3]:
                 t = c.get(key) if isinstance(c, dict) else None
                 if isinstance(t, torch.Tensor) and t.ndim > 0 and t.shape[0] not in (1, batch):
+                    what = "prompts" if key in ("cross_attn", "pooled_output") else f"images ({key})"
                     raise ValueError(
                         f"{name}: the guider's conditioning batch is {t.shape[0]} but {who} got a latent batch of "
-                        f"{batch}: the host would pair the latent's items with the first {batch} prompts, whichever "
-                        "items they are (after LatentFromBatch: not the picked items' own prompts). Use one prompt "
-                        "for all images or one per image (for a picked item, its own prompt)")
+                        f"{batch}: the host would pair the latent's items with the first {batch} {what}, whichever "
+                        "items they are (after LatentFromBatch: not the picked items' own). Use one prompt (and one "
+                        "set of image inputs) for all images or one per image (for a picked item, its own)")
 
 
 def schedule_from_inputs(model, steps: int, scheduler: str, sigmas: Optional[torch.Tensor],

@@ -271,6 +271,14 @@ class EditEngine:
         if self._last_step is None or k < self._last_step or (repeat and k == self._first_step):
             self._check_start(x, len(cou), k)
             self._seen, self._first_step = set(), k
+        elif k > self._last_step + 1:
+            raise ValueError(
+                f"Inversion Edit Engine: the sampler went from sigma {self.schedule[self._last_step]:.6g} to "
+                f"{sigma:.6g}, skipping {k - self._last_step - 1} level(s) of the inverted latent's schedule "
+                f"({', '.join(f'{s:.4g}' for s in self.schedule)}): a schedule with fewer steps (or another scheduler "
+                "that shares some levels) replays another trajectory than the stored one, and the source branch "
+                "would steer it with the wrong steps. Replay with the Inverted Latent Sampler, or give the sampler "
+                "the sigmas the inversion returned")
         elif k > self._last_step:
             self._seen = set()
         self._seen.add(chunks_seen)

@@ -159,6 +159,32 @@ def test_a_sigma_off_the_schedule_is_an_error_naming_the_fix():
     assert "not on the inverted latent's schedule" in str(e.value) and e.value.node_id == "ks"
 
 
+def test_a_schedule_that_skips_stored_levels_is_an_error():
+    """A stock sampler on a coarser schedule whose levels are all stored ones (simple 3 steps inside simple 6)
+    passes the per-sigma check and the start check, yet replays another trajectory: measured 0.65 RMS off the image
+    with no word before the engine checked that the steps are consecutive."""
+    prompt = edit_prompt(target_seed=42, batch=1)
+    prompt["invert"]["inputs"]["scheduler"] = "simple"
+    prompt["engine"]["inputs"].update(window_start=0.0, window_end=1.0)
+    prompt["coarse"] = {"class_type": "BasicScheduler", "inputs": {
+        "model": ["model", 0], "scheduler": "simple", "steps": 3, "denoise": 1.0}}
+    prompt["guider"] = {"class_type": "CFGGuider", "inputs": {
+        "model": ["engine", 0], "positive": ["target", 0], "negative": ["negative", 0], "cfg": 1.0}}
+    prompt["nonoise"] = {"class_type": "DisableNoise", "inputs": {}}
+    prompt["euler"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+    prompt["custom"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["nonoise", 0], "guider": ["guider", 0], "sampler": ["euler", 0], "sigmas": ["coarse", 0],
+        "latent_image": ["invert", 0]}}
+    out = run_workflow(prompt, outputs=["invert", "coarse"])
+    stored, coarse = out["invert"][1].tolist(), out["coarse"][0].tolist()
+    assert all(any(abs(c - s_) <= 1e-6 * max(s_, 1.0) for s_ in stored) for c in coarse), (coarse, stored)
+    with pytest.raises(WorkflowError) as e:
+        run_workflow(prompt, outputs=["custom"])
+    assert "skipping 1 level(s)" in str(e.value) and e.value.node_id == "custom", str(e.value)
+    prompt["custom"]["inputs"]["sigmas"] = ["invert", 1]       # the stored schedule itself: consecutive, runs
+    run_workflow(prompt, outputs=["custom"])
+
+
 @pytest.mark.parametrize("method, window", (("ExactInvert", (0.0, 1.0)), ("ExactInvert", (0.5, 0.5)),
                                             ("BDIAInvert", (0.0, 1.0))))
 def test_a_start_other_than_the_engines_inverted_latent_is_an_error(method, window):

@@ -122,3 +122,55 @@ def test_the_replay_sampler_replays_its_own_inversion_not_a_later_near_equal_one
     assert 1e-5 < rel < 1e-3, rel            # the case: near-equal tops (measured 1.4e-04)
     assert diff < 1e-6, diff                 # was the replay of GNRI's top
     assert not warnings_of(caplog, "is not the noise"), warnings_of(caplog)
+
+
+def _per_item_prompt_chain():
+    """A batch of two images inverted by the BDIA twin with one prompt per item (a 2-row positive), so a replay that
+    pairs an item with the other row is measurably off (BDIA replays its own inversion bit for bit)."""
+    prompt = add_custom_chain(invert_and_replay(batch=2), "BDIAInvertSampler", {})
+    prompt["positive"]["inputs"]["batch"] = 2
+    prompt["item0"] = {"class_type": "LatentFromBatch", "inputs": {"samples": ["custom", 0], "batch_index": 0,
+                                                                   "length": 1}}
+    prompt["item1"] = {"class_type": "LatentFromBatch", "inputs": {"samples": ["custom", 0], "batch_index": 1,
+                                                                   "length": 1}}
+    return prompt
+
+
+@pytest.mark.parametrize("order", ("swapped", "repeated"))
+def test_items_out_of_their_inversions_order_are_warned_where_the_prompt_rows_do_not_follow(caplog, order):
+    """LatentBatch(item 1, item 0) or RepeatLatentBatch(item 1) of a per-item-prompt inversion, replayed by the
+    Inverted Replay SAMPLER with the inversion's own guider: the host pairs item i with prompt row i, so the moved
+    items got the other image's prompt (0.69 RMS off on tiny SD1 where the others came back bit for bit) without a
+    word."""
+    prompt = _per_item_prompt_chain()
+    prompt["moved"] = ({"class_type": "LatentBatch", "inputs": {"samples1": ["item1", 0], "samples2": ["item0", 0]}}
+                       if order == "swapped" else
+                       {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["item1", 0], "amount": 2}})
+    prompt["custom_replay"]["inputs"]["latent_image"] = ["moved", 0]
+    caplog.clear()
+    out = run_workflow(prompt, ["custom_replay", "latent"])
+    x0, rec = out["latent"][0]["samples"], out["custom_replay"][0]["samples"]
+    want = x0.flip(0) if order == "swapped" else x0[1:].repeat(2, 1, 1, 1)
+    err = (rec - want).pow(2).mean(dim=(1, 2, 3)).sqrt()
+    assert err[0] > 0.1, err                          # item 0 (inverted as item 1) got row 0's prompt: off
+    said = warnings_of(caplog, "gets the prompt of item")
+    assert len(said) == 1 and "item 0 (inverted as item 1) gets the prompt of item 0" in said[0], warnings_of(caplog)
+    assert ("item 1 (inverted as item 0)" in said[0]) == (order == "swapped"), said
+
+
+def test_a_picked_item_with_its_own_prompt_row_is_quiet_and_exact(caplog):
+    """The check compares rows, not batches: item 0 picked and replayed with a one-row prompt equal to the
+    inversion's row 0 is its own reconstruction, unwarned (and the batch in order stays quiet too)."""
+    prompt = _per_item_prompt_chain()
+    prompt["row0"] = {"class_type": "InversionTestConditioning", "inputs": dict(prompt["positive"]["inputs"], batch=1)}
+    prompt["guider0"] = copy.deepcopy(prompt["guider"])
+    prompt["guider0"]["inputs"]["positive"] = ["row0", 0]
+    prompt["pick_replay"] = copy.deepcopy(prompt["custom_replay"])
+    prompt["pick_replay"]["inputs"].update(latent_image=["item0", 0], guider=["guider0", 0])
+    caplog.clear()
+    out = run_workflow(prompt, ["custom_replay", "pick_replay", "latent"])
+    x0 = out["latent"][0]["samples"]
+    assert (out["custom_replay"][0]["samples"] - x0).abs().max() < 1e-5
+    assert (out["pick_replay"][0]["samples"] - x0[:1]).abs().max() < 1e-5
+    assert not warnings_of(caplog, "gets the prompt of item"), warnings_of(caplog)
+    assert not warnings_of(caplog, "Inverted Replay SAMPLER"), warnings_of(caplog)

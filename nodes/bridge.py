@@ -629,7 +629,8 @@ def check_item_pairing(found: "_Found", positive: Any, who: str) -> bool:
         if j >= len(rows):
             return False
         if not matches(now[i]["prompt"], rows[j]["prompt"], rtol=CONDITIONING_RTOL):
-            other = [r for r, row in enumerate(rows) if matches(now[i]["prompt"], row["prompt"], rtol=CONDITIONING_RTOL)]
+            other = [r for r, row in enumerate(rows)
+                     if matches(now[i]["prompt"], row["prompt"], rtol=CONDITIONING_RTOL)]
             if other:                # another inverted item's prompt; a prompt of none of them is an edit
                 prompts.append(f"item {i} (inverted as item {j}) gets the prompt of item {other[0]}")
         if not matches(now[i]["images"], rows[j]["images"], rtol=CONDITIONING_RTOL):

@@ -271,6 +271,8 @@ class EditEngine:
         if self._last_step is None or k < self._last_step or (repeat and k == self._first_step):
             self._check_start(x, len(cou), k)
             self._seen, self._first_step = set(), k
+        elif k > self._last_step + 1 and self._start_change(x, len(cou), k) is None:
+            self._seen, self._first_step = set(), k      # a new run from a lower level (its latent is the stored one)
         elif k > self._last_step + 1:
             raise ValueError(
                 f"Inversion Edit Engine: the sampler went from sigma {self.schedule[self._last_step]:.6g} to "
@@ -388,18 +390,26 @@ class EditEngine:
         latent's stored trajectory, so from any other start (another image's inversion, a KSampler's noise) the edit
         would be steered by the wrong image without a sign of it. ``k``: the step of the run's first model call
         (0; 1 for a BDIA replay, whose first latent z_{T-1} is the stored pair state)."""
+        change = self._start_change(x, chunks, k)
+        if change is not None:
+            raise ValueError(
+                "Inversion Edit Engine: the sampler starts from a latent that is not the inverted latent this "
+                f"engine was built from ({change}). Connect the same inverted LATENT to the engine and to the "
+                "Inverted Latent Sampler: the engine's source branch follows that latent's stored trajectory and "
+                "cannot steer the edit of another latent or of fresh noise")
+
+    def _start_change(self, x: torch.Tensor, chunks: int, k: int) -> Optional[str]:
+        """How the model's input ``x`` differs from the stored latent at step ``k`` (None: it is that latent, or the
+        shapes do not pair, which the caller's shape check names)."""
         top = self.states_down[k]
         n = x.shape[0]
         if chunks < 1 or n % chunks or n // chunks != top.shape[0] or tuple(x.shape[1:]) != tuple(top.shape[1:]):
-            return                               # the shape check of the caller names this case
+            return None
         for chunk in x.chunk(chunks):
             change = describe_change(top, chunk, rtol=START_TOLERANCE)
             if change is not None:
-                raise ValueError(
-                    "Inversion Edit Engine: the sampler starts from a latent that is not the inverted latent this "
-                    f"engine was built from ({change}). Connect the same inverted LATENT to the engine and to the "
-                    "Inverted Latent Sampler: the engine's source branch follows that latent's stored trajectory and "
-                    "cannot steer the edit of another latent or of fresh noise")
+                return change
+        return None
 
     @staticmethod
     def _prompt_lengths(c_src: dict, c: dict, cou: list) -> tuple:

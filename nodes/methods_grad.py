@@ -53,9 +53,9 @@ class GNRIInvert(_GradInvertNode):
             "official 2 iterations).")}),
         "variant": (GNRI_VARIANTS, {"default": "quasi-newton", "tooltip": (
             "quasi-newton: GNRI's guided Newton-Raphson with the Jacobian replaced by the multisecant (Anderson / "
-            "Broyden) estimate built from the iterates - departs from the paper only there, to keep GNRI's promise "
-            "of ~1-2 iterations (~2 model evaluations) per step, at 3; it runs on the Exact Invert solver with "
-            "GNRI's guidance (and its auto damping of a large first step on flow models). newton: the "
+            "Broyden) estimate built from the iterates - departs from the paper only there, to stay near GNRI's "
+            "promise of ~1-2 iterations (~2 model evaluations) per step: it takes 3; it runs on the Exact Invert "
+            "solver with GNRI's guidance (and its auto damping of a large first step on flow models). newton: the "
             "paper's update, Newton-Krylov with the model's Jacobian (finite-difference directional derivatives), "
             "started from the DDIM result so a step never ends worse than DDIM. reference code: the official "
             "implementation (model step detached, sign step, 2 iterations, lowest-residual iterate); not exact.")}),

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
+import inspect
 import logging
 import math
 import threading
@@ -137,7 +139,9 @@ PATCH_KINDS = {"weights": "weight patches (a LoRA, a model merge)",
                "wrapper": "a model function wrapper",
                "extensions": "wrappers / callbacks / an attention override (EasyCache, LazyCache, context windows, "
                              "custom nodes ...)",
-               "objects": "object patches"}
+               "objects": "object patches",
+               "settings": "the settings of its patches (the same patch nodes with other values: a PAG / SAG / "
+                           "RescaleCFG scale, a FreeU or Deep Shrink factor ...)"}
 
 
 def edit_engine_of(model):
@@ -178,7 +182,73 @@ def raw_patch_signature(model) -> dict:
         "wrapper": "model_function_wrapper" in opts,
         "extensions": _extensions(model, opts, to),
         "objects": sorted(k for k in (getattr(model, "object_patches", None) or {}) if k != "model_sampling"),
+        "settings": _patch_settings_of(opts, to),
     }
+
+
+def _patch_settings_of(opts: dict, to: dict) -> str:
+    """The values the cfg functions and block / attention patches were made with (_made_with), in order: the kinds
+    above name and count them, and the same patch node with another scale passed for the inversion's (tiny SD1, BDIA:
+    PAG 3 -> 0.5 26.7 dB, SAG 0.5 -> 2 17.5 dB, Deep Shrink 2 -> 3 21.8 dB, RescaleCFG 0.7 -> 0 42.7 dB, unwarned)."""
+    out = []
+    for key in BATCH_HOOKS:
+        fns = opts.get(key)
+        for fn in fns if isinstance(fns, (list, tuple)) else ([fns] if fns is not None else []):
+            out.append((key, _made_with(fn)))
+    for key, fns in sorted((to.get("patches") or {}).items()):
+        for fn in fns if isinstance(fns, (list, tuple)) else ():
+            out.append((key, _made_with(fn)))
+    for key, fns in sorted((to.get("patches_replace") or {}).items()):
+        for where, fn in sorted((fns if isinstance(fns, dict) else {}).items(), key=lambda kv: str(kv[0])):
+            out.append((key, str(where), _made_with(fn)))
+    return repr(out)
+
+
+PLAIN = (bool, int, float, str)
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """The plain values in ``value`` (numbers and strings, in tuples / lists / dicts with plain keys), None where it
+    holds none; tensors, devices and objects are left out (a patch's own run-time state, SAG's attention maps)."""
+    if isinstance(value, PLAIN):
+        return value
+    if depth < 3 and isinstance(value, (tuple, list)):
+        items = tuple(_plain(v, depth + 1) for v in value)
+        return items if all(v is not None for v in items) else None
+    if depth < 3 and isinstance(value, dict):
+        items = [(k, _plain(v, depth + 1)) for k, v in value.items() if isinstance(k, PLAIN)]
+        return tuple(sorted(((k, v) for k, v in items if v is not None), key=lambda kv: str(kv[0]))) or None
+    return None
+
+
+def _made_with(fn: Any, depth: int = 0) -> Any:
+    """What a patch callable was made with, as plain values: a function's name and the plain values it closes over
+    (a patch node's widgets: PAG's scale, FreeU's factors), a partial's arguments, a callable object's public plain
+    attributes. A bound method is read through its function only (its object's state may change while sampling),
+    and the edit engine's own patches not at all (check_patches compares what was added after it)."""
+    owner = getattr(fn, "__self__", None)
+    if depth > 2 or any(getattr(o, "is_inversion_edit_engine", False)
+                        for o in (fn, owner, getattr(fn, "engine", None), getattr(fn, "_engine", None))):
+        return None
+    if isinstance(fn, functools.partial):
+        return ("partial", _made_with(fn.func, depth + 1), _plain(fn.args), _plain(fn.keywords))
+    if inspect.ismethod(fn):
+        return _made_with(fn.__func__, depth + 1)
+    if inspect.isfunction(fn):
+        cells = []
+        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+            try:
+                value = cell.cell_contents
+            except ValueError:               # a cell not yet assigned
+                continue
+            made = _made_with(value, depth + 1) if inspect.isfunction(value) else _plain(value)
+            if made is not None:
+                cells.append((name, made))
+        return (fn.__qualname__, tuple(cells), _plain(fn.__defaults__))
+    if callable(fn) and not isinstance(fn, (type, torch.nn.Module)):
+        attrs = getattr(fn, "__dict__", None) or {}
+        return (type(fn).__qualname__, _plain({k: v for k, v in attrs.items() if not str(k).startswith("_")}))
+    return _plain(fn)
 
 
 # upstream's patcher extensions that run the same network: torch.compile's APPLY_MODEL wrapper (TorchCompileModel)
@@ -282,26 +352,42 @@ def _differing_patch_kinds(old: dict, now: dict) -> list:
             a, b = old.get(kind), now.get(kind)
             if old.get("weights") == now.get("weights") and a is not None and b is not None and not matches(a, b):
                 out.append(what)
+        elif kind == "settings":
+            # judged only where the same patches are there ("cfg" / "blocks" name the rest)
+            if all(old.get(k) == now.get(k) for k in ("cfg", "blocks")) and old.get(kind) != now.get(kind):
+                out.append(what)
         elif old.get(kind) != now.get(kind):
             out.append(what)
     return out
 
 
-def _engines_in_patches(model) -> list:
-    """The Inversion Edit Engines whose patches ``model`` carries: attention / Flux block replace patches (an
-    ``engine`` attribute), its output block patch (a bound method of the engine), SD3 joint blocks (object patches
-    with an ``_engine``)."""
+def _engine_patches(model) -> list:
+    """(slot, engine) for every patch on ``model`` that belongs to an Inversion Edit Engine: attention / Flux block
+    replace patches (an ``engine`` attribute), its output block patch (a bound method of the engine), SD3 joint
+    blocks (object patches with an ``_engine``). A slot names where the patch sits."""
     opts = getattr(model, "model_options", None) or {}
     to = opts.get("transformer_options") or {}
     found = []
-    for patches in (to.get("patches_replace") or {}).values():
-        found += [getattr(p, "engine", None) for p in (patches.values() if isinstance(patches, dict) else ())]
-    for patches in (to.get("patches") or {}).values():
-        found += [getattr(p, "__self__", None) for p in (patches if isinstance(patches, (list, tuple)) else ())]
-    found += [getattr(p, "_engine", None) for p in (getattr(model, "object_patches", None) or {}).values()]
+    for kind, patches in (to.get("patches_replace") or {}).items():
+        found += [((kind, key), getattr(p, "engine", None))
+                  for key, p in (patches.items() if isinstance(patches, dict) else ())]
+    for kind, patches in (to.get("patches") or {}).items():
+        found += [((kind, i), getattr(p, "__self__", None))
+                  for i, p in enumerate(patches if isinstance(patches, (list, tuple)) else ())]
+    found += [((name,), getattr(p, "_engine", None)) for name, p in (getattr(model, "object_patches", None) or {}).items()]
+    return [(slot, engine) for slot, engine in found if getattr(engine, "is_inversion_edit_engine", False)]
+
+
+def engine_slots(model, engine) -> frozenset:
+    """Where ``engine``'s own patches sit on ``model`` (see _engine_patches); recorded when the engine is built."""
+    return frozenset(slot for slot, e in _engine_patches(model) if e is engine)
+
+
+def _engines_in_patches(model) -> list:
+    """The Inversion Edit Engines whose patches ``model`` carries."""
     out = []
-    for engine in found:
-        if getattr(engine, "is_inversion_edit_engine", False) and all(engine is not e for e in out):
+    for _, engine in _engine_patches(model):
+        if all(engine is not e for e in out):
             out.append(engine)
     return out
 
@@ -310,10 +396,21 @@ def check_engine_wrapper(model, name: str = "model") -> None:
     """An error when ``model`` carries an Inversion Edit Engine's patches but its model function wrapper is not
     that engine: a node after the engine set its own wrapper in the engine's place (the host keeps one), the
     engine's patches never get its context and the edit is the plain replay bit for bit, which only a generic
-    'patches differ' warning said (and told an edit to ignore)."""
+    'patches differ' warning said (and told an edit to ignore). An error too when a node after the engine replaced
+    some of the engine's own patches (an attention replace patch on a layer the engine patched: the host keeps one
+    per layer), so those layers silently lost the injection."""
     wrapper = edit_engine_of(model)
     stale = [e for e in _engines_in_patches(model) if e is not wrapper]
     if not stale:
+        built = getattr(wrapper, "built_slots", None)
+        lost = sorted(built - engine_slots(model, wrapper), key=repr) if built else []
+        if lost:
+            raise ValueError(
+                f"{name}: a node after the Inversion Edit Engine replaced {len(lost)} of the engine's own patches "
+                f"({', '.join(_slot_name(slot) for slot in lost[:4])}{' ...' if len(lost) > 4 else ''}; ComfyUI "
+                "keeps one patch per layer), so those layers take that node's path and lose the source's features "
+                "without a sign in the result. Put that node before the Inversion Edit Engine (the engine then "
+                "runs it inside its own patch)")
         return
     now = (getattr(model, "model_options", None) or {}).get("model_function_wrapper")
     raise ValueError(
@@ -321,6 +418,16 @@ def check_engine_wrapper(model, name: str = "model") -> None:
         f"{'another engine' if wrapper is not None else type(now).__name__ if now is not None else 'gone'}: a node "
         "after the engine replaced the engine's wrapper (ComfyUI keeps one per MODEL), so the engine would not run "
         "and the edit would come out as the plain replay. Put that node before the Inversion Edit Engine")
+
+
+def _slot_name(slot: tuple) -> str:
+    """A patch slot (_engine_patches) as a user reads it: 'attn1 output 4.0', 'output_block_patch', an object name."""
+    if len(slot) == 1:
+        return str(slot[0])
+    kind, key = slot
+    if isinstance(key, tuple):
+        return f"{kind} " + " ".join(str(k) for k in key[:1]) + " " + ".".join(str(k) for k in key[1:])
+    return f"{kind} {key}" if not isinstance(key, int) else str(kind)
 
 
 def check_patches(model, signature: Optional[dict], name: str, action: str) -> None:
@@ -688,7 +795,59 @@ def guidance_of(guider) -> dict:
     # CLIPTextEncode gives it), whose trajectory no prompt describes: the edit engine's source branch then takes the
     # image's description unwarned (edit.py _check_source_prompt)
     return {"positive": conditioning_fingerprint(conds.get("positive")), "cfg": cfg, "image_inputs": inputs,
-            "hooks": hooks, "positive_is_negative": same, "rows": row_prints(conds.get("positive"))}
+            "hooks": hooks, "positive_is_negative": same, "rows": row_prints(conds.get("positive")),
+            "guider": guider_state(guider)}
+
+
+def guider_state(guider) -> dict:
+    """What a guider does beside the prompts, for a guider that is not the host's CFGGuider (DualCFGGuider,
+    PerpNegGuider, a custom node's): its type, its numeric settings (cfg1 / cfg2, neg_scale ...) and fingerprints of
+    its conditionings other than positive / negative (PerpNeg's empty prompt, DualCFG's middle). The cfg check reads
+    only CFGGuider's cfg, so another scale on these passed unwarned (tiny SD1, BDIA: DualCFG 3 / 2 replayed at 5 / 1:
+    3.15 RMS off the image; PerpNeg cfg 3 at 6: 4.24)."""
+    conds = guider_conds(guider)
+    standard = getattr(type(guider), "predict_noise", None) is comfy.samplers.CFGGuider.predict_noise
+    return {"type": type(guider).__qualname__, "standard": standard,
+            "settings": {k: float(v) for k, v in sorted(vars(guider).items())
+                         if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("_")},
+            "conds": {k: conditioning_fingerprint(v) for k, v in sorted(conds.items())
+                      if k not in ("positive", "negative")}}
+
+
+def check_replay_guider(guidance: Optional[dict], guider, positive: Any, negative: Any, name: str,
+                        model=None) -> None:
+    """A warning when the replay's positive is the inversion's own but its guider is of another type than the
+    inversion's, or the same type with other settings or other extra conditionings: as check_replay_cfg for cfg,
+    neither a reconstruction nor an edit of the prompt. Two guiders that predict with the host's CFG (CFGGuider,
+    BasicGuider: cfg 1) are check_replay_cfg's."""
+    old = (guidance or {}).get("guider")
+    if not old or guider is None:
+        return
+    now = guider_state(guider)
+    if old.get("standard") and now["standard"]:
+        return
+    differs = []
+    if old["type"] != now["type"]:
+        differs.append(f"it is a {now['type']} where the inversion ran a {old['type']} (unless the two give the same "
+                       "prediction with these settings)")
+    else:
+        moved = [f"{k} {now['settings'].get(k)} (inversion: {v})" for k, v in old["settings"].items()
+                 if now["settings"].get(k) != v]
+        if moved:
+            differs.append("its " + ", ".join(moved))
+        extra = [k for k in set(old["conds"]) | set(now["conds"])
+                 if not (k in old["conds"] and k in now["conds"]
+                         and matches(old["conds"][k], now["conds"][k], rtol=CONDITIONING_RTOL))]
+        if extra:
+            differs.append(f"its {', '.join(sorted(extra))} conditioning differs")
+    if not differs or (model is not None and edit_engine_of(model) is not None):
+        return
+    if _same_conditioning(positive, negative) or not is_inversion_prompt(guidance, positive):
+        return
+    warn(f"{name}: the positive conditioning is the one this latent was inverted with, but the guider is not the "
+         f"inversion's: {'; '.join(differs)}. This is neither a reconstruction (that needs the inversion's guider and "
+         "settings) nor an edit of the prompt. Replay with the guider the latent was inverted with; to edit, change "
+         "the prompt")
 
 
 def guider_conds(guider, who: Optional[str] = None) -> dict:
@@ -1468,6 +1627,9 @@ def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None, pat
         if cfg is not None:
             check_replay_cfg(found.guidance, conds.get("positive"), conds.get("negative"), cfg,
                              "Inverted Replay SAMPLER: cfg", patcher)
+        if guider is not None:
+            check_replay_guider(found.guidance, guider, conds.get("positive"), conds.get("negative"),
+                                "Inverted Replay SAMPLER: guider", patcher)
         by_row = check_item_pairing(found, conds.get("positive"), "Inverted Replay SAMPLER: ")
         check_model_inputs(found.guidance, _replay_conds(conds.get("positive"), conds.get("negative"), cfg),
                            "replay", "Inverted Replay SAMPLER: ", positive_images=not by_row)

@@ -27,9 +27,10 @@ from ..inversion_core.edit import (MODES, concat_tokens, find_step, inject_self_
 from ..inversion_core.edit.attention import reweight_columns
 from ..inversion_core.edit.select import MODE_HELP, EditSettings, layer_name
 from ..inversion_core.record import describe_change
+from ..inversion_core.solvers.bdia import METHOD as BDIA
 from .bridge import (_mask_for, check_conditioning, check_model_inputs, check_patches, check_sampling,
-                     edit_engine_of, is_inversion_prompt, model_family, model_kind, raw_patch_signature, read_inverted,
-                     unsupported_host, warn)
+                     edit_engine_of, engine_slots, is_inversion_prompt, model_family, model_kind, raw_patch_signature,
+                     read_inverted, unsupported_host, warn)
 from .common import CATEGORY
 
 KEY = "inversion_edit"          # our entry in transformer_options
@@ -203,6 +204,7 @@ class EditEngine:
 
     is_inversion_edit_engine = True     # bridge.patch_signature: a MODEL with an engine checks its own inputs
     built_signature: dict = {}          # raw_patch_signature of the MODEL it was installed on (set there)
+    built_slots: frozenset = frozenset()  # where its own patches sit on that MODEL (bridge.engine_slots)
 
     def __init__(self, settings: EditSettings, schedule: list, states_down: list, source_cond, mask, branch: str,
                  patch_size: int = 1, inner_wrapper=None, inner_attention: Optional[dict] = None):
@@ -729,10 +731,14 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
     _warn_ignored_settings(settings, mode, strength, reweight, tokens, m is not None)
     if settings.active_steps:            # a source branch that never runs cannot pin the edit to the wrong prompt
         _check_source_prompt(entry.get("guidance"), source_conditioning)
-    if settings.active_steps == 0 and start < end and not any(settings.mask_steps):   # mask_steps: the window's
-        warn(f"Inversion Edit Engine: the window {start:g}-{end:g} holds no whole step of the inverted latent's "
-             f"{total} (step k counts when k/{total} is inside it), so the engine changes nothing: the replay is the "
-             "plain one. Widen the window or invert with more steps")
+    if settings.active_steps == 0 and not any(settings.mask_steps):   # mask_steps: the window's
+        _warn_empty_window(mode, start, end, window_start, window_end, total)
+    elif entry.get("method") == BDIA and settings.any_step(0) and \
+            not any(settings.any_step(k) for k in range(1, total)):
+        warn(f"Inversion Edit Engine: the window {start:g}-{end:g} holds only step 0 of the inverted latent's "
+             f"{total}, and a BDIA replay does not evaluate step 0 (its first latent z_(T-1) is the stored pair "
+             "state, the source's own step), so the engine changes nothing: the replay is the plain one. Widen the "
+             "window past step 0 or invert with more steps")
     blocks = len(getattr(diffusion_model, "output_blocks", []))
     if settings.residual_block is not None and not dit and settings.residual_block >= blocks:
         warn(f"Inversion Edit Engine: residual_features injects at output block {settings.residual_block} (the "
@@ -747,6 +753,7 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
     def installed():
         _check_installed(patched, engine, layers_available, flux, dit, settings)
         engine.built_signature = raw_patch_signature(patched)   # bridge.check_patches: what is added after it
+        engine.built_slots = engine_slots(patched, engine)       # bridge.check_engine_wrapper: what replaced them
         return patched, engine
 
     # the patches are installed even for an empty window: outside the window every call takes the host's own path
@@ -818,6 +825,23 @@ def _check_source_prompt(guidance: Optional[dict], source_conditioning) -> None:
              "37-58 instead of 18, plain replay 47; dit_kv 70-73 % of the edit instead of 101 %), and the "
              "inversion's own prompt as the edit no longer gives the image back (27-43 dB instead of 46-50). Connect "
              "the conditioning the inversion node got as positive to source_conditioning too")
+
+
+def _warn_empty_window(mode: str, start: float, end: float, window_start: float, window_end: float,
+                       total: int) -> None:
+    """A warning for a window that holds no step: the engine then changes nothing and the replay is the plain one.
+    Named: an end left at the mode's default (-1) that the other, set end passed (window_start 0.6 with pnp's default
+    end 0.5 is empty, which the user is unlikely to mean)."""
+    if start < end:
+        warn(f"Inversion Edit Engine: the window {start:g}-{end:g} holds no whole step of the inverted latent's "
+             f"{total} (step k counts when k/{total} is inside it), so the engine changes nothing: the replay is the "
+             "plain one. Widen the window or invert with more steps")
+        return
+    defaults = [f"window_{name} is mode {mode}'s default {value:g} (-1)" for name, value, given in
+                (("start", start, window_start), ("end", end, window_end)) if given < 0]
+    warn(f"Inversion Edit Engine: the window starts at {start:g} and ends at {end:g}"
+         + (f" ({'; '.join(defaults)})" if defaults else "") + ": it holds no step, so the engine changes nothing: "
+         "the replay is the plain one. Set window_end above window_start")
 
 
 def _warn_ignored_settings(s: EditSettings, mode: str, strength: float, reweight: float, tokens: str,
@@ -944,7 +968,7 @@ class InversionEditEngine:
                     "the coarse layout.")}),
                 "window_end": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.01, "tooltip": (
                     "Injection stops here, " + _WINDOW_TIP + ". Later = more structure kept, weaker edit; "
-                    "start >= end injects nothing (plain replay).")}),
+                    "start >= end injects nothing (plain replay, warned).")}),
                 "layers": ("STRING", {"default": "auto", "tooltip": (
                     "Self-attention layers that take the source's features: auto = the family preset (SD1.x PnP "
                     "output.4-11, MasaCtrl output.6-11; SDXL: PnP / P2P decoder, MasaCtrl output.0-2; others: "

@@ -293,6 +293,32 @@ def test_edit_engine_with_a_bdia_record_reconstructs_with_the_source_prompt(bran
         assert rel(edited, x0) < 1e-4
 
 
+def test_an_engine_window_holding_only_step_0_of_a_bdia_replay_says_it_does_nothing(caplog):
+    """A BDIA replay's first latent is the stored pair state: step 0 is never evaluated, so a window holding only
+    step 0 (pnp 0-0.15 of 6 steps) injects nothing and the edit is the plain replay; it says so. 0-0.35 holds steps
+    1 and 2 and changes the edit."""
+    from test_editing_host import warnings_of
+
+    prompt = _bdia_prompt(steps=6, batch=1, extra={"gamma": 1.0})
+    prompt["edit_prompt"] = {"class_type": "InversionTestConditioning",
+                             "inputs": {"seed": 99, "batch": 1, "tokens": 4, "dim": 16}}
+    prompt["replay"]["inputs"]["positive"] = ["edit_prompt", 0]
+    prompt["engine"] = {"class_type": "InversionEditEngine", "inputs": {
+        "model": ["model", 0], "inverted_latent": ["invert", 0], "source_conditioning": ["positive", 0],
+        "mode": "pnp", "strength": 1.0, "window_start": 0.0, "window_end": 0.15, "layers": "all",
+        "residual_features": False, "reweight": 1.0, "tokens": "", "source_branch": "batched"}}
+    prompt["edited"] = {"class_type": "InvertedLatentSampler", "inputs": dict(
+        prompt["replay"]["inputs"], model=["engine", 0])}
+    out = run_workflow(prompt)
+    assert torch.equal(out["edited"][0]["samples"], out["replay"][0]["samples"])
+    assert len(warnings_of(caplog, "holds only step 0")) == 1
+    caplog.clear()
+    prompt["engine"]["inputs"]["window_end"] = 0.35
+    out = run_workflow(prompt)
+    assert not torch.equal(out["edited"][0]["samples"], out["replay"][0]["samples"])
+    assert not warnings_of(caplog, "holds only step 0")
+
+
 def test_auto_gamma_keeps_the_growth_of_ten_steps_at_0_7():
     """auto: 0.7 up to 10 steps, 0.7^(10/T) above, so (1/γ)^T stays at (1/0.7)^10 (README: measured)."""
     assert [auto_gamma(t) for t in (1, 2, 4, 10)] == [0.7] * 4

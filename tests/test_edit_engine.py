@@ -76,6 +76,21 @@ def test_a_window_between_two_steps_says_it_does_nothing(caplog):
     assert not warnings_of(caplog, "holds no whole step")
 
 
+@pytest.mark.parametrize("mode, window", [("pnp", {"window_start": 0.6}), ("p2p", {"window_start": 0.85}),
+                                          ("masactrl", {"window_end": 0.05}), ("pnp", {"window_start": 0.7,
+                                                                                        "window_end": 0.2})])
+def test_a_window_whose_start_passes_its_end_says_it_does_nothing(caplog, mode, window):
+    """One end set past the mode's default other end (pnp ends at 0.5) empties the window: the replay is the plain
+    one, which the user setting only window_start is unlikely to mean, so it is warned with the default named."""
+    from test_editing_host import warnings_of
+
+    edited, plain, _ = run(edit_prompt(target_seed=42), mode=mode, **window)
+    assert torch.equal(edited, plain)
+    found = warnings_of(caplog, "it holds no step")
+    assert len(found) == 1
+    assert ("default" in found[0]) == (len(window) == 1), found
+
+
 @pytest.mark.parametrize("mode, extra", [("pnp", {"residual_features": True}), ("masactrl", {}),
                                          ("p2p", {"reweight": 2.0, "tokens": "1,2"})])
 def test_batched_and_cached_source_branch_agree_and_the_edit_moves(mode, extra):

@@ -136,6 +136,29 @@ def test_an_earlier_replace_patch_sees_the_rows_and_chunks_it_would_see_without_
         assert err <= 1e-5, (mode, err)
 
 
+def test_an_attention_patch_added_after_the_engine_on_its_layer_is_an_error(sd1):
+    """ComfyUI keeps one attention replace patch per layer: one set after the engine on a layer the engine patched
+    took that layer's injection away without a sign (only the generic 'patches added after the engine' warning, which
+    an edit may ignore). Now the replay refuses it and names the layer. A patch on a slot the engine left alone
+    (cross-attention under masactrl) is not an error, and the same patch before the engine runs inside it."""
+    import comfy.ldm.modules.attention as attention
+
+    def hot_attention(q, k, v, extra):
+        return attention.optimized_attention(q * 0.5, k, v, extra["n_heads"])
+
+    layer = _pack("edit").unet_layers(sd1["model"].model.diffusion_model)[-1]
+    after = engine(sd1).clone()
+    after.set_model_attn1_replace(hot_attention, *layer)
+    with pytest.raises(ValueError, match=r"replaced 1 of the engine's own patches \(attn1 output"):
+        replay(sd1, after)
+    cross = engine(sd1).clone()
+    cross.set_model_attn2_replace(hot_attention, *layer)
+    replay(sd1, cross)
+    before = sd1["model"].clone()
+    before.set_model_attn1_replace(hot_attention, *layer)
+    replay(sd1, engine(sd1, model=before))
+
+
 def test_the_engines_model_cloned_by_a_later_node_is_the_same_engine(sd1):
     """The PyPI fork's ModelPatcher.clone deep-copies model_options: every node after the engine (RescaleCFG, a
     LoRA loader) copied the engine with its whole trajectory (SD3: the copy no longer reached the joint blocks, see

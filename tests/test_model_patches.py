@@ -108,3 +108,63 @@ def test_the_sampler_twins_check_and_warn_too(caplog):
     run(FAMILY, prompt, ["twin_replay"])
     assert len(warnings_of(caplog, AT_INVERSION)) == 1, warnings_of(caplog)
     assert len(warnings_of(caplog, AT_REPLAY)) == 1, warnings_of(caplog)
+
+
+SETTINGS_DIFFER = "the settings of its patches"
+OTHER_SETTINGS = {  # the same node before the replay with another value (measured on tiny SD1, BDIA T=5, unwarned
+    #                 before patch settings were compared: PAG 26.7 dB, Deep Shrink 21.8, SAG at cfg 3 17.5)
+    "PAG": ("PerturbedAttentionGuidance", {"scale": 3.0}, {"scale": 0.5}),
+    "Deep Shrink": ("PatchModelAddDownscale", {"downscale_factor": 2.0}, {"downscale_factor": 3.0}),
+    "SAG": ("SelfAttentionGuidance", {"scale": 0.5}, {"scale": 2.0}),
+}
+
+
+@pytest.mark.parametrize("name", list(OTHER_SETTINGS))
+def test_the_same_patch_node_with_other_settings_on_the_replay_is_warned(name, caplog):
+    node, at_inversion, at_replay = OTHER_SETTINGS[name]
+    prompt = patched((node, at_inversion))
+    if name == "SAG":                   # SAG acts on the unconditional branch: cfg > 1 on both sides
+        prompt["invert"]["inputs"]["cfg"] = prompt["replay"]["inputs"]["cfg"] = 3.0
+    caplog.clear()
+    same = run(FAMILY, prompt)
+    assert warnings_of(caplog, PATCHES_DIFFER) == [], warnings_of(caplog)
+    prompt["replay_patched"] = {"class_type": node, "inputs": {**defaults(node, **at_replay), "model": ["model", 0]}}
+    prompt["replay"]["inputs"]["model"] = ["replay_patched", 0]
+    caplog.clear()
+    other = run(FAMILY, prompt)
+    said = warnings_of(caplog, PATCHES_DIFFER)
+    assert len(said) == 1 and SETTINGS_DIFFER in said[0], warnings_of(caplog)
+    assert reconstruction(same) > 150 and reconstruction(other) < 60, (reconstruction(same), reconstruction(other))
+
+
+GUIDER_DIFFERS = "but the guider is not the inversion's"
+
+
+@pytest.mark.parametrize("replay_guider, warned", [
+    (("PerpNegGuider", {"cfg": 3.0, "neg_scale": 1.0}), False),        # the inversion's own: exact, quiet
+    (("PerpNegGuider", {"cfg": 6.0, "neg_scale": 1.0}), True),         # another scale: 4.24 RMS off, was unwarned
+    (("PerpNegGuider", {"cfg": 3.0, "neg_scale": 3.0}), True),
+    (("CFGGuider", {"cfg": 3.0}), True),                               # another guider type: 1.57 off
+])
+def test_a_replay_guider_other_than_the_inversions_is_warned(replay_guider, warned, caplog):
+    """Guiders with their own prediction (PerpNeg, DualCFG) record no cfg the CFGGuider check can read, so the same
+    positive replayed at another scale or through another guider type passed as a reconstruction. Now the guider's
+    type, numeric settings and extra conditionings are compared (BDIA: its replay of the same guider is exact)."""
+    prompt = add_twin(base(FAMILY), FAMILY, "BDIAInvert")
+    prompt["empty"] = {"class_type": "InversionTestArchConditioning", "inputs": {"family": FAMILY, "seeds": "7",
+                                                                                "tokens": 4}}
+    empty = ["empty", 0]           # PerpNeg with empty = negative is CFG: its neg_scale would change nothing
+    prompt["guider"] = {"class_type": "PerpNegGuider", "inputs": {
+        "model": ["model", 0], "positive": ["positive", 0], "negative": ["negative", 0], "empty_conditioning": empty,
+        "cfg": 3.0, "neg_scale": 1.0}}
+    name, settings = replay_guider
+    prompt["replay_guider"] = {"class_type": name, "inputs": {
+        "model": ["model", 0], "positive": ["positive", 0], "negative": ["negative", 0], **settings,
+        **({"empty_conditioning": empty} if name == "PerpNegGuider" else {})}}
+    prompt["twin_replay"]["inputs"]["guider"] = ["replay_guider", 0]
+    caplog.clear()
+    out = run(FAMILY, prompt, ["twin_replay", "latent"])
+    err = (out["twin_replay"][0]["samples"] - out["latent"][0]["samples"]).pow(2).mean().sqrt().item()
+    said = warnings_of(caplog, GUIDER_DIFFERS)
+    assert len(said) == int(warned), warnings_of(caplog)
+    assert (err > 0.1) if warned else (err < 1e-5), err

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dis
 import functools
 import inspect
 import logging
@@ -221,6 +222,15 @@ def _plain(value: Any, depth: int = 0) -> Any:
     return None
 
 
+@functools.lru_cache(maxsize=256)
+def _reassigned(code) -> frozenset:
+    """The closure variables a function assigns (``nonlocal`` and stored to): what it keeps between calls, such as
+    APG's prev_sigma and running average, which differ between the inversion's record and the replay's while the
+    patch's settings are the same."""
+    return frozenset(ins.argval for ins in dis.get_instructions(code)
+                     if ins.opname in ("STORE_DEREF", "DELETE_DEREF") and ins.argval in code.co_freevars)
+
+
 def _made_with(fn: Any, depth: int = 0) -> Any:
     """What a patch callable was made with, as plain values: a function's name and the plain values it closes over
     (a patch node's widgets: PAG's scale, FreeU's factors), a partial's arguments, a callable object's public plain
@@ -236,7 +246,10 @@ def _made_with(fn: Any, depth: int = 0) -> Any:
         return _made_with(fn.__func__, depth + 1)
     if inspect.isfunction(fn):
         cells = []
+        state = _reassigned(fn.__code__)
         for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+            if name in state:                # its run-time state (APG's prev_sigma), not a setting
+                continue
             try:
                 value = cell.cell_contents
             except ValueError:               # a cell not yet assigned

@@ -168,3 +168,34 @@ def test_a_replay_guider_other_than_the_inversions_is_warned(replay_guider, warn
     said = warnings_of(caplog, GUIDER_DIFFERS)
     assert len(said) == int(warned), warnings_of(caplog)
     assert (err > 0.1) if warned else (err < 1e-5), err
+
+
+def test_what_a_patch_function_keeps_between_calls_is_not_read_as_its_settings():
+    """Upstream's APG keeps the previous sigma and a running average in its closure (``nonlocal``): the inversion's
+    record and the replay read them at other moments, and the same APG node on both sides was warned as 'the settings
+    of its patches' differ (upstream check). The values a patch function assigns are its state and are left out; the
+    values it was made with still count."""
+    import torch
+
+    bridge = sys.modules[f"{host.pack_module().__name__}.nodes.bridge"]
+    with torch.inference_mode():
+        model = host.testing_module().architectures().build_model(FAMILY, 0)
+
+    def made(scale):                      # the shape of a patch node's closure: a setting and a state
+        previous = None
+
+        def post_cfg(args):
+            nonlocal previous
+            previous = float(args["sigma"].flatten()[0]) * scale
+            return args["denoised"]
+        return post_cfg
+
+    def settings(scale):
+        patched = model.clone()
+        patched.set_model_sampler_post_cfg_function(made(scale))
+        return patched, bridge.raw_patch_signature(patched)["settings"]
+
+    patched, before = settings(2.0)
+    patched.model_options["sampler_post_cfg_function"][0]({"sigma": torch.ones(1), "denoised": None})
+    assert bridge.raw_patch_signature(patched)["settings"] == before
+    assert settings(3.0)[1] != before

@@ -191,18 +191,41 @@ def _patch_settings_of(opts: dict, to: dict) -> str:
     """The values the cfg functions and block / attention patches were made with (_made_with), in order: the kinds
     above name and count them, and the same patch node with another scale passed for the inversion's (tiny SD1, BDIA:
     PAG 3 -> 0.5 26.7 dB, SAG 0.5 -> 2 17.5 dB, Deep Shrink 2 -> 3 21.8 dB, RescaleCFG 0.7 -> 0 42.7 dB, unwarned)."""
-    out = []
+    found = []
     for key in BATCH_HOOKS:
         fns = opts.get(key)
-        for fn in fns if isinstance(fns, (list, tuple)) else ([fns] if fns is not None else []):
-            out.append((key, _made_with(fn)))
+        found += [((key,), fn) for fn in (fns if isinstance(fns, (list, tuple)) else
+                                          ([fns] if fns is not None else []))]
     for key, fns in sorted((to.get("patches") or {}).items()):
-        for fn in fns if isinstance(fns, (list, tuple)) else ():
-            out.append((key, _made_with(fn)))
+        found += [((key,), fn) for fn in (fns if isinstance(fns, (list, tuple)) else ())]
     for key, fns in sorted((to.get("patches_replace") or {}).items()):
-        for where, fn in sorted((fns if isinstance(fns, dict) else {}).items(), key=lambda kv: str(kv[0])):
-            out.append((key, str(where), _made_with(fn)))
-    return repr(out)
+        found += [((key, str(where)), fn)
+                  for where, fn in sorted((fns if isinstance(fns, dict) else {}).items(), key=lambda kv: str(kv[0]))]
+    state = _state_cells([fn for _, fn in found])
+    return repr([where + (_made_with(fn, state=state),) for where, fn in found])
+
+
+def _state_cells(fns: list) -> frozenset:
+    """ids of the closure cells that any of these patch functions (or the functions they close over) assigns: what
+    the patches keep between calls. ToMe's two patches share a cell that only one of them assigns; APG's prev_sigma."""
+    seen, state, todo = set(), set(), list(fns)
+    while todo:
+        fn = todo.pop()
+        fn = fn.func if isinstance(fn, functools.partial) else getattr(fn, "__func__", fn)
+        if not inspect.isfunction(fn) or id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        assigned = _reassigned(fn.__code__)
+        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+            if name in assigned:
+                state.add(id(cell))
+            try:
+                value = cell.cell_contents
+            except ValueError:               # a cell not yet assigned
+                continue
+            if inspect.isfunction(value):
+                todo.append(value)
+    return frozenset(state)
 
 
 PLAIN = (bool, int, float, str)
@@ -231,7 +254,7 @@ def _reassigned(code) -> frozenset:
                      if ins.opname in ("STORE_DEREF", "DELETE_DEREF") and ins.argval in code.co_freevars)
 
 
-def _made_with(fn: Any, depth: int = 0) -> Any:
+def _made_with(fn: Any, depth: int = 0, state: frozenset = frozenset()) -> Any:
     """What a patch callable was made with, as plain values: a function's name and the plain values it closes over
     (a patch node's widgets: PAG's scale, FreeU's factors), a partial's arguments, a callable object's public plain
     attributes. A bound method is read through its function only (its object's state may change while sampling),
@@ -241,20 +264,20 @@ def _made_with(fn: Any, depth: int = 0) -> Any:
                         for o in (fn, owner, getattr(fn, "engine", None), getattr(fn, "_engine", None))):
         return None
     if isinstance(fn, functools.partial):
-        return ("partial", _made_with(fn.func, depth + 1), _plain(fn.args), _plain(fn.keywords))
+        return ("partial", _made_with(fn.func, depth + 1, state), _plain(fn.args), _plain(fn.keywords))
     if inspect.ismethod(fn):
-        return _made_with(fn.__func__, depth + 1)
+        return _made_with(fn.__func__, depth + 1, state)
     if inspect.isfunction(fn):
         cells = []
-        state = _reassigned(fn.__code__)
+        own = _reassigned(fn.__code__)
         for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
-            if name in state:                # its run-time state (APG's prev_sigma), not a setting
+            if name in own or id(cell) in state:     # run-time state (APG's prev_sigma, ToMe's u), not a setting
                 continue
             try:
                 value = cell.cell_contents
             except ValueError:               # a cell not yet assigned
                 continue
-            made = _made_with(value, depth + 1) if inspect.isfunction(value) else _plain(value)
+            made = _made_with(value, depth + 1, state) if inspect.isfunction(value) else _plain(value)
             if made is not None:
                 cells.append((name, made))
         return (fn.__qualname__, tuple(cells), _plain(fn.__defaults__))
@@ -684,7 +707,7 @@ def _replay_conds(positive: Any, negative: Any, cfg: Optional[float], source_pos
 
 
 def check_model_inputs(guidance: Optional[dict], conds: dict, action: str, who: str = "",
-                       positive_images: bool = True) -> None:
+                       by_row: frozenset = frozenset()) -> None:
     """A warning for each replay conditioning (``conds``: input name -> (CONDITIONING, "positive" / "negative": the
     inversion's conditioning it is compared with)) that gives the model other inputs than the inversion's beside its
     prompt, which no prompt check says (another conditioning reads as an edit):
@@ -694,10 +717,8 @@ def check_model_inputs(guidance: Optional[dict], conds: dict, action: str, who: 
     * hooks (hooks_state): the model runs with other weights while this conditioning is evaluated (another hook LoRA,
       its strength or keyframes, or a hook on one branch only).
 
-    ``positive_images`` False: the positive's image inputs were compared row by row (check_item_pairing)."""
-    recorded = dict((guidance or {}).get("image_inputs") or {})
-    if not positive_images:
-        recorded.pop("positive", None)
+    ``by_row``: the roles whose image inputs were compared row by row (check_item_pairing)."""
+    recorded = {role: v for role, v in ((guidance or {}).get("image_inputs") or {}).items() if role not in by_row}
     recorded_hooks = (guidance or {}).get("hooks") or {}
     for name, (cond, role) in conds.items():
         old = recorded.get(role)
@@ -726,47 +747,50 @@ def check_model_inputs(guidance: Optional[dict], conds: dict, action: str, who: 
              "every conditioning of the replay, an edit prompt too, the inversion's hooks")
 
 
-def check_item_pairing(found: "_Found", positive: Any, who: str) -> bool:
+def check_item_pairing(found: "_Found", positive: Any, who: str, negative: Any = None) -> frozenset:
     """Warnings for batch items the guider pairs with another inverted item's prompt or image inputs. The host pairs
     a latent's item i with row i of the conditioning; after LatentBatch / RepeatLatentBatch of picked items of an
     inversion made with one prompt per item, item i may be row j ≠ i of its inversion, and was replayed with another
-    image's prompt without a word (tiny SD1, BDIA: 0.69 RMS off the image instead of 0). True when the positive's image
-    inputs were compared row by row here (so the whole-batch comparison of check_model_inputs, which would take the
-    picked item's own image inputs for other ones, is skipped); False when the items are their inversion's batch in
-    order, or rows cannot be told."""
+    image's prompt without a word (tiny SD1, BDIA: 0.69 RMS off the image instead of 0). ``negative``: the replay's
+    negative where the host evaluates it (its image inputs are compared per row too). Returns the roles ("positive",
+    "negative") whose image inputs were compared row by row here (the whole-batch comparison of check_model_inputs,
+    which would take a picked item's own image inputs for other ones, is skipped for them); empty when the items are
+    their inversion's batch in order, or rows cannot be told."""
     pairs = found.items
     n = len(pairs)
     if not n or (found.batch == n and all(g is pairs[0][0] and j == i for i, (g, j) in enumerate(pairs))):
-        return False
-    if not all((g or {}).get("rows") for g, _ in pairs):
-        return False                 # an inversion with one prompt for all its items: compared as a whole
-    now = row_prints(positive, n)
-    if now is None:
-        return False
-    prompts, images = [], []
-    for i, (guidance, j) in enumerate(pairs):
-        rows = guidance["rows"]
-        if j >= len(rows):
-            return False
-        if not matches(now[i]["prompt"], rows[j]["prompt"], rtol=CONDITIONING_RTOL):
-            other = [r for r, row in enumerate(rows)
-                     if matches(now[i]["prompt"], row["prompt"], rtol=CONDITIONING_RTOL)]
-            if other:                # another inverted item's prompt; a prompt of none of them is an edit
-                prompts.append(f"item {i} (inverted as item {j}) gets the prompt of item {other[0]}")
-        if not matches(now[i]["images"], rows[j]["images"], rtol=CONDITIONING_RTOL):
-            images.append(f"item {i} (inverted as item {j})")
-    if prompts:
-        warn(f"{who}latent_image: {'; '.join(prompts)} of its inversion. The host pairs a latent's items with the "
-             "prompt's rows in order, and these items are not in their inversion's order (LatentBatch / "
-             "RepeatLatentBatch of picked items), so they are replayed with other images' prompts and do not come "
-             "back (tiny SD1, BDIA: 0.69 RMS off the image instead of 0). Give the guider the items' own prompts in "
-             "the latent's order, or replay the inversion's LATENT as it came")
-    if images:
-        warn(f"{who}positive: the images it gives the model beside the latent for {', '.join(images)} are not those "
-             "that item was inverted with (InpaintModelConditioning / ReferenceLatent of another image or mask, or "
-             "in another order), so the replay does not reconstruct it. Give each item the image inputs it was "
-             "inverted with, in the latent's order")
-    return True
+        return frozenset()
+    done = set()
+    for role, cond in (("positive", positive), ("negative", negative)):
+        key = "rows" if role == "positive" else "negative_rows"
+        if cond is None or not all((g or {}).get(key) for g, _ in pairs):
+            continue                 # an inversion with one conditioning for all its items: compared as a whole
+        now = row_prints(cond, n)
+        if now is None or any(j >= len(g[key]) for g, j in pairs):
+            continue
+        prompts, images = [], []
+        for i, (guidance, j) in enumerate(pairs):
+            rows = guidance[key]
+            if role == "positive" and not matches(now[i]["prompt"], rows[j]["prompt"], rtol=CONDITIONING_RTOL):
+                other = [r for r, row in enumerate(rows)
+                         if matches(now[i]["prompt"], row["prompt"], rtol=CONDITIONING_RTOL)]
+                if other:            # another inverted item's prompt; a prompt of none of them is an edit
+                    prompts.append(f"item {i} (inverted as item {j}) gets the prompt of item {other[0]}")
+            if not matches(now[i]["images"], rows[j]["images"], rtol=CONDITIONING_RTOL):
+                images.append(f"item {i} (inverted as item {j})")
+        if prompts:
+            warn(f"{who}latent_image: {'; '.join(prompts)} of its inversion. The host pairs a latent's items with the "
+                 "prompt's rows in order, and these items are not in their inversion's order (LatentBatch / "
+                 "RepeatLatentBatch of picked items), so they are replayed with other images' prompts and do not "
+                 "come back (tiny SD1, BDIA: 0.69 RMS off the image instead of 0). Give the guider the items' own "
+                 "prompts in the latent's order, or replay the inversion's LATENT as it came")
+        if images:
+            warn(f"{who}{role}: the images it gives the model beside the latent for {', '.join(images)} are not "
+                 "those that item was inverted with (InpaintModelConditioning / ReferenceLatent of another image or "
+                 "mask, or in another order), so the replay does not reconstruct it. Give each item the image inputs "
+                 "it was inverted with, in the latent's order")
+        done.add(role)
+    return frozenset(done)
 
 
 def _control_state(control: Any, depth: int = 0) -> Any:
@@ -809,6 +833,7 @@ def guidance_of(guider) -> dict:
     # image's description unwarned (edit.py _check_source_prompt)
     return {"positive": conditioning_fingerprint(conds.get("positive")), "cfg": cfg, "image_inputs": inputs,
             "hooks": hooks, "positive_is_negative": same, "rows": row_prints(conds.get("positive")),
+            "negative_rows": row_prints(conds.get("negative")),
             "guider": guider_state(guider)}
 
 
@@ -821,7 +846,7 @@ def guider_state(guider) -> dict:
     conds = guider_conds(guider)
     standard = getattr(type(guider), "predict_noise", None) is comfy.samplers.CFGGuider.predict_noise
     return {"type": type(guider).__qualname__, "standard": standard,
-            "settings": {k: float(v) for k, v in sorted(vars(guider).items())
+            "settings": {k: float(v) for k, v in sorted((getattr(guider, "__dict__", None) or {}).items())
                          if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("_")},
             "conds": {k: conditioning_fingerprint(v) for k, v in sorted(conds.items())
                       if k not in ("positive", "negative")}}
@@ -1643,9 +1668,10 @@ def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None, pat
         if guider is not None:
             check_replay_guider(found.guidance, guider, conds.get("positive"), conds.get("negative"),
                                 "Inverted Replay SAMPLER: guider", patcher)
-        by_row = check_item_pairing(found, conds.get("positive"), "Inverted Replay SAMPLER: ")
-        check_model_inputs(found.guidance, _replay_conds(conds.get("positive"), conds.get("negative"), cfg),
-                           "replay", "Inverted Replay SAMPLER: ", positive_images=not by_row)
+        replay_conds = _replay_conds(conds.get("positive"), conds.get("negative"), cfg)
+        by_row = check_item_pairing(found, conds.get("positive"), "Inverted Replay SAMPLER: ",
+                                    negative=(replay_conds.get("negative") or (None,))[0])
+        check_model_inputs(found.guidance, replay_conds, "replay", "Inverted Replay SAMPLER: ", by_row=by_row)
         return found.top
     if found.related is not None:
         warn(f"Inverted Replay SAMPLER: latent_image is a recent inversion's noise {found.related} after the "

@@ -273,7 +273,7 @@ class EditEngine:
         if self._last_step is None or k < self._last_step or (repeat and k == self._first_step):
             self._check_start(x, len(cou), k)
             self._seen, self._first_step = set(), k
-        elif k > self._last_step + 1 and self._start_change(x, len(cou), k) is None:
+        elif k > self._last_step + 1 and self._start_change(x, len(cou), k, unpaired="its shape") is None:
             self._seen, self._first_step = set(), k      # a new run from a lower level (its latent is the stored one)
         elif k > self._last_step + 1:
             raise ValueError(
@@ -400,13 +400,13 @@ class EditEngine:
                 "Inverted Latent Sampler: the engine's source branch follows that latent's stored trajectory and "
                 "cannot steer the edit of another latent or of fresh noise")
 
-    def _start_change(self, x: torch.Tensor, chunks: int, k: int) -> Optional[str]:
-        """How the model's input ``x`` differs from the stored latent at step ``k`` (None: it is that latent, or the
-        shapes do not pair, which the caller's shape check names)."""
+    def _start_change(self, x: torch.Tensor, chunks: int, k: int, unpaired: Optional[str] = None) -> Optional[str]:
+        """How the model's input ``x`` differs from the stored latent at step ``k`` (None: it is that latent).
+        ``unpaired``: what to return when the shapes do not pair (None: the caller's shape check names that)."""
         top = self.states_down[k]
         n = x.shape[0]
         if chunks < 1 or n % chunks or n // chunks != top.shape[0] or tuple(x.shape[1:]) != tuple(top.shape[1:]):
-            return None
+            return unpaired
         for chunk in x.chunk(chunks):
             change = describe_change(top, chunk, rtol=START_TOLERANCE)
             if change is not None:

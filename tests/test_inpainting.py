@@ -198,15 +198,18 @@ def test_a_replay_whose_image_inputs_are_not_the_inversions_is_warned(family, ca
     assert db["plain_prompt"] < db["same"] - 30 and db["imc_on_plain"] < db["same"] - 30, db
 
 
-def test_a_picked_item_of_a_batch_is_checked_against_its_own_image_inputs(caplog):
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_a_picked_item_of_a_batch_is_checked_against_its_own_image_inputs(cfg, caplog):
     """Two images inverted through one InpaintModelConditioning (a concat image per item) by the BDIA twin, item 1
     picked by LatentFromBatch and replayed by the Inverted Replay SAMPLER. With the batch's guider the host gave it
     item 0's concat image (2.2 RMS off, unwarned): now an error naming the images. With item 1's own
-    InpaintModelConditioning it came back exactly but was warned as another image; with item 0's it is warned."""
+    InpaintModelConditioning it came back exactly but was warned as another image; with item 0's it is warned. At cfg
+    3 the negative's image inputs are compared per item too (they were compared as a whole batch: a false alarm)."""
     family = "sd1inpaint"
     p = base(family)
     p["source"]["inputs"]["seeds"] = "3,4"
     _twin(p, ["imc", 0], ["imc", 1], ["latent", 0], method="BDIAInvertSampler")
+    p["guider"]["inputs"]["cfg"] = cfg
     p["pick"] = {"class_type": "LatentFromBatch", "inputs": {"samples": ["twin", 0], "batch_index": 1, "length": 1}}
     p["twin_replay"]["inputs"]["latent_image"] = ["pick", 0]
     with pytest.raises(WorkflowError, match=r"pair the latent's items with the first 1 images \(concat_latent_image"):
@@ -223,8 +226,9 @@ def test_a_picked_item_of_a_batch_is_checked_against_its_own_image_inputs(caplog
         out = run(family, p, ["twin_replay", "latent"])
         err = rms(out["twin_replay"][0]["samples"], out["latent"][0]["samples"][1:])
         said = warnings_of(caplog, IMAGE_INPUTS)
-        if warned:
-            assert len(said) == 1 and "item 0 (inverted as item 1)" in said[0] and err > 0.1, (said, err)
+        if warned:     # the positive's, and at cfg 3 the negative's
+            assert len(said) == (1 if cfg == 1.0 else 2), said
+            assert all("item 0 (inverted as item 1)" in w for w in said) and err > 0.1, (said, err)
         else:
             assert not said and err < 1e-5, (said, err)
 

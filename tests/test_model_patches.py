@@ -199,3 +199,23 @@ def test_what_a_patch_function_keeps_between_calls_is_not_read_as_its_settings()
     patched.model_options["sampler_post_cfg_function"][0]({"sigma": torch.ones(1), "denoised": None})
     assert bridge.raw_patch_signature(patched)["settings"] == before
     assert settings(3.0)[1] != before
+
+    def shared(ratio):                    # ToMe's shape: one patch assigns a cell the other only reads
+        unmerge = None
+
+        def merge(q, k, v, extra):
+            nonlocal unmerge
+            unmerge = lambda x: x * ratio        # noqa: E731
+            return q, k, v
+
+        def unmerged(n, extra):
+            return n if unmerge is None else unmerge(n)
+        return merge, unmerged
+
+    pair = model.clone()
+    merge, unmerged = shared(0.5)
+    pair.set_model_attn1_patch(merge)
+    pair.set_model_attn1_output_patch(unmerged)
+    before = bridge.raw_patch_signature(pair)["settings"]
+    merge(None, None, None, {})
+    assert bridge.raw_patch_signature(pair)["settings"] == before

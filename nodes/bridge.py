@@ -256,8 +256,8 @@ def _reassigned(code) -> frozenset:
 
 def _made_with(fn: Any, depth: int = 0, state: frozenset = frozenset()) -> Any:
     """What a patch callable was made with, as plain values: a function's name and the plain values it closes over
-    (a patch node's widgets: PAG's scale, FreeU's factors), a partial's arguments, a callable object's public plain
-    attributes. A bound method is read through its function only (its object's state may change while sampling),
+    (a patch node's widgets: PAG's scale, FreeU's factors) except the cells in ``state`` (_state_cells: what the
+    patches assign between calls), a partial's arguments, a callable object's public plain attributes. A bound method is read through its function only (its object's state may change while sampling),
     and the edit engine's own patches not at all (check_patches compares what was added after it)."""
     owner = getattr(fn, "__self__", None)
     if depth > 2 or any(getattr(o, "is_inversion_edit_engine", False)
@@ -269,9 +269,8 @@ def _made_with(fn: Any, depth: int = 0, state: frozenset = frozenset()) -> Any:
         return _made_with(fn.__func__, depth + 1, state)
     if inspect.isfunction(fn):
         cells = []
-        own = _reassigned(fn.__code__)
         for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
-            if name in own or id(cell) in state:     # run-time state (APG's prev_sigma, ToMe's u), not a setting
+            if id(cell) in state:            # run-time state (APG's prev_sigma, ToMe's u), not a setting
                 continue
             try:
                 value = cell.cell_contents

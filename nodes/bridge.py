@@ -868,8 +868,11 @@ def check_replay_guider(guidance: Optional[dict], guider, positive: Any, negativ
         differs.append(f"it is a {now['type']} where the inversion ran a {old['type']} (unless the two give the same "
                        "prediction with these settings)")
     else:
-        moved = [f"{k} {now['settings'].get(k)} (inversion: {v})" for k, v in old["settings"].items()
-                 if now["settings"].get(k) != v]
+        # either side's settings: one the replay's guider has and the inversion's lacked (set at run time by a
+        # custom guider) is a difference too
+        moved = [f"{k} {now['settings'].get(k)} (inversion: {old['settings'].get(k)})"
+                 for k in sorted(set(old["settings"]) | set(now["settings"]))
+                 if now["settings"].get(k) != old["settings"].get(k)]
         if moved:
             differs.append("its " + ", ".join(moved))
         extra = [k for k in set(old["conds"]) | set(now["conds"])

@@ -219,3 +219,34 @@ def test_what_a_patch_function_keeps_between_calls_is_not_read_as_its_settings()
     before = bridge.raw_patch_signature(pair)["settings"]
     merge(None, None, None, {})
     assert bridge.raw_patch_signature(pair)["settings"] == before
+
+
+def test_a_guider_setting_only_the_replay_has_is_a_difference(caplog):
+    """A custom guider that sets a numeric attribute at run time has it on the replay's side only: it was compared
+    only over the inversion's settings and passed unwarned."""
+    import comfy.samplers
+    import torch
+
+    b = sys.modules[f"{host.pack_module().__name__}.nodes.bridge"]
+
+    class ScaledGuider(comfy.samplers.CFGGuider):           # its own prediction: not the host's CFG
+        def predict_noise(self, x, timestep, model_options={}, seed=None):
+            return super().predict_noise(x, timestep, model_options, seed) * getattr(self, "gain", 1.0)
+
+    positive, negative = host.tiny_conditioning(), host.tiny_conditioning(seed=42)
+
+    def guider(**attrs):
+        g = ScaledGuider(host.tiny_model())
+        g.set_conds(positive, negative)
+        g.set_cfg(3.0)
+        g.__dict__.update(attrs)
+        return g
+
+    with torch.inference_mode():
+        guidance = b.guidance_of(guider())
+    caplog.clear()
+    b.check_replay_guider(guidance, guider(), positive, negative, "Replay")
+    assert warnings_of(caplog, GUIDER_DIFFERS) == []
+    b.check_replay_guider(guidance, guider(gain=2.0), positive, negative, "Replay")
+    said = warnings_of(caplog, GUIDER_DIFFERS)
+    assert len(said) == 1 and "gain 2.0 (inversion: None)" in said[0], said

@@ -62,7 +62,7 @@ class InversionRecord:
     model_sigma_max: Optional[float] = None   # the model's own top sigma (pure noise), to say how far up we went
     warnings: list[str] = field(default_factory=list)   # what the user should know about this inversion
     model_signature: dict[str, Any] = field(default_factory=dict)   # the host's description of the model's sampling
-    # what the inversion was guided with (the host bridge's guidance_of: a fingerprint of the positive conditioning,
+    # what the inversion was guided with (nodes/guidance.py guidance_of: a fingerprint of the positive conditioning,
     # the cfg, the image inputs and hooks the model was given), for a replay to tell a reconstruction from a mismatch
     guidance: dict[str, Any] = field(default_factory=dict)
     # model evaluations outside the steps: the host bridge's check that the model is a function of its input

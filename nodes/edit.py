@@ -28,10 +28,11 @@ from ..inversion_core.edit.attention import reweight_columns
 from ..inversion_core.edit.select import MODE_HELP, EditSettings, layer_name
 from ..inversion_core.record import describe_change
 from ..inversion_core.solvers.bdia import METHOD as BDIA
-from .bridge import (_mask_for, check_conditioning, check_model_inputs, check_patches, check_sampling,
-                     edit_engine_of, engine_slots, is_inversion_prompt, model_family, model_kind, raw_patch_signature,
-                     read_inverted, unsupported_host, warn)
+from .bridge import _mask_for, check_conditioning, model_family, read_inverted
 from .common import CATEGORY
+from .guidance import check_model_inputs, is_inversion_prompt
+from .host_compat import model_kind, unsupported_host, warn
+from .patch_checks import check_patches, check_sampling, edit_engine_of, engine_slots, raw_patch_signature
 
 KEY = "inversion_edit"          # our entry in transformer_options
 SOURCE_BRANCHES = ("batched", "cached")
@@ -202,7 +203,7 @@ class _AttnPatch:
 class EditEngine:
     """The source branch and the injection, for one inverted latent. ``stats`` counts what the source branch cost."""
 
-    is_inversion_edit_engine = True     # bridge.patch_signature: a MODEL with an engine checks its own inputs
+    is_inversion_edit_engine = True     # patch_checks.patch_signature: a MODEL with an engine checks its own inputs
     built_signature: dict = {}          # raw_patch_signature of the MODEL it was installed on (set there)
     built_slots: frozenset = frozenset()  # where its own patches sit on that MODEL (bridge.engine_slots)
 
@@ -752,8 +753,8 @@ def build_engine_patch(model, inverted_latent, source_conditioning, mode: str, *
 
     def installed():
         _check_installed(patched, engine, layers_available, flux, dit, settings)
-        engine.built_signature = raw_patch_signature(patched)   # bridge.check_patches: what is added after it
-        engine.built_slots = engine_slots(patched, engine)       # bridge.check_engine_wrapper: what replaced them
+        engine.built_signature = raw_patch_signature(patched)   # patch_checks.check_patches: what is added after it
+        engine.built_slots = engine_slots(patched, engine)       # patch_checks.check_engine_wrapper: what replaced them
         return patched, engine
 
     # the patches are installed even for an empty window: outside the window every call takes the host's own path
@@ -873,7 +874,7 @@ def _warn_ignored_settings(s: EditSettings, mode: str, strength: float, reweight
 
 def _check_installed(patched, engine: EditEngine, layers: list, flux: bool, dit: bool, settings) -> None:
     """An error when the host's ModelPatcher did not keep the engine's patches where the pack reads them back:
-    ``model_options["model_function_wrapper"]`` (bridge.edit_engine_of: source correction's offsets pass, the patch
+    ``model_options["model_function_wrapper"]`` (patch_checks.edit_engine_of: source correction's offsets pass, the patch
     and cfg checks) and ``transformer_options["patches_replace"]`` (_patches_underneath: another node's patch the
     engine keeps working underneath its own). A host that keeps them elsewhere would drop those silently."""
     if edit_engine_of(patched) is not engine:

@@ -36,7 +36,8 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from .bridge import InversionSampler, model_kind
+from .bridge import InversionSampler
+from .host_compat import model_kind
 
 INPLACE_ERROR = "modified by an inplace operation"
 

@@ -29,8 +29,9 @@ import torch
 from ..inversion_core import LATENT_KEY
 from ..inversion_core.metrics import psnr, ssim
 from ..inversion_core.record import RESIDUAL_BEFORE_MAP, describe_change, image_share
-from .bridge import tolerance_promise, warn
+from .bridge import tolerance_promise
 from .common import CATEGORY
+from .host_compat import warn
 from .page import preview_image
 
 # A step whose residual exceeds this fraction of the step's own size is flagged. Measured on the reference model

@@ -61,7 +61,7 @@ def main(argv=None) -> list:
     rows = []
     for name in names:
         model, clip, vae, _ = reference(torch.float32, False, name)
-        kind = bridge.model_kind(model.get_model_object("model_sampling"))
+        kind = sys.modules[pack.__name__ + ".nodes.host_compat"].model_kind(model.get_model_object("model_sampling"))
         vocab = [p for p in rm.vocabulary() if p]
         images = rm.heldout_images()[:args.images]
         for steps in steps_list:

@@ -41,6 +41,11 @@ def bridge():
     return sys.modules[f"{host.PACK_DIR_NAME}.nodes.bridge"]
 
 
+def nodes_module(name: str):
+    """A module of the pack's nodes package as the host imported it (guidance, patch_checks ...)."""
+    return sys.modules[f"{host.PACK_DIR_NAME}.nodes.{name}"]
+
+
 def arch():
     return host.testing_module().architectures()
 
@@ -183,7 +188,7 @@ def test_another_images_conditioning_is_an_edit_and_the_same_image_is_the_invers
         a[0][1]["unclip_conditioning"][0]["clip_vision_output"]
     inverted = invert(model, FAMILY, positive=a, cfg=3.0)
     guidance = inverted[host.pack_module().inversion_core.LATENT_KEY]["guidance"]
-    assert bridge().is_inversion_prompt(guidance, a_again) and not bridge().is_inversion_prompt(guidance, b)
+    assert nodes_module("guidance").is_inversion_prompt(guidance, a_again) and not nodes_module("guidance").is_inversion_prompt(guidance, b)
     caplog.clear()
     same = replay(model, FAMILY, inverted, positive=a, cfg=3.0)
     again = replay(model, FAMILY, inverted, positive=a_again, cfg=3.0)
@@ -235,7 +240,7 @@ def test_the_base_weights_read_upstreams_hook_backup():
     said "another checkpoint"; scripts/check_upstream.sh "hooks"). The fork has no hooks: its patcher state is set
     here as upstream leaves it, on the fork's real ModelPatcher, and put back."""
     model = build("sd1")
-    before = bridge().base_weights(model)
+    before = nodes_module("patch_checks").base_weights(model)
     net = model.model.diffusion_model
     picked = [name for name, _ in before]
     assert not hasattr(model, "hook_backup") or not model.hook_backup
@@ -251,13 +256,13 @@ def test_the_base_weights_read_upstreams_hook_backup():
                 net.get_parameter(name).add_(1.0)                      # the hook's LoRA, written in place
         hooked = fingerprint([(name, net.get_parameter(name)) for name in picked])
         assert not matches(hooked, before)
-        assert matches(bridge().base_weights(model), before)
+        assert matches(nodes_module("patch_checks").base_weights(model), before)
     finally:
         with torch.inference_mode():
             for name in picked:
                 net.get_parameter(name).copy_(saved[name])
         del model.hook_backup
-    assert matches(bridge().base_weights(model), before)
+    assert matches(nodes_module("patch_checks").base_weights(model), before)
 
 
 def test_the_forks_conditionings_carry_no_hooks(caplog):

@@ -165,8 +165,8 @@ def test_the_engines_model_cloned_by_a_later_node_is_the_same_engine(sd1):
     test_edit_engine_dit). A clone now shares the engine."""
     edit = engine(sd1)
     clone = edit.clone()
-    bridge = _pack("bridge")
-    assert bridge.edit_engine_of(clone) is bridge.edit_engine_of(edit)
+    checks = _pack("patch_checks")
+    assert checks.edit_engine_of(clone) is checks.edit_engine_of(edit)
     assert torch.equal(replay(sd1, clone), replay(sd1, edit))
 
 

@@ -19,6 +19,14 @@ def bridge():
     return host.pack_module().nodes.bridge
 
 
+def guidance():
+    return host.pack_module().nodes.guidance
+
+
+def patch_checks():
+    return host.pack_module().nodes.patch_checks
+
+
 @pytest.fixture(scope="module")
 def inverted():
     """A tiny EPS inversion (4 steps, Exact) with its model and prompt, for the engine tests."""
@@ -139,10 +147,10 @@ def test_a_guider_without_original_conds_is_warned(caplog):
     guider = comfy.samplers.CFGGuider(host.tiny_model())
     guider.set_conds(host.tiny_conditioning(batch=2), host.tiny_conditioning(batch=2))
     with pytest.raises(ValueError, match="conditioning batch is 2"):
-        bridge().check_guider_conditioning(guider, 3, "the replay")
+        guidance().check_guider_conditioning(guider, 3, "the replay")
     assert not warnings_of(caplog, "original_conds")
     del guider.original_conds
-    bridge().check_guider_conditioning(guider, 3, "the replay")
+    guidance().check_guider_conditioning(guider, 3, "the replay")
     said = warnings_of(caplog, "original_conds")
     assert len(said) == 1 and said[0].startswith("[comfyui-inversion] The replay") and UNSUPPORTED in said[0], said
 
@@ -152,9 +160,9 @@ def test_a_guider_without_a_cfg_is_warned(caplog):
 
     guider = comfy.samplers.CFGGuider(host.tiny_model())
     guider.set_cfg(3.0)
-    assert bridge().guider_cfg(guider) == 3.0 and not warnings_of(caplog, "numeric cfg")
+    assert guidance().guider_cfg(guider) == 3.0 and not warnings_of(caplog, "numeric cfg")
     del guider.cfg
-    assert bridge().guider_cfg(guider) is None
+    assert guidance().guider_cfg(guider) is None
     assert warnings_of(caplog, "numeric cfg")
 
 
@@ -196,19 +204,19 @@ def test_a_model_patcher_without_its_patch_dicts_is_warned(caplog):
     """A LoRA kept elsewhere than ModelPatcher.patches was not compared between inversion and replay (both read
     as unpatched)."""
     model = host.tiny_model().clone()
-    bridge().raw_patch_signature(model)
+    patch_checks().raw_patch_signature(model)
     assert not warnings_of(caplog, "ModelPatcher")
     del model.patches
-    bridge().raw_patch_signature(model)
+    patch_checks().raw_patch_signature(model)
     said = warnings_of(caplog, "ModelPatcher")
     assert said and "has no patches dict" in said[0] and UNSUPPORTED in said[0], said
 
 
 def test_a_model_patcher_without_its_network_is_warned(caplog):
     model = host.tiny_model().clone()
-    assert bridge().base_weights(model) is not None and not warnings_of(caplog, "diffusion_model")
+    assert patch_checks().base_weights(model) is not None and not warnings_of(caplog, "diffusion_model")
     model.model = None
-    assert bridge().base_weights(model) is None
+    assert patch_checks().base_weights(model) is None
     assert warnings_of(caplog, "diffusion_model")
 
 
@@ -237,8 +245,8 @@ def test_a_controlnet_without_its_hint_is_warned(caplog):
     cond = host.tiny_conditioning()
     a = [[cond[0][0], dict(cond[0][1], control=Control(torch.zeros(1, 3, 8, 8)))]]
     b = [[cond[0][0], dict(cond[0][1], control=Control(torch.ones(1, 3, 8, 8)))]]
-    fingerprint_a = bridge().conditioning_fingerprint(a)
-    assert host.pack_module().inversion_core.fingerprint.matches(fingerprint_a, bridge().conditioning_fingerprint(b))
+    fingerprint_a = guidance().conditioning_fingerprint(a)
+    assert host.pack_module().inversion_core.fingerprint.matches(fingerprint_a, guidance().conditioning_fingerprint(b))
     said = warnings_of(caplog, "cond_hint_original")
     assert said and UNSUPPORTED in said[0], said
 

@@ -177,7 +177,7 @@ def test_what_a_patch_function_keeps_between_calls_is_not_read_as_its_settings()
     values it was made with still count."""
     import torch
 
-    bridge = sys.modules[f"{host.pack_module().__name__}.nodes.bridge"]
+    checks = sys.modules[f"{host.pack_module().__name__}.nodes.patch_checks"]
     with torch.inference_mode():
         model = host.testing_module().architectures().build_model(FAMILY, 0)
 
@@ -193,11 +193,11 @@ def test_what_a_patch_function_keeps_between_calls_is_not_read_as_its_settings()
     def settings(scale):
         patched = model.clone()
         patched.set_model_sampler_post_cfg_function(made(scale))
-        return patched, bridge.raw_patch_signature(patched)["settings"]
+        return patched, checks.raw_patch_signature(patched)["settings"]
 
     patched, before = settings(2.0)
     patched.model_options["sampler_post_cfg_function"][0]({"sigma": torch.ones(1), "denoised": None})
-    assert bridge.raw_patch_signature(patched)["settings"] == before
+    assert checks.raw_patch_signature(patched)["settings"] == before
     assert settings(3.0)[1] != before
 
     def shared(ratio):                    # ToMe's shape: one patch assigns a cell the other only reads
@@ -216,9 +216,9 @@ def test_what_a_patch_function_keeps_between_calls_is_not_read_as_its_settings()
     merge, unmerged = shared(0.5)
     pair.set_model_attn1_patch(merge)
     pair.set_model_attn1_output_patch(unmerged)
-    before = bridge.raw_patch_signature(pair)["settings"]
+    before = checks.raw_patch_signature(pair)["settings"]
     merge(None, None, None, {})
-    assert bridge.raw_patch_signature(pair)["settings"] == before
+    assert checks.raw_patch_signature(pair)["settings"] == before
 
 
 def test_a_guider_setting_only_the_replay_has_is_a_difference(caplog):
@@ -227,7 +227,7 @@ def test_a_guider_setting_only_the_replay_has_is_a_difference(caplog):
     import comfy.samplers
     import torch
 
-    b = sys.modules[f"{host.pack_module().__name__}.nodes.bridge"]
+    b = sys.modules[f"{host.pack_module().__name__}.nodes.guidance"]
 
     class ScaledGuider(comfy.samplers.CFGGuider):           # its own prediction: not the host's CFG
         def predict_noise(self, x, timestep, model_options={}, seed=None):

@@ -32,6 +32,14 @@ def bridge():
     return sys.modules[f"{host.PACK_DIR_NAME}.nodes.bridge"]
 
 
+def patch_checks():
+    return sys.modules[f"{host.PACK_DIR_NAME}.nodes.patch_checks"]
+
+
+def guidance_checks():
+    return sys.modules[f"{host.PACK_DIR_NAME}.nodes.guidance"]
+
+
 def arch():
     return host.testing_module().architectures()
 
@@ -193,26 +201,26 @@ def test_the_base_weights_are_the_checkpoints_in_every_load_state():
 
     base = build("sd1")
     lora = with_weight_diffs(base, 10)
-    unloaded = bridge().base_weights(lora)
-    assert unloaded is not None and matches(unloaded, bridge().base_weights(base))
+    unloaded = patch_checks().base_weights(lora)
+    assert unloaded is not None and matches(unloaded, patch_checks().base_weights(base))
     comfy.model_management.load_models_gpu([lora])
     try:
         net = lora.model.diffusion_model
-        picked = [name for name, _ in bridge().base_weights(lora)]
+        picked = [name for name, _ in patch_checks().base_weights(lora)]
         assert all("diffusion_model." + name in lora.backup for name in picked)    # merged in place, originals saved
         current = fingerprint([(name, net.get_parameter(name)) for name in picked])
         assert not matches(current, unloaded)
-        assert matches(bridge().base_weights(lora), unloaded) and matches(bridge().base_weights(base), unloaded)
+        assert matches(patch_checks().base_weights(lora), unloaded) and matches(patch_checks().base_weights(base), unloaded)
     finally:
         comfy.model_management.unload_all_models()
     assert not lora.backup
     lora.patch_model_lowvram(device_to=lora.load_device, lowvram_model_memory=0)     # patches applied on the fly
     try:
         assert any(getattr(m, "weight_function", None) is not None for m in lora.model.modules())
-        assert matches(bridge().base_weights(lora), unloaded)
+        assert matches(patch_checks().base_weights(lora), unloaded)
     finally:
         lora.unpatch_model(lora.offload_device)
-    assert not matches(bridge().base_weights(build("sd1", 1)), unloaded)
+    assert not matches(patch_checks().base_weights(build("sd1", 1)), unloaded)
 
 
 def test_the_edit_engines_object_patches_do_not_change_the_base_weights(caplog):
@@ -354,10 +362,10 @@ def test_a_controlnet_in_the_conditioning_is_compared_by_what_it_contributes():
         again = apply.apply_controlnet(positive, negative, control, hint_a, 1.0, 0.0, 1.0)[0]   # another node
         with_b = apply.apply_controlnet(positive, negative, control, hint_b, 1.0, 0.0, 1.0)[0]
         weaker = apply.apply_controlnet(positive, negative, control, hint_a, 0.5, 0.0, 1.0)[0]
-    guidance = {"positive": bridge().conditioning_fingerprint(with_a)}
-    assert bridge().is_inversion_prompt(guidance, again)
-    assert not bridge().is_inversion_prompt(guidance, with_b) and not bridge().is_inversion_prompt(guidance, weaker)
-    assert not bridge().is_inversion_prompt(guidance, positive)
+    guidance = {"positive": guidance_checks().conditioning_fingerprint(with_a)}
+    assert guidance_checks().is_inversion_prompt(guidance, again)
+    assert not guidance_checks().is_inversion_prompt(guidance, with_b) and not guidance_checks().is_inversion_prompt(guidance, weaker)
+    assert not guidance_checks().is_inversion_prompt(guidance, positive)
 
 
 def test_a_compiled_network_is_the_same_checkpoint():
@@ -370,11 +378,11 @@ def test_a_compiled_network_is_the_same_checkpoint():
     compiled = base.clone()
     compiled.add_object_patch("diffusion_model", torch.compile(base.get_model_object("diffusion_model"),
                                                                backend="eager"))
-    unloaded = bridge().base_weights(base)
+    unloaded = patch_checks().base_weights(base)
     comfy.model_management.load_models_gpu([compiled])
     try:
         assert type(compiled.model.diffusion_model).__name__ == "OptimizedModule"
-        assert matches(bridge().base_weights(compiled), unloaded)
+        assert matches(patch_checks().base_weights(compiled), unloaded)
     finally:
         comfy.model_management.unload_all_models()
 
@@ -389,7 +397,7 @@ def test_weights_that_cannot_be_read_are_said_not_skipped(caplog):
     base = build("sd1")
     unreadable = ModelPatcher(copy.deepcopy(base.model).to("meta"), base.load_device, base.offload_device)
     caplog.clear()
-    assert bridge().base_weights(base) is not None and warnings_of(caplog) == []
-    assert bridge().base_weights(unreadable) is None
+    assert patch_checks().base_weights(base) is not None and warnings_of(caplog) == []
+    assert patch_checks().base_weights(unreadable) is None
     said = warnings_of(caplog)
     assert len(said) == 1 and "its weights could not be read" in said[0], said

@@ -163,7 +163,7 @@ def noise_scale(x0: Tensor, top: Tensor, sigma_top: float, model_kind: str) -> f
     """The largest per-item ratio of the top latent's RMS to that of a noisy latent at ``sigma_top`` made from the image
     ``x0`` (sigma space: sqrt((signal_scale * RMS(x0))^2 + sigma^2), image and unit noise uncorrelated)."""
     a = signal_scale(sigma_top, model_kind)
-    x0, top = x0.detach().float().cpu(), top.detach().float().cpu()
+    x0, top = x0.detach().double().cpu(), top.detach().double().cpu()    # float64: a huge top's squares overflow
     dims = tuple(range(1, x0.ndim))
     expected = ((a * x0.pow(2).mean(dim=dims).sqrt()) ** 2 + float(sigma_top) ** 2).sqrt().clamp_min(1e-12)
     return float((top.pow(2).mean(dim=dims).sqrt() / expected).max())
@@ -182,15 +182,17 @@ def noise_scale_message(x0: Tensor, top: Tensor, sigma_top: float, model_kind: s
 
 
 def relative_difference(top: Tensor, samples: Tensor) -> float:
-    """RMS(samples − top) / RMS(top), in float32 on the CPU: how far a latent is from a stored top state."""
-    a, b = top.detach().float().cpu(), samples.detach().float().cpu()
+    """RMS(samples − top) / RMS(top), in float64 on the CPU: how far a latent is from a stored top state. (float64: the
+    squares of a BDIA top at a small gamma, ~1e18, overflow float32's sums, and a NaN here took the record's own
+    latent for a changed one.)"""
+    a, b = top.detach().double().cpu(), samples.detach().double().cpu()
     return float((a - b).pow(2).mean().sqrt() / a.pow(2).mean().sqrt().clamp_min(1e-12))
 
 
 def describe_change(top: Tensor, samples: Tensor, rtol: float = 1e-3) -> Optional[str]:
     """None when ``samples`` is still ``top`` (the stored top state, both in the model's sigma space) within a relative
     RMS ``rtol``; otherwise what happened to it: flipped / rotated / scaled / something else, with the size."""
-    a, b = top.detach().float().cpu(), samples.detach().float().cpu()
+    a, b = top.detach().double().cpu(), samples.detach().double().cpu()
     if a.shape != b.shape:
         return f"its shape changed from {tuple(a.shape)} to {tuple(b.shape)}"
     diff = relative_difference(a, b)

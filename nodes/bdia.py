@@ -61,8 +61,10 @@ class BDIAInvert(_InvertNode):
             "PSNR to Exact Invert's edit, EPS / flow reference model): fixed 0.7 gives 22.3 / 18.5 dB at 10 steps "
             "but 17.9 / 17.1 at 50, its latent 6.7e5x / 6.9e4x the noise level (warned; edits washed out, its own "
             "replay still exact); auto gives 25.0 / 21.2 at 20 steps and 27.9 / 25.2 at 50 (1.9x / 0.8x the noise "
-            "level). The round trip is exact at every gamma (bit for bit on both reference models, also with "
-            "fp16 / bf16 networks). 1 = the time-symmetric step: bit for bit even in its float algebra, but edits "
+            "level). The round trip is exact (bit for bit on both reference models, also with fp16 / bf16 "
+            "networks) wherever float32 can walk the pair back: a gamma small for its step count (EPS reference "
+            "model: 0.01 at 10 steps) grows the pair past that, and the inversion stops with an error naming "
+            "the step instead of returning a latent that would not replay. 1 = the time-symmetric step: bit for bit even in its float algebra, but edits "
             "and generations are only marginally stable (speckle on SD-type models, can blow up on flow models). "
             "0 would be plain DDIM. Values in (-1, 0.01) are an error.")}),
         "starter_tolerance": ("FLOAT", {"default": DEFAULT_STARTER.tol, "min": 1e-9, "max": 1.0, "step": 1e-6,

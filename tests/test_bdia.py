@@ -11,6 +11,7 @@ import torch
 import host
 from analytic import eps_denoiser, flow_denoiser, flow_exact, flow_schedule, image, karras, nonlinear_denoiser
 from host import WorkflowError, run_workflow
+from test_architectures import defaults
 from test_editing_host import add_custom_chain
 from test_nodes_host import invert_and_replay
 
@@ -446,3 +447,40 @@ def test_a_bdia_top_keeps_its_checks_while_its_pair_state_is_held(monkeypatch, c
     prompt["custom_replay"]["inputs"]["sigmas"] = ["sched_rep", 0]
     with pytest.raises(host.WorkflowError, match="sigmas: this latent was inverted on sigmas"):
         session.run(prompt, outputs=["custom_replay"])
+
+
+
+def test_a_gamma_whose_pair_float32_cannot_walk_back_is_an_error_not_a_drifting_replay():
+    """Each inversion step divides the pair by γ; at γ 0.01 over 10 steps on the EPS reference model the float32
+    round-off of the step's algebra (1.7e-5 of the state) passes the replay's ROUND_OFF, and the replay walked off the
+    stored trajectory: 1e9 off the image, with only a noise-scale warning. The inversion measures that round-off at
+    every step (no model call) and stops with an error naming gamma; γ 0.02 (8.9e-6) still replays bit for bit."""
+    pack = host.pack_module()
+    bdia = sys.modules[pack.__name__ + ".inversion_core.solvers.bdia"]
+    model, clip, vae = host.node_class("InversionReferenceModelLoader")().load("sd-unet-eps")
+    image = host.node_class("LoadInversionReferenceImage")().load("00_cat.png")[0]
+    with torch.inference_mode():
+        latent = {"samples": vae.encode(image)}
+        empty = host.node_class("CLIPTextEncode")().encode(clip, "")[0]
+    node, sampler = host.node_class("BDIAInvert")(), host.node_class("InvertedLatentSampler")()
+    params = {k: v for k, v in defaults("BDIAInvert").items() if k not in ("steps", "scheduler", "cfg", "denoise")}
+
+    def invert(gamma):
+        with torch.inference_mode():
+            return node.invert(model, empty, empty, latent, 10, "auto", 1.0, 1.0, None, **{**params, "gamma": gamma})[0]
+
+    def off_the_image(inverted):
+        with torch.inference_mode():
+            back = sampler.sample(model, empty, empty, 1.0, inverted)[0]["samples"]
+        return (back - latent["samples"]).abs().max().item()
+
+    assert off_the_image(invert(0.02)) == 0.0
+    with pytest.raises(ValueError, match=r"gamma: BDIA at gamma 0\.01 .* float32 cannot walk it back"):
+        invert(0.01)
+    limit = bdia.ROUND_OFF                 # what the error prevents: the same inversion, unchecked, and its replay
+    bdia.ROUND_OFF = float("inf")
+    try:
+        unchecked = invert(0.01)
+    finally:
+        bdia.ROUND_OFF = limit
+    assert off_the_image(unchecked) > 1.0

@@ -249,6 +249,19 @@ class BDIAInversionStep:
         back = bdia_down(z_up, z_i, sigma_hi, sigma_lo, sigma_down, denoised, self.gamma, self.grid, c)
         ref = z_down if self.grid is None else snap(c[2] * z_down, self.grid) / c[2]
         res = residual_rms(back - ref)
+        # the replay takes a state within ROUND_OFF of the stored one as it; beyond that it walks its own float
+        # round-off, which every later step multiplies by about 1/gamma (EPS reference model, T=10: gamma 0.02 at
+        # 8.9e-6 replays bit for bit, gamma 0.01 at 1.7e-5 came back 1e9 off the image, with no error)
+        off = res / ref.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-30)
+        if not bool((off <= ROUND_OFF).all()):
+            worst = float(off.max())
+            raise ValueError(
+                f"gamma: BDIA at gamma {self.gamma:g} divides the pair by gamma at every step; at step {ctx.index + 1} "
+                f"(sigma {sigma_lo:.4g} -> {sigma_hi:.4g}) the pair has grown so far beyond the image that float32 "
+                "cannot walk it back: "
+                + (f"the replay's round-off would be {worst:.2g} of the state (it settles on the stored trajectory "
+                   f"within {ROUND_OFF:g} only)" if math.isfinite(worst) else "it overflowed")
+                + ", and the replay would not return the image. Use a larger gamma (-1 = auto) or fewer steps")
         note = "BDIA step: exact up to float round-off" if self.grid is None else "BDIA step: bit-exact on the grid"
         reach = float(z_up.abs().max()) * c[0]
         if self.grid is not None and reach > EXACT_INTEGERS * self.grid:

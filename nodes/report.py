@@ -7,7 +7,9 @@ What it flags (so that real failures stand out instead of every step "missing" s
   reference model, though not guaranteed) is more than ``BAD_RELATIVE`` of DDIM's first residual there — the
   residual f(x_i) − x_i of the fixed-point map at the current latent, i.e. the step's own size RMS(x_{i+1} − x_i) —
   so the solve did not even halve the error of the plain DDIM guess; or worse than DDIM's own residual where the
-  solver measured that (``StepStats.ddim_residual``). A step of one evaluation is
+  solver measured that (``StepStats.ddim_residual``); or, for the first step from the image, a residual above
+  ``FIRST_STEP_MISS_LIMIT`` of the image latent's RMS (what the replay's last step misses the image by: at one or
+  two huge steps a residual far below the step's own size is still most of the image). A step of one evaluation is
   not judged: its residual is the DDIM guess's by construction and its latent is the DDIM step (plain DDIM is not
   judged either);
 * budgeted presets (Exact fast / balanced, every GNRI variant) promise a number of model evaluations per step, not a
@@ -28,7 +30,8 @@ import torch
 
 from ..inversion_core import LATENT_KEY
 from ..inversion_core.metrics import psnr, ssim
-from ..inversion_core.record import RESIDUAL_BEFORE_MAP, describe_change, image_share
+from ..inversion_core.record import (FIRST_STEP_MISS_LIMIT, RESIDUAL_BEFORE_MAP, describe_change, first_step_miss,
+                                     image_share)
 from .bridge import tolerance_promise
 from .common import CATEGORY
 from .host_compat import warn
@@ -108,9 +111,20 @@ def bad_steps(entry: dict) -> list[tuple[int, str]]:
             why.append(f"residual {100 * rel:.0f}% of DDIM's first residual")
         if res and dd and any(r > d for r, d in zip(res, dd)):
             why.append("worse than plain DDIM's step")
+        if i == 0 and res and _from_the_image(entry):
+            miss = max(first_step_miss(res, entry["states"][0]))
+            if miss > FIRST_STEP_MISS_LIMIT:
+                why.append(f"residual {100 * miss:.0f}% of the image latent's RMS (the replay's last step lands about "
+                           "that far off the image)")
         if why:
             out.append((i, ", ".join(why)))
     return out
+
+
+def _from_the_image(entry: dict) -> bool:
+    """Whether the record's first step starts from the image (sigma 0) with its states stored."""
+    steps = entry.get("step_stats") or []
+    return bool(entry.get("states")) and bool(steps) and float(steps[0].get("sigma_lo", -1.0)) == 0.0
 
 
 def _fmt_steps(idx: list[int]) -> str:
@@ -168,7 +182,8 @@ def report_table(original: torch.Tensor, reconstructed: torch.Tensor, entry: Opt
     if _not_judged(entry):
         lines.append(f"bad steps: not judged ({_not_judged(entry)})")
     elif not bad and any(r is not None for r in rel):
-        lines.append(f"bad steps: none (every measured residual <= {100 * BAD_RELATIVE:.0f}% of DDIM's first residual)")
+        lines.append(f"bad steps: none (every measured residual <= {100 * BAD_RELATIVE:.0f}% of DDIM's first residual, "
+                     f"the first step's <= {100 * FIRST_STEP_MISS_LIMIT:.0f}% of the image latent's RMS)")
     return "\n".join(rows + lines)
 
 

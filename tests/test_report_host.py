@@ -128,6 +128,28 @@ def test_real_failure_is_singled_out():
     assert (plot[0, :, :, 0] > 0.7).logical_and(plot[0, :, :, 2] < 0.3).any()       # red bars drawn
 
 
+@pytest.mark.parametrize("method", ["ExactInvert", "GNRIInvert"])
+def test_one_huge_first_step_is_singled_out_at_inversion_and_in_the_report(method, caplog):
+    """One step (sigma 0 -> sigma_max) at the budgeted defaults: 9.5 dB, and neither the inversion nor the report
+    said anything (the residual, 2.0, is 14 % of that step's size: the step-size rule passed it). The first step's
+    residual is what the replay's last step misses the image by; against the image latent's RMS it is 672 %."""
+    from test_editing_host import warnings_of
+
+    extra = BALANCED if method == "ExactInvert" else {}
+    caplog.clear()
+    out = run_workflow(reference_prompt(method, extra, steps=1))
+    table = out["report"][0]
+    assert psnr_of(out) < 15, psnr_of(out)
+    line = next(l for l in table.splitlines() if l.startswith("BAD STEPS"))
+    assert "step 1: residual" in line and "of the image latent's RMS" in line, line
+    said = warnings_of(caplog, "inversion: the first step (sigma 0 -> 14.61) was left with a residual")
+    assert len(said) == 1, warnings_of(caplog)
+    caplog.clear()                        # the same node at four steps: 36 dB, nothing said
+    out = run_workflow(reference_prompt(method, extra, steps=4))
+    assert psnr_of(out) > 30 and "bad steps: none" in out["report"][0], out["report"][0]
+    assert warnings_of(caplog, "the first step (sigma 0") == []
+
+
 def test_a_one_evaluation_step_is_the_ddim_step_and_not_judged():
     """Budget 1 stores the DDIM step itself; its recorded residual is that of the DDIM guess (100 % of the step's
     size by construction), so judging it would flag every step of what is plain DDIM (which is not judged). The

@@ -915,7 +915,13 @@ def read_inverted(latent: Any, name: str = "latent") -> tuple[torch.Tensor, dict
             f"{name}: this LATENT carries no inversion schedule. Connect the LATENT output of an inversion node "
             f"({INVERSION_NODES}) directly; nodes that rebuild latents drop it.") from None
     except ValueError as e:
-        raise ValueError(f"{name}: {e}") from None
+        top = (latent.get(LATENT_KEY) or {}).get("states") or [None]
+        picked = (isinstance(top[-1], torch.Tensor) and top[-1].shape[1:] == latent["samples"].shape[1:]
+                  and top[-1].shape[0] != latent["samples"].shape[0])
+        raise ValueError(f"{name}: {e}" + (
+            ". To replay some items of a batch inversion (LatentFromBatch, RepeatLatentBatch), use "
+            "SamplerCustomAdvanced with the Inverted Replay SAMPLER and the inversion's sigmas: it finds each "
+            "item's inversion by its noise" if picked else "")) from None
     return latent["samples"], entry
 
 

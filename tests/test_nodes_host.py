@@ -184,7 +184,8 @@ def test_nan_from_the_model_names_step_and_sigma():
 
 @pytest.mark.parametrize("node, inputs, fragment", [
     ("LatentUpscaleBy", {"upscale_method": "nearest-exact", "scale_by": 2.0}, "changed the latent"),
-    ("RepeatLatentBatch", {"amount": 2}, "changed the latent"),
+    # another batch of the same items: the error names the route that replays them (the SAMPLER finds each item)
+    ("RepeatLatentBatch", {"amount": 2}, "use SamplerCustomAdvanced with the Inverted Replay SAMPLER"),
     ("LatentFromBatch", {"batch_index": 0, "length": 1}, None),
 ])
 def test_host_latent_nodes_accept_the_inverted_latent(node, inputs, fragment):

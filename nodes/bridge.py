@@ -519,7 +519,8 @@ class InversionSampler(comfy.samplers.Sampler):
             else:
                 self.record.warnings.append(short + "; for a full inversion use a scheduler that starts at sigma_max "
                                             "(karras, normal, simple, sgm_uniform); if a partial inversion was meant "
-                                            "(denoise < 1 on the scheduler), this is expected")
+                                            "(denoise < 1 on the scheduler, or the low half of SplitSigmas), this is "
+                                            "expected")
                 warn(f"{self.method} inversion: {self.record.warnings[-1]}")
         for said in [above, ignored_noise(noise, latent_image), self._blown_up(schedule, kind),
                      EMPTY_LATENT if empty else None, scheduled_hooks(model_wrap),

@@ -914,7 +914,9 @@ def read_inverted(latent: Any, name: str = "latent") -> tuple[torch.Tensor, dict
     except MissingInversionRecord:
         raise ValueError(
             f"{name}: this LATENT carries no inversion schedule. Connect the LATENT output of an inversion node "
-            f"({INVERSION_NODES}) directly; nodes that rebuild latents drop it.") from None
+            f"({INVERSION_NODES}) directly; nodes that rebuild latents drop it. A latent made by SamplerCustomAdvanced with "
+            "an inversion SAMPLER carries none either: replay it there with the Inverted Replay SAMPLER, which finds "
+            "the inversion by its noise") from None
     except ValueError as e:
         top = (latent.get(LATENT_KEY) or {}).get("states") or [None]
         picked = (isinstance(top[-1], torch.Tensor) and top[-1].shape[1:] == latent["samples"].shape[1:]

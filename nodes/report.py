@@ -279,6 +279,8 @@ class InversionReport:
         }}
 
     def report(self, original, reconstructed, inverted_latent=None):
+        if original.ndim == 4 and original.shape[-1] == 4 and reconstructed.shape[-1] == 3:
+            original = original[..., :3]      # an RGBA source: VAEEncode used its colour channels only
         if original.shape != reconstructed.shape:
             raise ValueError(f"reconstructed: shape {tuple(reconstructed.shape)} differs from original "
                              f"{tuple(original.shape)}")

@@ -400,6 +400,8 @@ def test_missing_schedule_message_lists_every_inversion_node():
         if name.endswith("Invert"):
             assert name[:-len("Invert")] in listed.split(" / ")[:-1] + [listed.split(" / ")[-1][:-len(" Invert")]], \
                 (name, listed)
+    # a SAMPLER twin's latent (SamplerCustomAdvanced) carries no record either: the message names its replay
+    assert "replay it there with the Inverted Replay SAMPLER" in err.exception_message
 
 
 def test_ddim_uniform_schedule_is_basic_schedulers_own():

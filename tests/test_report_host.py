@@ -255,3 +255,12 @@ def test_where_a_residual_was_measured_and_whether_it_is_judged_come_from_the_so
     renamed["inversion"]["step_stats"][1]["not_judged"] = "its replay does not follow this residual"
     table = report(a, b, renamed)["result"][0]
     assert "bad steps: not judged (its replay does not follow this residual)" in table, table
+
+
+def test_an_rgba_original_is_compared_on_its_colour_channels():
+    """VAEEncode encodes an RGBA IMAGE's colour channels; its replay decodes to RGB. The report refused the pair
+    (shape (…, 3) differs from (…, 4)); it compares the colour channels."""
+    a, b = images()
+    rgba = torch.cat([a, torch.ones_like(a[..., :1])], -1)
+    table = host.node_class("InversionReport")().report(rgba, b)["result"][0]
+    assert table == host.node_class("InversionReport")().report(a, b)["result"][0]

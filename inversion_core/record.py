@@ -190,10 +190,14 @@ def noise_scale_message(x0: Tensor, top: Tensor, sigma_top: float, model_kind: s
 FIRST_STEP_MISS_LIMIT = 0.5
 
 
-def first_step_miss(residual: Sequence[float], x0: Tensor) -> list[float]:
-    """Per item: the first step's residual (RMS, latent units) over the RMS of the image latent ``x0`` [B, ...]."""
+def first_step_misses(sigma_lo: float, residual: Sequence[float], x0: Tensor) -> list[tuple[int, float]]:
+    """[(item, residual / RMS of its image latent)] for the items of a first step from the image (``sigma_lo`` 0) whose
+    residual (RMS, latent units) is above FIRST_STEP_MISS_LIMIT of the image latent ``x0`` [B, ...]; [] otherwise."""
+    if float(sigma_lo) != 0.0 or not residual:
+        return []
     scale = x0.detach().double().cpu().flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12)
-    return [float(r) / float(m) for r, m in zip(residual, scale.tolist())]
+    miss = [float(r) / float(m) for r, m in zip(residual, scale.tolist())]
+    return [(i, m) for i, m in enumerate(miss) if m > FIRST_STEP_MISS_LIMIT]
 
 
 def relative_difference(top: Tensor, samples: Tensor) -> float:

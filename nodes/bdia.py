@@ -64,8 +64,8 @@ class BDIAInvert(_InvertNode):
             "level). The round trip is exact (bit for bit on both reference models, also with fp16 / bf16 "
             "networks) wherever float32 can walk the pair back: a gamma small for its step count (EPS reference "
             "model: 0.01 at 10 steps) grows the pair past that, and the inversion stops with an error naming "
-            "the step instead of returning a latent that would not replay. 1 = the time-symmetric step: bit for bit even in its float algebra, but edits "
-            "and generations are only marginally stable (speckle on SD-type models, can blow up on flow models). "
+            "the step instead of returning a latent that would not replay. 1 = the time-symmetric step: bit for "
+            "bit even in its float algebra, but edits and generations are only marginally stable (speckle on SD-type models, can blow up on flow models). "
             "0 would be plain DDIM. Values in (-1, 0.01) are an error.")}),
         "starter_tolerance": ("FLOAT", {"default": DEFAULT_STARTER.tol, "min": 1e-9, "max": 1.0, "step": 1e-6,
                                         "round": False, "tooltip": (

@@ -37,8 +37,8 @@ from ..inversion_core import (LATENT_KEY, Denoiser, InversionRecord, MissingInve
                               invert, read_latent_entry, replay)
 from ..inversion_core.edit.select import FAMILY_LAYERS
 from ..inversion_core.fingerprint import matches
-from ..inversion_core.record import (FIRST_STEP_MISS_LIMIT, describe_change, first_step_miss, noise_scale_message,
-                                     reach_message, relative_difference)
+from ..inversion_core.record import (describe_change, first_step_misses, noise_scale_message, reach_message,
+                                     relative_difference)
 from ..inversion_core.replay import source_offsets, step_weights
 from ..inversion_core.solvers.bdia import METHOD as BDIA, bdia_replay, bdia_source_offsets
 from ..inversion_core.invert import StepHook, StepSolver
@@ -597,24 +597,22 @@ def missed_tolerance(record: InversionRecord, method: str, params: dict) -> Opti
 
 
 def first_step_landing(record: InversionRecord) -> Optional[str]:
-    """A note when the first step's residual is a large part of the image (FIRST_STEP_MISS_LIMIT): the replay's last
+    """A note when the first step's residual is a large part of the image (first_step_misses): the replay's last
     step then lands that far off the image, whatever the method promised (a budget is spent without a word
     otherwise). Not for BDIA (its pair replay is exact whatever its starter step's residual) or a first step that
     does not start from the image (a schedule that ends above 0)."""
     if not record.steps or not record.states:
         return None
     first = record.steps[0]
-    if first.not_judged or not first.residual or float(first.sigma_lo) != 0.0:
+    misses = [] if first.not_judged else first_step_misses(first.sigma_lo, first.residual, record.states[0])
+    if not misses:
         return None
-    miss = first_step_miss(first.residual, record.states[0])
-    items = [i for i, m in enumerate(miss) if m > FIRST_STEP_MISS_LIMIT]
-    if not items:
-        return None
-    worst = max(miss[i] for i in items)
+    worst = max(m for _, m in misses)
+    items = ", ".join(str(i) for i, _ in misses)
     return (f"the first step (sigma 0 -> {first.sigma_hi:.4g}) was left with a residual of up to {100 * worst:.0f}% "
-            f"of the image latent's RMS (item(s) {', '.join(map(str, items))}): the replay's last step, the denoiser "
-            "from that level, lands about that far off the image, so the reconstruction is poor (EPS reference "
-            "model, one step: 9 dB). More steps (a smaller lowest level), a larger budget or BDIA Invert help")
+            f"of the image latent's RMS (item(s) {items}): the replay's last step, the denoiser from that level, lands "
+            "about that far off the image, so the reconstruction is poor (EPS reference model, one step: 9 dB). More "
+            "steps (a smaller lowest level), a larger budget or BDIA Invert help")
 
 
 # The host's guider leaves an all-zero latent in the LATENT's format (it skips process_latent_in for an empty latent
@@ -914,9 +912,9 @@ def read_inverted(latent: Any, name: str = "latent") -> tuple[torch.Tensor, dict
     except MissingInversionRecord:
         raise ValueError(
             f"{name}: this LATENT carries no inversion schedule. Connect the LATENT output of an inversion node "
-            f"({INVERSION_NODES}) directly; nodes that rebuild latents drop it. A latent made by SamplerCustomAdvanced with "
-            "an inversion SAMPLER carries none either: replay it there with the Inverted Replay SAMPLER, which finds "
-            "the inversion by its noise") from None
+            f"({INVERSION_NODES}) directly; nodes that rebuild latents drop it. A latent made by "
+            "SamplerCustomAdvanced with an inversion SAMPLER carries none either: replay it there with the Inverted "
+            "Replay SAMPLER, which finds the inversion by its noise") from None
     except ValueError as e:
         top = (latent.get(LATENT_KEY) or {}).get("states") or [None]
         picked = (isinstance(top[-1], torch.Tensor) and top[-1].shape[1:] == latent["samples"].shape[1:]

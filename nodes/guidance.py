@@ -458,7 +458,7 @@ def check_replay_cfg(guidance: Optional[dict], positive: Any, negative: Any, cfg
     recorded = guidance.get("negative")
     # a negative with one row per item is compared row by row (check_item_pairing): a picked item's own row is not
     # the whole batch's negative
-    if recorded is None or guidance.get("negative_rows") or float(cfg) == 1.0:
+    if recorded is None or guidance.get("negative_rows"):     # None: the inversion never evaluated its negative
         return
     now = conditioning_fingerprint(negative)
     if now is not None and not matches(recorded, now, rtol=CONDITIONING_RTOL):

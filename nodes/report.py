@@ -30,7 +30,7 @@ import torch
 
 from ..inversion_core import LATENT_KEY
 from ..inversion_core.metrics import psnr, ssim
-from ..inversion_core.record import (FIRST_STEP_MISS_LIMIT, RESIDUAL_BEFORE_MAP, describe_change, first_step_miss,
+from ..inversion_core.record import (FIRST_STEP_MISS_LIMIT, RESIDUAL_BEFORE_MAP, describe_change, first_step_misses,
                                      image_share)
 from .bridge import tolerance_promise
 from .common import CATEGORY
@@ -104,6 +104,7 @@ def bad_steps(entry: dict) -> list[tuple[int, str]]:
     st = entry["stats"]
     ddim = st.get("ddim_residual") or [None] * len(st["residual"])
     evaluations = [s.get("forward_evals") for s in entry.get("step_stats") or []] or [None] * len(st["residual"])
+    first_sigma = float(((entry.get("step_stats") or [{}])[0]).get("sigma_lo", -1.0))
     out = []
     for i, (rel, res, dd, n) in enumerate(zip(relative_residuals(entry), st["residual"], ddim, evaluations)):
         why = []
@@ -111,20 +112,13 @@ def bad_steps(entry: dict) -> list[tuple[int, str]]:
             why.append(f"residual {100 * rel:.0f}% of DDIM's first residual")
         if res and dd and any(r > d for r, d in zip(res, dd)):
             why.append("worse than plain DDIM's step")
-        if i == 0 and res and _from_the_image(entry):
-            miss = max(first_step_miss(res, entry["states"][0]))
-            if miss > FIRST_STEP_MISS_LIMIT:
-                why.append(f"residual {100 * miss:.0f}% of the image latent's RMS (the replay's last step lands about "
-                           "that far off the image)")
+        misses = first_step_misses(first_sigma, res, entry["states"][0]) if i == 0 and entry.get("states") else []
+        if misses:
+            why.append(f"residual {100 * max(m for _, m in misses):.0f}% of the image latent's RMS (the replay's "
+                       "last step lands about that far off the image)")
         if why:
             out.append((i, ", ".join(why)))
     return out
-
-
-def _from_the_image(entry: dict) -> bool:
-    """Whether the record's first step starts from the image (sigma 0) with its states stored."""
-    steps = entry.get("step_stats") or []
-    return bool(entry.get("states")) and bool(steps) and float(steps[0].get("sigma_lo", -1.0)) == 0.0
 
 
 def _fmt_steps(idx: list[int]) -> str:

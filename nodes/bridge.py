@@ -751,7 +751,7 @@ def check_replay_input(x_top: torch.Tensor, schedule: torch.Tensor, ms=None, pat
         conds = guider_conds(guider)
         if cfg is not None:
             check_replay_cfg(found.guidance, conds.get("positive"), conds.get("negative"), cfg,
-                             "Inverted Replay SAMPLER: cfg", patcher)
+                             "Inverted Replay SAMPLER: cfg", patcher, items=found.items)
         if guider is not None:
             check_replay_guider(found.guidance, guider, conds.get("positive"), conds.get("negative"),
                                 "Inverted Replay SAMPLER: guider", patcher)

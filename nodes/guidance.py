@@ -433,21 +433,39 @@ def _same_conditioning(a: Any, b: Any) -> bool:
     return fa is not None and fb is not None and matches(fa, fb, rtol=CONDITIONING_RTOL)
 
 
+def _own_rows(pairs: tuple, key: str, cond: Any) -> Optional[list]:
+    """Per replayed item i (``pairs``: its inversion's guidance and row there), whether row i of ``cond`` is the row
+    ``key`` ("rows" / "negative_rows") that item was inverted with; None when the rows cannot be read."""
+    now = row_prints(cond, len(pairs))
+    if now is None or any(j >= len((g or {}).get(key) or ()) for g, j in pairs):
+        return None
+    return [matches(now[i]["prompt"], g[key][j]["prompt"], rtol=CONDITIONING_RTOL) for i, (g, j) in enumerate(pairs)]
+
+
 def check_replay_cfg(guidance: Optional[dict], positive: Any, negative: Any, cfg: float, name: str,
-                     model=None) -> None:
+                     model=None, items: tuple = ()) -> None:
     """A warning when the replay's ``positive`` is the inversion's own but its cfg is not the inversion's: the result
     is then neither the image back nor an edit of the prompt, only the same prompt pushed harder or softer. The caller
     leaves out replays that source correction at strength 1 on every step makes exact at any cfg. Not warned: a
     negative equal to the positive (cfg then changes nothing: the conditional prediction either way), and a MODEL
     carrying the Inversion Edit Engine (it edits with the same prompt: P2P re-weighting, injected features).
     At the inversion's cfg (!= 1), a negative other than the inversion's is warned the same way: it steers every step
-    (it was never compared: reference model, cfg 3, 'gravel' replayed with '': 20.5 dB against 76.5, silent)."""
+    (it was never compared: reference model, cfg 3, 'gravel' replayed with '': 20.5 dB against 76.5, silent).
+    An inversion with one prompt (or negative) per item is compared row by row: ``items`` pairs each replayed item with
+    its inversion's guidance and row there (LatentFromBatch, LatentBatch of picked items); empty: the inversion's batch
+    in order. (Compared as a whole, a picked item's own row never equalled the batch's prompt, and another cfg or
+    another negative passed silently: tiny SD1, BDIA, cfg 3 replayed at 5: 1.73 RMS off instead of 0.)"""
     old = (guidance or {}).get("cfg")
     if old is None:
         return
     if (model is not None and edit_engine_of(model) is not None) or _same_conditioning(positive, negative):
         return
-    if not is_inversion_prompt(guidance, positive):
+    if guidance.get("rows"):
+        pairs = items or tuple((guidance, i) for i in range(len(guidance["rows"])))
+        own = _own_rows(pairs, "rows", positive)
+        if not own or not all(own):      # another item's prompt is check_item_pairing's; a new prompt is an edit
+            return
+    elif not is_inversion_prompt(guidance, positive):
         return
     if not math.isclose(float(cfg), float(old), rel_tol=1e-6, abs_tol=1e-6):
         warn(f"{name}: the positive conditioning is the one this latent was inverted with, but cfg is {float(cfg):g} "
@@ -455,19 +473,26 @@ def check_replay_cfg(guidance: Optional[dict], positive: Any, negative: Any, cfg
              f"inversion's cfg {float(old):g}, or source correction at strength 1 on every step) nor an edit of the "
              f"prompt. Set cfg to {float(old):g} to get the image back; to edit, change the prompt")
         return
-    recorded = guidance.get("negative")
-    # a negative with one row per item is compared row by row (check_item_pairing): a picked item's own row is not
-    # the whole batch's negative
-    if recorded is None or guidance.get("negative_rows"):     # None: the inversion never evaluated its negative
-        return
-    now = conditioning_fingerprint(negative)
-    if now is not None and not matches(recorded, now, rtol=CONDITIONING_RTOL):
+    if guidance.get("negative_rows"):
+        pairs = items or tuple((guidance, i) for i in range(len(guidance["negative_rows"])))
+        own = _own_rows(pairs, "negative_rows", negative)
+        off = [f"item {i}" + (f" (inverted as item {j})" if j != i else "")
+               for i, ((g, j), same) in enumerate(zip(pairs, own or ())) if not same]
+        one = len(off) == 1
+        what = (f"{', '.join(off)} {'gets' if one else 'get'} another negative than {'it was' if one else 'they were'} "
+                "inverted with") if off else None
+    else:
+        recorded = guidance.get("negative")        # None: the inversion never evaluated its negative
+        now = conditioning_fingerprint(negative) if recorded is not None else None
+        what = ("the negative conditioning is not the inversion's"
+                if now is not None and not matches(recorded, now, rtol=CONDITIONING_RTOL) else None)
+    if what:
         where = name[:-len("cfg")] + "negative" if name.endswith("cfg") else name     # the input it is about
-        warn(f"{where}: the positive conditioning and cfg "
-             f"{float(cfg):g} are the ones this latent was inverted with, but the negative conditioning is not the "
-             "inversion's. At cfg != 1 the negative steers every step, so this is neither a reconstruction nor an edit "
+        warn(f"{where}: the positive conditioning and cfg {float(cfg):g} are the ones this latent was inverted with, "
+             f"but {what}. At cfg != 1 the negative steers every step, so this is neither a reconstruction nor an edit "
              "of the prompt (reference model, cfg 3, negative 'gravel' replayed with '': 20.5 dB against 76.5). "
-             "Connect the negative the latent was inverted with to get the image back; to edit, change the positive")
+             "Connect the negative the latent was inverted with (one row per item, in the latent's order) to get the "
+             "image back; to edit, change the positive")
 
 
 def check_guider_conditioning(guider, batch: int, who: str) -> None:

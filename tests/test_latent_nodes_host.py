@@ -174,3 +174,55 @@ def test_a_picked_item_with_its_own_prompt_row_is_quiet_and_exact(caplog):
     assert (out["pick_replay"][0]["samples"] - x0[:1]).abs().max() < 1e-5
     assert not warnings_of(caplog, "gets the prompt of item"), warnings_of(caplog)
     assert not warnings_of(caplog, "Inverted Replay SAMPLER"), warnings_of(caplog)
+
+
+def _per_item_guided_chain(cfg=3.0):
+    """_per_item_prompt_chain at cfg 3 with one negative per item too (a 2-row negative), and a one-row positive /
+    negative equal to row 0 of each (the conditioning of item 0 alone)."""
+    prompt = _per_item_prompt_chain()
+    prompt["negative"]["inputs"]["batch"] = 2
+    prompt["guider"]["inputs"]["cfg"] = cfg
+    for role in ("positive", "negative"):
+        prompt[f"{role}0"] = {"class_type": "InversionTestConditioning",
+                              "inputs": dict(prompt[role]["inputs"], batch=1)}
+    prompt["other_negative"] = {"class_type": "InversionTestConditioning",
+                                "inputs": dict(prompt["negative0"]["inputs"], seed=prompt["negative"]["inputs"]["seed"] + 5)}
+    return prompt
+
+
+@pytest.mark.parametrize("case", ("in order, row 0's negative for both", "item 0 picked, another negative",
+                                  "item 0 picked, cfg 5", "item 0 picked, its own rows"))
+def test_per_item_negatives_and_cfg_are_compared_row_by_row(caplog, case):
+    """An inversion with one prompt and one negative per item at cfg 3: the replay's cfg and negative were compared
+    with the whole batch's, which a picked item's own row never equals, so a picked item at another cfg or with
+    another negative, and the batch in order with another item's negative row, were replayed off the image without
+    a word (tiny SD1, BDIA: 1.3-1.7 RMS instead of 0)."""
+    prompt = _per_item_guided_chain()
+    prompt["custom_replay"]["inputs"]["guider"] = ["replay_guider", 0]
+    prompt["replay_guider"] = copy.deepcopy(prompt["guider"])
+    picked = case.startswith("item 0")
+    if picked:
+        prompt["custom_replay"]["inputs"]["latent_image"] = ["item0", 0]
+        prompt["replay_guider"]["inputs"].update(positive=["positive0", 0], negative=["negative0", 0])
+    if case.endswith("row 0's negative for both"):
+        prompt["replay_guider"]["inputs"]["negative"] = ["negative0", 0]
+    elif case.endswith("another negative"):
+        prompt["replay_guider"]["inputs"]["negative"] = ["other_negative", 0]
+    elif case.endswith("cfg 5"):
+        prompt["replay_guider"]["inputs"]["cfg"] = 5.0
+    caplog.clear()
+    out = run_workflow(prompt, ["custom_replay", "latent"])
+    x0 = out["latent"][0]["samples"][:1] if picked else out["latent"][0]["samples"]
+    err = (out["custom_replay"][0]["samples"] - x0).pow(2).mean(dim=(1, 2, 3)).sqrt()
+    said = warnings_of(caplog, "Inverted Replay SAMPLER: ")
+    if case.endswith("own rows"):
+        assert err.max() < 1e-5 and not said, (err, said)
+        return
+    assert err.max() > 0.5, err
+    assert len(said) == 1, said
+    if case.endswith("cfg 5"):
+        assert "cfg is 5 where the inversion ran at cfg 3" in said[0], said
+    else:
+        want = "item 1 gets another negative" if case.startswith("in order") else "item 0 gets another negative"
+        assert "Inverted Replay SAMPLER: negative:" in said[0] and want in said[0], said
+        assert err[0 if picked else 1] > 0.5 and (picked or err[0] < 1e-5), err

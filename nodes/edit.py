@@ -295,6 +295,14 @@ class EditEngine:
         n = x.shape[0]
         b = n // chunks
         state = self.states_down[k]
+        if not n % chunks and b != state.shape[0] and tuple(state.shape[1:]) == tuple(x.shape[1:]):
+            # the whole latent's items, but not the inversion's batch: its source branch has no rows for them
+            raise ValueError(
+                f"Inversion Edit Engine: the sampler runs {b} latent item(s) but the engine's inverted_latent has "
+                f"{state.shape[0]}: the engine's source branch follows the whole inverted batch, so a replay of some "
+                "of its items (LatentFromBatch, RepeatLatentBatch, LatentBatch) cannot be paired with it. Replay the "
+                "inversion's whole LATENT with the engine and pick the items after the sampler (LatentFromBatch on "
+                "its output), or invert the picked image alone")
         if n % chunks or state.shape[0] != b or tuple(state.shape[1:]) != tuple(x.shape[1:]):
             raise ValueError(
                 f"Inversion Edit Engine: the model is evaluated on {n} items of shape {tuple(x.shape[1:])} "

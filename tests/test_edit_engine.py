@@ -223,6 +223,30 @@ def test_a_start_other_than_the_engines_inverted_latent_is_an_error(method, wind
     assert torch.isfinite(run_workflow(prompt, outputs=["edited"])["edited"][0]["samples"]).all()
 
 
+@pytest.mark.parametrize("cfg", (1.0, 2.5))
+def test_a_replay_of_picked_batch_items_is_an_error_naming_the_route(cfg):
+    """The engine on a batch-2 inversion, its Inverted Replay SAMPLER replaying item 1 alone (LatentFromBatch): the
+    source branch follows the whole batch and cannot be paired with one item. The error blamed area / regional
+    conditioning, which the graph does not have (and at cfg 2.5 said "2 items ... but the inverted latent has 2")."""
+    prompt = edit_prompt(target_seed=42, cfg=cfg, batch=2)
+    prompt["pick"] = {"class_type": "LatentFromBatch", "inputs": {"samples": ["invert", 0], "batch_index": 1,
+                                                                  "length": 1}}
+    prompt["guider"] = {"class_type": "CFGGuider", "inputs": {
+        "model": ["engine", 0], "positive": ["target", 0], "negative": ["negative", 0], "cfg": cfg}}
+    prompt["nonoise"] = {"class_type": "DisableNoise", "inputs": {}}
+    prompt["replay_sampler"] = {"class_type": "InvertedReplaySampler", "inputs": {}}
+    prompt["custom"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["nonoise", 0], "guider": ["guider", 0], "sampler": ["replay_sampler", 0], "sigmas": ["invert", 1],
+        "latent_image": ["pick", 0]}}
+    prompt["engine"]["inputs"].update(window_start=0.0, window_end=1.0)
+    with pytest.raises(WorkflowError) as e:
+        run_workflow(prompt, outputs=["custom"])
+    msg = str(e.value)
+    assert "the sampler runs 1 latent item(s) but the engine's inverted_latent has 2" in msg, msg
+    assert "area" not in msg and e.value.node_id == "custom", msg
+    prompt["custom"]["inputs"]["latent_image"] = ["invert", 0]          # the whole batch, as the error says: runs
+    assert run_workflow(prompt, outputs=["custom"])["custom"][0]["samples"].shape[0] == 2
+
 def test_patches_already_on_the_model_keep_working():
     """Another node's patches on the MODEL (an attention replace, a model function wrapper) run under the engine:
     with an empty window the engine's replay equals the patched model's own replay (they used to be dropped, the

@@ -73,7 +73,16 @@ def image_inputs(cond: Any) -> Optional[dict]:
     if items is None:
         return None
     chosen = [{k: extra[k] for k in IMAGE_INPUTS if extra.get(k) is not None} for _, extra in items]
-    return {"names": sorted({k for c in chosen for k in c}), "print": fingerprint(chosen)}
+    return {"names": sorted({k for c in chosen for k in c}), "print": [fingerprint(c) for c in chosen]}
+
+
+def same_entries(old: list, new: list, rtol: float = CONDITIONING_RTOL) -> bool:
+    """Whether two per-entry fingerprint lists (image_inputs / hooks_state "print") hold the same states, whatever
+    their number and order: the host evaluates each conditioning entry with its own image inputs and hooks, so an
+    edit's ConditioningCombine of two prompts with the inversion's inputs gives the model what one entry did (a whole-
+    list comparison warned 'none' against 'none' on every combined or scheduled edit prompt)."""
+    return (all(any(matches(a, b, rtol=rtol) for b in new) for a in old)
+            and all(any(matches(a, b, rtol=rtol) for a in old) for b in new))
 
 
 def row_prints(cond: Any, batch: Optional[int] = None) -> Optional[list]:
@@ -118,7 +127,7 @@ def hooks_state(cond: Any) -> Optional[dict]:
     if items is None:
         return None
     groups = [_hook_group_state(extra.get("hooks")) for _, extra in items]
-    return {"count": sum(len(g) for g in groups if isinstance(g, list)), "print": fingerprint(groups)}
+    return {"count": sum(len(g) for g in groups if isinstance(g, list)), "print": [fingerprint([g]) for g in groups]}
 
 
 def _hook_group_state(group: Any) -> Any:
@@ -197,7 +206,7 @@ def check_model_inputs(guidance: Optional[dict], conds: dict, action: str, who: 
     for name, (cond, role) in conds.items():
         old = recorded.get(role)
         now = image_inputs(cond) if old is not None and cond is not None else None
-        if now is not None and not matches(old["print"], now["print"], rtol=CONDITIONING_RTOL):
+        if now is not None and not same_entries(old["print"], now["print"]):
             had, has = ", ".join(old["names"]) or "none", ", ".join(now["names"]) or "none"
             what = f"other values of {has} (another image or mask)" if had == has else f"{has}, where it had {had}"
             warn(f"{who}{name}: the images it gives the model beside the latent are not those of the {role} "
@@ -208,7 +217,8 @@ def check_model_inputs(guidance: Optional[dict], conds: dict, action: str, who: 
                  "same image and mask")
         old = recorded_hooks.get(role)
         now = hooks_state(cond) if old is not None and cond is not None else None
-        if now is None or old["print"] is None or now["print"] is None or matches(old["print"], now["print"]):
+        if now is None or None in old["print"] or None in now["print"] or same_entries(old["print"], now["print"],
+                                                                                       rtol=1e-6):
             continue
         had, has = old["count"], now["count"]
         what = ("other hooks (another LoRA, strength or keyframes)" if had and has else

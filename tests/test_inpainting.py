@@ -177,7 +177,16 @@ def test_a_replay_whose_image_inputs_are_not_the_inversions_is_warned(family, ca
         "plain_edit": (replay("inv", ["edit", 0], ["imc", 1], cfg=3.0), "positive"),
         "plain_negative_cfg3": (replay("inv_cfg3", ["imc", 0], ["negative", 0], cfg=3.0), "negative"),
         "imc_on_plain": (replay("inv_plain", ["imc", 0], ["imc", 1]), "positive"),
+        # ConditioningCombine: each entry is evaluated with its own image inputs; two entries with the inversion's are
+        # what one was (a whole-list comparison warned on every combined edit prompt, plain models too: "none" vs
+        # "none"), one without them is not
+        "combined_inpaint_edit": (replay("inv", ["combo_ok", 0], ["imc", 1], cfg=3.0), None),
+        "combined_plain_edit": (replay("inv", ["combo_bad", 0], ["imc", 1], cfg=3.0), "positive"),
+        "combined_on_plain": (replay("inv_plain", ["combo_plain", 0], ["negative", 0], cfg=3.0), None),
     }
+    for name, second in (("combo_ok", "imc_edit"), ("combo_bad", "edit"), ("combo_plain", "edit")):
+        p[name] = {"class_type": "ConditioningCombine", "inputs": {
+            "conditioning_1": ["positive" if name == "combo_plain" else "imc", 0], "conditioning_2": [second, 0]}}
     said, out = {}, {}
     for name, (node, _) in cases.items():
         p[name] = node

@@ -37,7 +37,7 @@ from ..inversion_core import (LATENT_KEY, Denoiser, InversionRecord, MissingInve
                               invert, read_latent_entry, replay)
 from ..inversion_core.edit.select import FAMILY_LAYERS
 from ..inversion_core.fingerprint import matches
-from ..inversion_core.record import (describe_change, first_step_misses, noise_scale_message, reach_message,
+from ..inversion_core.record import (describe_change, landing_misses, noise_scale_message, reach_message,
                                      relative_difference)
 from ..inversion_core.replay import source_offsets, step_weights
 from ..inversion_core.solvers.bdia import METHOD as BDIA, bdia_replay, bdia_source_offsets
@@ -524,7 +524,7 @@ class InversionSampler(comfy.samplers.Sampler):
                 warn(f"{self.method} inversion: {self.record.warnings[-1]}")
         for said in [above, ignored_noise(noise, latent_image), self._blown_up(schedule, kind),
                      EMPTY_LATENT if empty else None, scheduled_hooks(model_wrap),
-                     missed_tolerance(self.record, self.method, self.params), first_step_landing(self.record)]:
+                     missed_tolerance(self.record, self.method, self.params), replay_landing(self.record)]:
             if said:
                 self.record.warnings.append(said)
                 warn(f"{self.method} inversion: {said}")
@@ -596,23 +596,31 @@ def missed_tolerance(record: InversionRecord, method: str, params: dict) -> Opti
     return said
 
 
-def first_step_landing(record: InversionRecord) -> Optional[str]:
-    """A note when the first step's residual is a large part of the image (first_step_misses): the replay's last
-    step then lands that far off the image, whatever the method promised (a budget is spent without a word
-    otherwise). Not for BDIA (its pair replay is exact whatever its starter step's residual) or a first step that
-    does not start from the image (a schedule that ends above 0)."""
-    if not record.steps or not record.states:
+def replay_landing(record: InversionRecord) -> Optional[str]:
+    """A note when a step's residual reaches the image as a large part of it (record.landing_misses): the replay then
+    lands that far off the image, whatever the method promised (a budget is spent without a word otherwise). At one
+    step that is the first step's residual itself; at two or three steps of karras / exponential it is the huge step
+    above a tiny lowest one (EPS reference model, Exact balanced, karras T=2: 2.4 dB, silent before). Not for BDIA
+    (its pair replay is exact whatever its starter step's residual) or a schedule that does not start from the
+    image."""
+    steps = record.steps
+    if not steps or not record.states or any(st.not_judged for st in steps):
         return None
-    first = record.steps[0]
-    misses = [] if first.not_judged else first_step_misses(first.sigma_lo, first.residual, record.states[0])
+    misses = landing_misses([st.sigma_lo for st in steps], [st.residual for st in steps],
+                            [st.forward_evals for st in steps], record.states[0], record.model_kind)
     if not misses:
         return None
-    worst = max(m for _, m in misses)
-    items = ", ".join(str(i) for i, _ in misses)
-    return (f"the first step (sigma 0 -> {first.sigma_hi:.4g}) was left with a residual of up to {100 * worst:.0f}% "
-            f"of the image latent's RMS (item(s) {items}): the replay's last step, the denoiser from that level, lands "
-            "about that far off the image, so the reconstruction is poor (EPS reference model, one step: 9 dB). More "
-            "steps (a smaller lowest level), a larger budget or BDIA Invert help")
+    k = max(misses, key=lambda j: max(m for _, m in misses[j]))
+    worst = max(m for _, m in misses[k])
+    items = sorted({i for found in misses.values() for i, _ in found})
+    which = ("the first step" if k == 0 else f"step {k + 1}") + f" (sigma {steps[k].sigma_lo:.4g} -> " \
+        f"{steps[k].sigma_hi:.4g})"
+    others = f" (and step(s) {', '.join(str(j + 1) for j in sorted(misses) if j != k)})" if len(misses) > 1 else ""
+    return (f"{which}{others} was left with a residual of up to {100 * worst:.0f}% of the image latent's RMS as the "
+            f"replay carries it down to the image (item(s) {', '.join(map(str, items))}), so the replay lands about "
+            "that far off the image and the reconstruction is poor (EPS reference model: one step 9 dB; karras at two "
+            "steps, whose second step spans sigma 0.029 -> 14.6, 2.4 dB). More steps, a schedule without one huge "
+            "step, a larger budget or BDIA Invert help")
 
 
 # The host's guider leaves an all-zero latent in the LATENT's format (it skips process_latent_in for an empty latent

@@ -7,9 +7,10 @@ What it flags (so that real failures stand out instead of every step "missing" s
   reference model, though not guaranteed) is more than ``BAD_RELATIVE`` of DDIM's first residual there — the
   residual f(x_i) − x_i of the fixed-point map at the current latent, i.e. the step's own size RMS(x_{i+1} − x_i) —
   so the solve did not even halve the error of the plain DDIM guess; or worse than DDIM's own residual where the
-  solver measured that (``StepStats.ddim_residual``); or, for the first step from the image, a residual above
-  ``FIRST_STEP_MISS_LIMIT`` of the image latent's RMS (what the replay's last step misses the image by: at one or
-  two huge steps a residual far below the step's own size is still most of the image). A step of one evaluation is
+  solver measured that (``StepStats.ddim_residual``); or a residual that reaches the image as more than
+  ``LANDING_MISS_LIMIT`` of the image latent's RMS (record.landing_misses: what the replay misses the image by, the
+  residual carried down from the step's lower level; at one huge step, or a huge step above a tiny lowest one, a
+  residual far below the step's own size is still most of the image). A step of one evaluation is
   not judged: its residual is the DDIM guess's by construction and its latent is the DDIM step (plain DDIM is not
   judged either);
 * budgeted presets (Exact fast / balanced, every GNRI variant) promise a number of model evaluations per step, not a
@@ -30,7 +31,7 @@ import torch
 
 from ..inversion_core import LATENT_KEY
 from ..inversion_core.metrics import psnr, ssim
-from ..inversion_core.record import (FIRST_STEP_MISS_LIMIT, RESIDUAL_BEFORE_MAP, describe_change, first_step_misses,
+from ..inversion_core.record import (LANDING_MISS_LIMIT, RESIDUAL_BEFORE_MAP, describe_change, landing_misses,
                                      image_share)
 from .bridge import tolerance_promise
 from .common import CATEGORY
@@ -104,7 +105,9 @@ def bad_steps(entry: dict) -> list[tuple[int, str]]:
     st = entry["stats"]
     ddim = st.get("ddim_residual") or [None] * len(st["residual"])
     evaluations = [s.get("forward_evals") for s in entry.get("step_stats") or []] or [None] * len(st["residual"])
-    first_sigma = float(((entry.get("step_stats") or [{}])[0]).get("sigma_lo", -1.0))
+    stats = entry.get("step_stats") or []
+    landing = landing_misses([float(s.get("sigma_lo", -1.0)) for s in stats], st["residual"], evaluations,
+                             entry["states"][0], entry.get("model_kind", "")) if stats and entry.get("states") else {}
     out = []
     for i, (rel, res, dd, n) in enumerate(zip(relative_residuals(entry), st["residual"], ddim, evaluations)):
         why = []
@@ -112,10 +115,9 @@ def bad_steps(entry: dict) -> list[tuple[int, str]]:
             why.append(f"residual {100 * rel:.0f}% of DDIM's first residual")
         if res and dd and any(r > d for r, d in zip(res, dd)):
             why.append("worse than plain DDIM's step")
-        misses = first_step_misses(first_sigma, res, entry["states"][0]) if i == 0 and entry.get("states") else []
-        if misses:
-            why.append(f"residual {100 * max(m for _, m in misses):.0f}% of the image latent's RMS (the replay's "
-                       "last step lands about that far off the image)")
+        if i in landing:
+            why.append(f"residual {100 * max(m for _, m in landing[i]):.0f}% of the image latent's RMS as the replay "
+                       "carries it down to the image (the replay lands about that far off the image)")
         if why:
             out.append((i, ", ".join(why)))
     return out
@@ -177,7 +179,7 @@ def report_table(original: torch.Tensor, reconstructed: torch.Tensor, entry: Opt
         lines.append(f"bad steps: not judged ({_not_judged(entry)})")
     elif not bad and any(r is not None for r in rel):
         lines.append(f"bad steps: none (every measured residual <= {100 * BAD_RELATIVE:.0f}% of DDIM's first residual, "
-                     f"the first step's <= {100 * FIRST_STEP_MISS_LIMIT:.0f}% of the image latent's RMS)")
+                     f"and <= {100 * LANDING_MISS_LIMIT:.0f}% of the image latent's RMS as it reaches the image)")
     return "\n".join(rows + lines)
 
 

@@ -617,7 +617,7 @@ def test_a_tolerance_the_solver_did_not_reach_is_said_and_named(caplog):
     assert len(entry["stats"]["unconverged_steps"]) == 3
     assert len(said) == 1 and "3 of 3 steps stopped above the RMS residual 1.0e-12 within 2 evaluations" in said[0]
     assert "step 1 (sigma 0 -> " in said[0] and "exponential, karras" in said[0] and "BDIA" in said[0], said
-    assert entry["warnings"] and MISSED in entry["warnings"][-1]           # in the record, for the report
+    assert any(MISSED in w for w in entry["warnings"])                     # in the record, for the report
     assert "stall" not in said[0]
     caplog.clear()
     _invert_with("ExactInvert", "custom", 1e-12, 20, 3, stall=2)          # stops once the residual stops falling

@@ -150,6 +150,28 @@ def test_one_huge_first_step_is_singled_out_at_inversion_and_in_the_report(metho
     assert warnings_of(caplog, "the first step (sigma 0") == []
 
 
+@pytest.mark.parametrize("method", ["ExactInvert", "GNRIInvert"])
+def test_a_huge_step_above_a_tiny_lowest_one_is_singled_out_too(method, caplog):
+    """karras at two steps: sigma 0 -> 0.029 -> 14.61. The first step is solved (residual 0.8 % of the image), the
+    second is left with a residual of ~3x the image latent's RMS, which the replay lands at sigma 0.029 and carries
+    down to the image: 10.8 dB in pixels (2.4 on the latent), and neither the inversion nor the report said anything (the first-step rule looked at
+    step 1 only, the step-size rule passed step 2: 7 % of that huge step). Three karras steps (the residual carried
+    down 28 %) stay under the limit: not flagged."""
+    from test_editing_host import warnings_of
+
+    extra = BALANCED if method == "ExactInvert" else {}
+    caplog.clear()
+    out = run_workflow(reference_prompt(method, extra, steps=2))
+    assert psnr_of(out) < 15, psnr_of(out)
+    line = next(l for l in out["report"][0].splitlines() if l.startswith("BAD STEPS"))
+    assert "step 2: residual" in line and "step 1:" not in line and "as the replay carries it down" in line, line
+    said = warnings_of(caplog, "inversion: step 2 (sigma 0.02917 -> 14.61) was left with a residual of up to")
+    assert len(said) == 1, warnings_of(caplog)
+    caplog.clear()
+    out = run_workflow(reference_prompt(method, extra, steps=3))
+    assert psnr_of(out) > 20 and "bad steps: none" in out["report"][0], (psnr_of(out), out["report"][0])
+    assert warnings_of(caplog, "was left with a residual") == []
+
 def test_a_one_evaluation_step_is_the_ddim_step_and_not_judged():
     """Budget 1 stores the DDIM step itself; its recorded residual is that of the DDIM guess (100 % of the step's
     size by construction), so judging it would flag every step of what is plain DDIM (which is not judged). The

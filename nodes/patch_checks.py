@@ -36,31 +36,36 @@ def sampling_signature(ms, schedule: torch.Tensor) -> dict:
 
 def check_sampling(ms, schedule: torch.Tensor, signature: Optional[dict], name: str, action: str) -> None:
     """An error when the model's sampling classes differ from those ``signature`` (sampling_signature at inversion
-    time) records; a warning when only its σ_max, or else the timesteps it feeds the network at the schedule's
-    levels, differ (a zsnr / sigma-table patch: the user may mean it)."""
+    time) records; a warning when the timesteps it feeds the network at the schedule's levels differ (a zsnr /
+    sigma-table patch: the user may mean it), naming its σ_max where that differs too. Another σ range alone is not
+    warned: where every level maps to the timestep it had, the network sees what it saw (ModelSamplingContinuousEDM
+    with sigma_max 80 on the replay and 14.6 on the inversion replays bit for bit; it was warned)."""
     if not signature:
         return
     now = sampling_signature(ms, schedule)
     if now["classes"] != signature.get("classes"):
         raise ValueError(
             f"{name}: this latent was inverted with model sampling {'/'.join(signature.get('classes') or ['?'])} but "
-            f"this model samples with {'/'.join(now['classes'])} (a ModelSamplingDiscrete x0 / lcm / v_prediction "
-            f"patch, or another model): the network's output means something else there, so the {action} would "
-            "not start from the inversion. Use the model (and model_sampling patch) it was inverted with")
+            f"this model samples with {'/'.join(now['classes'])} (a model sampling patch on one of them: "
+            "ModelSamplingDiscrete x0 / lcm / v_prediction, ModelSamplingContinuousEDM / V ..., or another model): "
+            "its output or the network's noise levels mean something else there, so the "
+            f"{action} would not start from the inversion. Use the model (and model_sampling patch) it was inverted "
+            "with")
+    old, new = signature.get("timesteps") or [], now["timesteps"]
+    differ = [i for i, (a, b) in enumerate(zip(new, old)) if abs(a - b) > 1e-3 + 1e-4 * abs(b)]
+    if len(old) != len(new) or not differ:
+        return
     inverted_max = signature.get("sigma_max")
     if inverted_max and not math.isclose(now["sigma_max"], float(inverted_max), rel_tol=1e-3):
         warn(f"{name}: its noise schedule tops out at sigma {now['sigma_max']:.4g}, the model this latent was "
              f"inverted with at {float(inverted_max):.4g} (a different model or model_sampling patch); the stored "
              f"schedule then means other noise levels and the {action} will not reconstruct the image")
         return
-    old, new = signature.get("timesteps") or [], now["timesteps"]
-    differ = [i for i, (a, b) in enumerate(zip(new, old)) if abs(a - b) > 1e-3 + 1e-4 * abs(b)]
-    if len(old) == len(new) and differ:
-        i = differ[0]
-        warn(f"{name}: this model maps the schedule's sigmas to other timesteps than the model this latent was "
-             f"inverted with ({new[i]:.4g} vs {old[i]:.4g} at level {i}; a zsnr / sigma-table patch, "
-             "ModelSamplingAuraFlow's timestep scale on another flow model, or another model), so the network sees "
-             f"other noise levels and the {action} will not reconstruct the image")
+    i = differ[0]
+    warn(f"{name}: this model maps the schedule's sigmas to other timesteps than the model this latent was "
+         f"inverted with ({new[i]:.4g} vs {old[i]:.4g} at level {i}; a zsnr / sigma-table patch, "
+         "ModelSamplingAuraFlow's timestep scale on another flow model, or another model), so the network sees "
+         f"other noise levels and the {action} will not reconstruct the image")
 
 
 PATCH_KINDS = {"weights": "weight patches (a LoRA, a model merge)",

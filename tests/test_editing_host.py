@@ -362,6 +362,22 @@ def test_replay_with_a_model_on_another_noise_schedule_is_warned(caplog):
     assert len(found) == 1 and "the model this latent was inverted with at 14.61" in found[0], warnings_of(caplog)
 
 
+def test_another_sigma_range_that_feeds_the_network_the_same_timesteps_is_quiet(caplog):
+    """ModelSamplingContinuousEDM maps sigma to the timestep 0.25 ln(sigma) whatever its range: sigma_max 80 on the
+    replay model and 14.6 on the inversion's replays the stored schedule bit for bit, yet it was warned "the stored
+    schedule then means other noise levels". A zsnr table (other timesteps at the same sigmas) stays warned, above."""
+    prompt = invert_and_replay(method="ExactInvert", extra=EXACT)
+    for name, top in (("edm", 14.6146), ("edm80", 80.0)):
+        prompt[name] = {"class_type": "ModelSamplingContinuousEDM", "inputs": {
+            "model": ["model", 0], "sampling": "eps", "sigma_max": top, "sigma_min": 0.0292}}
+    prompt["invert"]["inputs"]["model"] = ["edm", 0]
+    prompt["replay"]["inputs"]["model"] = ["edm", 0]
+    prompt["replay80"] = dict(prompt["replay"], inputs=dict(prompt["replay"]["inputs"], model=["edm80", 0]))
+    caplog.clear()
+    out = run_workflow(prompt, ["replay", "replay80"])
+    assert torch.equal(out["replay"][0]["samples"], out["replay80"][0]["samples"])
+    assert not warnings_of(caplog, "model:"), warnings_of(caplog)
+
 @pytest.mark.parametrize("sampling", ["x0", "lcm"])
 def test_replay_or_edit_with_another_model_sampling_is_an_error(sampling):
     """The host's X0 and LCM sampling subclass EPS, so the model kind alone let them through: replaying an EPS

@@ -254,7 +254,7 @@ def describe_change(top: Tensor, samples: Tensor, rtol: float = 1e-3) -> Optiona
             return what
     k = float((a * b).sum() / a.pow(2).sum().clamp_min(1e-24))
     if abs(k) > 1e-6 and rel(a * k, b) <= rtol:
-        return f"multiplied by {k:.4g}"
+        return f"multiplied by {k:.6g}"     # 6 digits: a factor of 1.0002 is a change, not "1"
     return f"changed (relative RMS difference {diff:.3g}, e.g. noise mixed in or another latent)"
 
 

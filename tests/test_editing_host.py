@@ -240,10 +240,14 @@ def _latent_op(op):
         return {"class_type": "LatentFlip", "inputs": {"samples": ["invert", 0], "flip_method": "y-axis: horizontally"}}
     if op == "rotate":
         return {"class_type": "LatentRotate", "inputs": {"samples": ["invert", 0], "rotation": "180 degrees"}}
-    return {"class_type": "LatentMultiply", "inputs": {"samples": ["invert", 0], "multiplier": 1.05}}
+    return {"class_type": "LatentMultiply", "inputs": {"samples": ["invert", 0],
+                                                       "multiplier": 1.0002 if op == "nudge" else 1.05}}
 
 
-OPS = [("flip", "flipped left-right"), ("rotate", "rotated by 180 degrees"), ("multiply", "multiplied by 1.05")]
+# nudge: 2e-4 is far above float32 storage rounding (1e-7) and cost an Exact replay 82 -> 53 dB; it was taken for the
+# inverted noise (and the Inverted Replay SAMPLER silently swapped in the stored top)
+OPS = [("flip", "flipped left-right"), ("rotate", "rotated by 180 degrees"), ("multiply", "multiplied by 1.05"),
+       ("nudge", "multiplied by 1.0002")]
 
 
 @pytest.mark.parametrize("op, words", OPS)
@@ -322,6 +326,14 @@ def test_replay_sampler_checks_latent_and_sigmas(caplog):
     caplog.clear()
     run_workflow(flipped)
     assert any("recent inversion's noise flipped top-bottom" in w for w in warnings_of(caplog)), warnings_of(caplog)
+    nudged = dict(chain)        # 2e-4: once taken for the noise itself and silently swapped for the stored top
+    nudged["nudge"] = {"class_type": "LatentMultiply", "inputs": {"samples": ["custom", 0], "multiplier": 1.0002}}
+    nudged["custom_replay"] = dict(chain["custom_replay"], inputs=dict(chain["custom_replay"]["inputs"],
+                                                                        latent_image=["nudge", 0]))
+    caplog.clear()
+    out = run_workflow(nudged)
+    assert any("recent inversion's noise multiplied by 1.0002" in w for w in warnings_of(caplog)), warnings_of(caplog)
+    assert not torch.equal(out["custom_replay"][0]["samples"], run_workflow(chain)["custom_replay"][0]["samples"])
 
 
 def test_all_zero_mask_from_an_rgb_png_is_warned(caplog, tmp_path):
